@@ -1,0 +1,44 @@
+# Every target sets up .venv on first use (python3 -m venv + pip), so a fresh machine
+# with Python 3.11, make and the package registries is enough.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+ARGS   ?=
+# pytest-xdist is not used: 2 cores, and the suite is dominated by a few torch cases.
+PYTEST_ARGS ?=
+
+.PHONY: help setup test lint typecheck pytest demo clean
+
+help:
+	@echo "make demo    - run the demo (python -m lowrank_pool.demo \$$ARGS)"
+	@echo "make test    - ruff, mypy and pytest (derandomised hypothesis profile)"
+
+$(VENV)/.core: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[torch]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) -e '.[torch,test]'
+	touch $@
+
+setup: $(VENV)/.test
+
+demo: $(VENV)/.core
+	$(PY) -m lowrank_pool.demo $(ARGS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check lowrank_pool tests
+	$(VENV)/bin/ruff format --check lowrank_pool tests
+
+typecheck: $(VENV)/.test
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.test
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,108 @@
+"""Backends, strategies and the float64 brute-force einsum oracles (tests only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from lowrank_pool.testing import to_numpy
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array library: how to move float64 numpy test data into it."""
+
+    name: str
+    xp: Any
+    convert: Callable[[np.ndarray, str], Any]
+
+    def __call__(self, a: np.ndarray, dtype: str = "float64") -> Any:
+        return self.convert(np.asarray(a), dtype)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _backends() -> list[Any]:
+    out: list[Any] = [pytest.param(Backend("numpy", np, lambda a, dt: a.astype(dt)), id="numpy")]
+    try:
+        import torch
+
+        out.append(
+            pytest.param(
+                Backend("torch", torch, lambda a, dt: torch.from_numpy(a.astype(dt))),
+                id="torch",
+            )
+        )
+    except ImportError:  # pragma: no cover - torch is in the test set-up
+        out.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="torch not installed")))
+    try:
+        import array_api_strict as xps
+
+        out.append(
+            pytest.param(
+                Backend("array_api_strict", xps, lambda a, dt: xps.asarray(a.astype(dt))),
+                id="array_api_strict",
+            )
+        )
+    except ImportError:  # pragma: no cover
+        out.append(pytest.param(None, id="array_api_strict", marks=pytest.mark.skip(reason="not installed")))
+    return out
+
+
+BACKENDS = _backends()
+DTYPES = ["float32", "float64"]
+
+backends = pytest.mark.parametrize("bk", BACKENDS)
+dtypes = pytest.mark.parametrize("dtype", DTYPES)
+
+
+# --------------------------------------------------------------------------- data
+@st.composite
+def sizes(draw: Any, *, batch_min: int = 0) -> dict[str, int]:
+    """Random problem sizes: batch B (may be 0), positions n, channels f, classes K, rank P."""
+    return {
+        "B": draw(st.integers(batch_min, 3)),
+        "n": draw(st.integers(1, 9)),
+        "f": draw(st.integers(1, 8)),
+        "K": draw(st.integers(1, 4)),
+        "P": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+def normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+# ------------------------------------------------------------------------ oracles
+# float64, literal formulas, einsum: slow and obviously right.
+def oracle_bilinear(X: Any, W: Any) -> np.ndarray:
+    X, W = to_numpy(X), to_numpy(W)
+    G = np.einsum("bni,bnj->bij", X, X)
+    return np.einsum("bij,kij->bk", G, W)
+
+
+def oracle_rank1_trace(X: Any, A: Any, b: Any) -> np.ndarray:
+    """Tr(XᵀX b a_kᵀ), literally."""
+    X, A, b = to_numpy(X), to_numpy(A), to_numpy(b)
+    G = np.einsum("bni,bnj->bij", X, X)
+    return np.stack([np.trace(G @ np.outer(b, A[:, k]), axis1=1, axis2=2) for k in range(A.shape[1])], axis=1)
+
+
+def oracle_rankp(X: Any, A: Any, B: Any) -> np.ndarray:
+    X, A, B = to_numpy(X), to_numpy(A), to_numpy(B)
+    if B.ndim == 2:
+        B = np.broadcast_to(B[:, None, :], A.shape)
+    W = np.einsum("ikp,jkp->kij", A, B)
+    return oracle_bilinear(X, W)
+
+
+def absolute(*arrays: Any) -> list[np.ndarray]:
+    """|a| of each array in float64: oracles on these give the error scale Σ|terms|."""
+    return [np.abs(to_numpy(a)) for a in arrays]

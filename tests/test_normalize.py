@@ -1,0 +1,107 @@
+"""signed_sqrt, l2_normalize and matrix_sqrt: properties on every backend and dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import BACKENDS
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lowrank_pool as lp
+from lowrank_pool.testing import assert_close, to_numpy
+
+backends = pytest.mark.parametrize("bk", BACKENDS)
+dtypes = pytest.mark.parametrize("dtype", ["float32", "float64"])
+
+
+@backends
+@dtypes
+@given(seed=st.integers(0, 999), eps=st.sampled_from([0.0, 1e-6, 1e-2]))
+def test_signed_sqrt_squares_back(bk, dtype, seed, eps):
+    """s(x)·(|s(x)| + 2√ε) = x: the inverse of the ε-shifted signed root; odd; sqrt at ε=0."""
+    x = np.random.default_rng(seed).standard_normal((3, 4, 4)) * 10.0
+    x[0, 0, 0] = 0.0
+    y = lp.signed_sqrt(bk(x, dtype), eps=eps)
+    yn = to_numpy(y)
+    assert y.dtype == bk(x, dtype).dtype and yn[0, 0, 0] == 0.0
+    xr = bk(x, dtype)
+    assert_close(yn * (np.abs(yn) + 2 * np.sqrt(eps)), to_numpy(xr), terms=8, scale=np.abs(to_numpy(xr)), dtype=dtype)
+    assert_close(lp.signed_sqrt(bk(-x, dtype), eps=eps), -yn, terms=1, scale=np.abs(yn))
+    if eps == 0.0:
+        assert_close(y, np.sign(to_numpy(xr)) * np.sqrt(np.abs(to_numpy(xr))), terms=2)
+
+
+def test_signed_sqrt_gradient_is_bounded_at_zero():
+    torch = pytest.importorskip("torch")
+    for eps in (1e-6, 1e-2):
+        x = torch.tensor([0.0, 1e-12, -1e-12, 4.0], dtype=torch.float64, requires_grad=True)
+        lp.signed_sqrt(x, eps=eps).sum().backward()
+        assert torch.isfinite(x.grad).all()
+        assert x.grad.max().item() <= 1 / (2 * eps**0.5) * (1 + 1e-12)
+        assert abs(x.grad[3].item() - 1 / (2 * (4 + eps) ** 0.5)) < 1e-12
+
+
+@backends
+@dtypes
+@given(seed=st.integers(0, 999))
+def test_l2_normalize(bk, dtype, seed):
+    x = np.random.default_rng(seed).standard_normal((3, 5, 4))
+    x[1] = 0.0
+    y = to_numpy(lp.l2_normalize(bk(x, dtype)))
+    norms = np.linalg.norm(y, axis=-1)
+    assert np.allclose(norms[0], 1.0, atol=10 * np.finfo(dtype).eps) and (norms[1] == 0).all()
+    yf = to_numpy(lp.l2_normalize(bk(x, dtype), axis=(-2, -1)))
+    assert np.allclose(np.linalg.norm(yf[0]), 1.0, atol=40 * np.finfo(dtype).eps)
+
+
+def test_l2_normalize_gradient_at_zero_is_finite():
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(2, 3, requires_grad=True)
+    lp.l2_normalize(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def _spd(rng, batch, f, cond):
+    q, _ = np.linalg.qr(rng.standard_normal((batch, f, f)))
+    mu = np.geomspace(1.0, 1.0 / cond, f) * rng.uniform(0.5, 2.0, (batch, 1))
+    return np.einsum("bij,bj,bkj->bik", q, mu, q), mu
+
+
+@backends
+@dtypes
+@given(seed=st.integers(0, 999), f=st.integers(1, 6))
+def test_matrix_sqrt_eigh_squares_back(bk, dtype, seed, f):
+    g, mu = _spd(np.random.default_rng(seed), 2, f, cond=100.0)
+    G = bk(g, dtype)
+    R = lp.matrix_sqrt(G)
+    assert R.dtype == G.dtype
+    r = to_numpy(R)
+    assert_close(r, np.swapaxes(r, 1, 2), terms=4 * f, scale=np.abs(r).max(), dtype=dtype)
+    # eigh's error is relative to the largest eigenvalue: backward-stable, not element-wise
+    assert_close(r @ r, to_numpy(G), terms=200 * f, scale=mu.max(), dtype=dtype)
+
+
+@backends
+@given(seed=st.integers(0, 999), f=st.integers(1, 6))
+def test_matrix_sqrt_newton_schulz_converges_to_eigh(bk, seed, f):
+    g, mu = _spd(np.random.default_rng(seed), 3, f, cond=10.0)
+    G = bk(g, "float64")
+    ns = lp.matrix_sqrt(G, method="newton_schulz", num_iters=25)
+    assert_close(ns, lp.matrix_sqrt(G), terms=1000 * f, scale=np.sqrt(mu.max()))
+    # the default 5 iterations are a partial normalisation: close, not equal
+    ns5 = to_numpy(lp.matrix_sqrt(G, method="newton_schulz"))
+    assert np.abs(ns5 - to_numpy(lp.matrix_sqrt(G))).max() < 0.5 * np.sqrt(mu.max())
+
+
+def test_matrix_sqrt_of_zero_is_zero():
+    z = np.zeros((2, 3, 3))
+    assert (lp.matrix_sqrt(z, method="newton_schulz") == 0).all() and (lp.matrix_sqrt(z) == 0).all()
+
+
+def test_matrix_sqrt_of_a_gram_batch_in_low_precision():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(2, 30, 4).to(torch.bfloat16)
+    for method in ("eigh", "newton_schulz"):
+        r = lp.matrix_sqrt(lp.gram(x), method=method, num_iters=20)
+        assert r.dtype == torch.float32 and torch.isfinite(r).all()
