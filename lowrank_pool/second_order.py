@@ -108,8 +108,12 @@ def bilinear_pool(
     """
     xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
     f = feats.channels
-    k = check_shape("W", fac["W"], ("K", "f", "f"), f=f)["K"]
-    g = _gram(xp, feats, None)
-    flat_g = xp.reshape(g, (feats.batch, f * f))
-    flat_w = xp.reshape(fac["W"], (k, f * f))
-    return xp.matmul(flat_g, xp.matrix_transpose(flat_w))
+    check_shape("W", fac["W"], ("K", "f", "f"), f=f)
+    return bilinear_scores(xp, feats, fac["W"])
+
+
+def bilinear_scores(xp: Namespace, feats: Features, w: Array) -> Array:
+    """⟨G_b, W_k⟩ for validated features and W (K, f, f): one (B, f²) @ (f², K) product."""
+    f, k = feats.channels, w.shape[0]
+    flat_g = xp.reshape(_gram(xp, feats, None), (feats.batch, f * f))
+    return xp.matmul(flat_g, xp.matrix_transpose(xp.reshape(w, (k, f * f))))

@@ -1,0 +1,457 @@
+"""CP / Tucker / eigen forms: pooling from factors, approximations, conversions, files."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import BACKENDS, absolute, oracle_bilinear
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lowrank_pool as lp
+from lowrank_pool.testing import assert_close, to_numpy
+
+backends = pytest.mark.parametrize("bk", BACKENDS)
+dtypes = pytest.mark.parametrize("dtype", ["float32", "float64"])
+PATHS = ["factorized", "dense", "auto"]
+
+
+def _cp(rng, K, f, R):
+    return rng.standard_normal(R), [
+        rng.standard_normal((K, R)),
+        rng.standard_normal((f, R)),
+        rng.standard_normal((f, R)),
+    ]
+
+
+def _tucker(rng, K, f, r):
+    core = rng.standard_normal(r)
+    return core, [rng.standard_normal((K, r[0])), rng.standard_normal((f, r[1])), rng.standard_normal((f, r[2]))]
+
+
+def _dense_cp(w, fac):
+    return np.einsum("r,kr,ir,jr->kij", w, *fac)
+
+
+def _dense_tucker(core, fac):
+    return np.einsum("qrs,kq,ir,js->kij", core, *fac)
+
+
+sizes = st.fixed_dictionaries(
+    {
+        "B": st.integers(0, 3),
+        "n": st.integers(1, 8),
+        "f": st.integers(1, 7),
+        "K": st.integers(1, 4),
+        "R": st.integers(1, 5),
+        "seed": st.integers(0, 2**32 - 1),
+        "nchw": st.booleans(),
+    }
+)
+
+
+def _x(bk, dtype, s, rng):
+    x = rng.standard_normal((s["B"], s["n"], s["f"]))
+    if s["nchw"]:  # (B, f, n, 1) with channel_axis=1
+        return x, bk(np.ascontiguousarray(np.swapaxes(x, 1, 2))[..., None], dtype), 1
+    return x, bk(x, dtype), -1
+
+
+@backends
+@dtypes
+@given(s=sizes)
+def test_cp_pool_equals_dense_bilinear(bk, dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    x, X, ax = _x(bk, dtype, s, rng)
+    w, fac = _cp(rng, s["K"], s["f"], s["R"])
+    W = _dense_cp(w, fac)
+    cp = (bk(w, dtype), [bk(a, dtype) for a in fac])
+    scale = oracle_bilinear(np.abs(x), np.einsum("r,kr,ir,jr->kij", *absolute(w, *fac)))
+    terms = 2 * (s["n"] + s["f"] ** 2 + s["R"] + 4)
+    for path in PATHS:
+        got = lp.cp_pool(X, cp, path=path, channel_axis=ax)
+        assert_close(got, oracle_bilinear(x, W), terms=terms, scale=scale, dtype=dtype)
+        assert type(got) is type(X) and got.dtype == X.dtype
+
+
+@backends
+@dtypes
+@given(s=sizes, ranks=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
+def test_tucker_pool_equals_dense_bilinear(bk, dtype, s, ranks):
+    rng = np.random.default_rng(s["seed"])
+    x, X, ax = _x(bk, dtype, s, rng)
+    core, fac = _tucker(rng, s["K"], s["f"], ranks)
+    W = _dense_tucker(core, fac)
+    tk = (bk(core, dtype), [bk(a, dtype) for a in fac])
+    scale = oracle_bilinear(np.abs(x), np.einsum("qrs,kq,ir,js->kij", *absolute(core, *fac)))
+    terms = 2 * (s["n"] + s["f"] ** 2 + 27 + 4)
+    for path in PATHS:
+        got = lp.tucker_pool(X, tk, path=path, channel_axis=ax)
+        assert_close(got, oracle_bilinear(x, W), terms=terms, scale=scale, dtype=dtype)
+        assert type(got) is type(X) and got.dtype == X.dtype
+
+
+@backends
+@dtypes
+@given(s=sizes)
+def test_eig_pool_equals_dense_bilinear(bk, dtype, s):
+    rng = np.random.default_rng(s["seed"])
+    x, X, ax = _x(bk, dtype, s, rng)
+    P = min(s["R"], s["f"])
+    W = rng.standard_normal((s["K"], s["f"], s["f"]))
+    eig = lp.eig_approx(bk(W, dtype), P)
+    assert tuple(eig.eigenvalues.shape) == (s["K"], P) and tuple(eig.eigenvectors.shape) == (s["f"], s["K"], P)
+    dense = lp.to_dense(eig)
+    got = lp.eig_pool(X, eig, channel_axis=ax)
+    scale = oracle_bilinear(np.abs(x), np.abs(to_numpy(dense))) + oracle_bilinear(np.abs(x), np.abs(W))
+    assert_close(got, oracle_bilinear(x, to_numpy(dense)), terms=2 * (s["n"] + s["f"] ** 2 + 4), scale=scale)
+    # the same form through rankp_pool: A = V·μ, B = V
+    rp = lp.rankp_pool(X, eig.eigenvectors * eig.eigenvalues[None, ...], eig.eigenvectors, channel_axis=ax)
+    assert_close(rp, got, terms=4 * (s["n"] + s["f"] ** 2 + 4), scale=scale)
+
+
+def test_tensorly_objects_are_accepted():
+    from tensorly.cp_tensor import CPTensor
+    from tensorly.tucker_tensor import TuckerTensor
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 4))
+    w, fac = _cp(rng, 3, 4, 2)
+    for cp in (CPTensor((w, fac)), (w, fac), [w, fac]):
+        assert np.allclose(lp.cp_pool(x, cp), oracle_bilinear(x, _dense_cp(w, fac)))
+    assert np.allclose(lp.cp_pool(x, (None, fac)), oracle_bilinear(x, _dense_cp(np.ones(2), fac)))
+    core, tf = _tucker(rng, 3, 4, (2, 2, 3))
+    assert np.allclose(lp.tucker_pool(x, TuckerTensor((core, tf))), oracle_bilinear(x, _dense_tucker(core, tf)))
+
+
+# ------------------------------------------------------------------ approximations
+def _orthonormal(rng, rows, cols):
+    q, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@given(K=st.integers(1, 6), f=st.integers(2, 10), seed=st.integers(0, 999), data=st.data())
+def test_cp_approx_recovers_an_exact_cp_tensor(symmetric, K, f, seed, data):
+    """Well-conditioned factors (orthonormal columns, weights 1..R) are recovered to ~1e-12."""
+    R = data.draw(st.integers(1, min(K, f, 4)), label="R")
+    rng = np.random.default_rng(seed)
+    u, a, c = _orthonormal(rng, K, R), _orthonormal(rng, f, R), _orthonormal(rng, f, R)
+    w = np.arange(1.0, R + 1)
+    W = _dense_cp(w, [u, a, a if symmetric else c])  # a symmetric W when fitting the symmetric part
+    cp = lp.cp_approx(W, R, symmetric=symmetric)
+    err = np.linalg.norm(lp.to_dense(cp) - W) / np.linalg.norm(W)
+    assert err < 1e-10, err
+
+
+def test_cp_approx_restarts_get_out_of_a_swamp():
+    """An ill-conditioned exact rank-3 W where ALS from the SVD start stalls at 2e-2."""
+    rng = np.random.default_rng(0)
+    w, fac = _cp(rng, 3, 3, 3)
+    W = _dense_cp(w, fac)
+    stalled = lp.cp_approx(W, 3, symmetric=False)
+    assert np.linalg.norm(lp.to_dense(stalled) - W) > 1e-4 * np.linalg.norm(W)
+    cp = lp.cp_approx(W, 3, symmetric=False, n_restarts=4, n_iter_max=3000)
+    assert np.linalg.norm(lp.to_dense(cp) - W) < 1e-6 * np.linalg.norm(W)
+
+
+@given(K=st.integers(1, 6), f=st.integers(2, 10), seed=st.integers(0, 999), data=st.data())
+def test_tucker_approx_recovers_an_exact_tucker_tensor(K, f, seed, data):
+    rng = np.random.default_rng(seed)
+    r = (data.draw(st.integers(1, K)), data.draw(st.integers(1, f)), data.draw(st.integers(1, f)))
+    r = (min(r[0], r[1] * r[2]), min(r[1], r[0] * r[2]), min(r[2], r[0] * r[1]))
+    r = (min(r[0], r[1] * r[2]), min(r[1], r[0] * r[2]), min(r[2], r[0] * r[1]))  # valid multilinear ranks
+    core, fac = _tucker(rng, K, f, r)
+    W = _dense_tucker(core, fac)
+    tk = lp.tucker_approx(W, r, symmetric=False)
+    assert np.linalg.norm(lp.to_dense(tk) - W) <= 1e-10 * np.linalg.norm(W)
+
+
+def test_symmetric_fit_ignores_the_antisymmetric_part():
+    rng = np.random.default_rng(5)
+    w, (u, a, _) = _cp(rng, 4, 6, 3)
+    S = _dense_cp(w, [u, a, a])
+    N = rng.standard_normal((4, 6, 6))
+    W = S + (N - N.transpose(0, 2, 1))  # same scores as S
+    x = rng.standard_normal((3, 7, 6))
+    assert np.allclose(lp.bilinear_pool(x, W), lp.bilinear_pool(x, S))
+    cp = lp.cp_approx(W, 3)
+    assert np.linalg.norm(lp.to_dense(cp) - S) < 1e-8 * np.linalg.norm(S)
+    assert np.allclose(lp.cp_pool(x, cp), lp.bilinear_pool(x, W))
+    # fitting all of W at the same rank cannot be exact: the antisymmetric part costs rank
+    full = lp.cp_approx(W, 3, symmetric=False)
+    assert np.linalg.norm(lp.to_dense(full) - W) > 1e-3 * np.linalg.norm(W)
+    tk = lp.tucker_approx(W, (4, 3, 3))
+    assert np.linalg.norm(lp.to_dense(tk) - S) < 1e-8 * np.linalg.norm(S)
+
+
+@backends
+@given(K=st.integers(1, 4), f=st.integers(1, 9), seed=st.integers(0, 999))
+def test_eig_approx_is_the_eckart_young_optimum(bk, K, f, seed):
+    W = np.random.default_rng(seed).standard_normal((K, f, f))
+    S = (W + W.transpose(0, 2, 1)) / 2
+    mu = np.linalg.eigvalsh(S)
+    energy = np.sort(mu**2, axis=1)[:, ::-1]
+    errors = []
+    for P in range(1, f + 1):
+        approx = to_numpy(lp.to_dense(lp.eig_approx(bk(W), P)))
+        err = np.linalg.norm(approx - S)
+        optimum = np.sqrt(energy[:, P:].sum())
+        assert abs(err - optimum) <= 1e-10 * np.linalg.norm(S) * f
+        errors.append(err)
+    assert all(e1 >= e2 - 1e-12 for e1, e2 in itertools.pairwise(errors))
+    assert errors[-1] <= 1e-12 * f * np.linalg.norm(S)
+
+
+def test_eig_approx_streams_a_sequence_of_classes():
+    W = np.random.default_rng(0).standard_normal((3, 5, 5))
+    a, b = lp.eig_approx(W, 2), lp.eig_approx([W[0], W[1], W[2]], 2)
+    assert np.allclose(a.eigenvalues, b.eigenvalues) and np.allclose(np.abs(a.eigenvectors), np.abs(b.eigenvectors))
+
+
+def test_approximations_keep_the_torch_library_and_dtype():
+    torch = pytest.importorskip("torch")
+    W = torch.randn(3, 6, 6, dtype=torch.float32, requires_grad=True)
+    for approx in (lp.cp_approx(W, 2), lp.tucker_approx(W, 2), lp.eig_approx(W, 2)):
+        leaves = [approx[0], *approx[1]] if not isinstance(approx, lp.EigTensor) else list(approx)
+        assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in leaves)
+    x = torch.randn(2, 4, 6)
+    cp = lp.cp_approx(W, 6)
+    assert torch.allclose(lp.cp_pool(x, cp), lp.bilinear_pool(x, lp.to_dense(cp)), rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ conversions
+@backends
+@given(K=st.integers(1, 3), f=st.integers(1, 6), P=st.integers(1, 3), shared=st.booleans(), seed=st.integers(0, 999))
+def test_rankp_and_cp_convert_both_ways(bk, K, f, P, shared, seed):
+    rng = np.random.default_rng(seed)
+    A = bk(rng.standard_normal((f, K, P)))
+    B = bk(rng.standard_normal((f, P) if shared else (f, K, P)))
+    x = bk(rng.standard_normal((2, 5, f)))
+    ref = to_numpy(lp.rankp_pool(x, A, B))
+    cp = lp.rankp_to_cp(A, B)
+    assert np.allclose(to_numpy(lp.cp_pool(x, cp)), ref)
+    assert np.allclose(to_numpy(lp.to_dense(cp)), to_numpy(lp.to_dense(lp.RankP(A, B))))
+    back = lp.cp_to_rankp(cp)
+    assert np.allclose(to_numpy(lp.rankp_pool(x, back.A, back.B)), ref)
+
+
+# ------------------------------------------------------------------ cost model
+def test_auto_path_follows_the_measured_crossover():
+    big_f = lp.pool_cost("cp", batch=32, positions=196, channels=512, classes=100, ranks=(16, 16, 16))
+    assert big_f["factorized"] < big_f["dense"] / 10
+    small_f = lp.pool_cost("cp", batch=32, positions=4096, channels=128, classes=10, ranks=(64, 64, 64))
+    assert small_f["dense"] < small_f["factorized"]
+
+
+# ------------------------------------------------------------------ rank profile
+def test_rank_profile_reports_error_size_and_accuracy(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    K, f = 4, 8
+    W = rng.standard_normal((K, f, f))
+    x = rng.standard_normal((20, 6, f))
+    labels = np.argmax(lp.bilinear_pool(x, W), axis=1)
+    prof = lp.rank_profile(W, [1, 2, 4, 8], method="eig", features=x, labels=labels)
+    assert prof.errors == sorted(prof.errors, reverse=True) and prof.errors[-1] < 1e-12
+    assert prof.params == [r * K * (f + 1) for r in (1, 2, 4, 8)] and prof.dense_accuracy == 1.0
+    assert prof.accuracy is not None and prof.accuracy[-1] == 1.0
+    assert "rel. error" in str(prof) and len(prof.rows()) == 4
+    for method, ranks in (("cp", [1, 3]), ("tucker", [2, (4, 8, 8)])):
+        p = lp.rank_profile(W, ranks, method=method, features=x, labels=labels, progress=True)
+        assert len(p.errors) == 2 and p.errors[-1] <= p.errors[0] + 1e-12
+    assert p.errors[-1] < 1e-10 and p.ranks == [(2, 2, 2), (4, 8, 8)]
+    ax = prof.plot()
+    ax.figure.savefig(tmp_path / "profile.png")
+    assert (tmp_path / "profile.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ files
+def _forms(rng):
+    from tensorly.cp_tensor import CPTensor
+    from tensorly.tucker_tensor import TuckerTensor
+
+    W = rng.standard_normal((3, 5, 5))
+    return [
+        CPTensor(_cp(rng, 3, 5, 2)),
+        TuckerTensor(_tucker(rng, 3, 5, (2, 2, 2))),
+        lp.eig_approx(W, 2),
+        lp.RankP(rng.standard_normal((5, 3, 2)), rng.standard_normal((5, 2))),
+        W,
+    ]
+
+
+def test_factor_files_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, form in enumerate(_forms(rng)):
+        path = tmp_path / f"f{i}.npz"
+        lp.save_factors(path, form)
+        back = lp.load_factors(path)
+        assert type(back).__name__ == type(form).__name__
+        assert np.array_equal(lp.to_dense(back) if i < 4 else back, lp.to_dense(form) if i < 4 else form)
+
+
+def test_torch_factors_are_saved():
+    torch = pytest.importorskip("torch")
+    import tempfile
+
+    eig = lp.eig_approx(torch.randn(2, 4, 4), 2)
+    with tempfile.TemporaryDirectory() as d:
+        lp.save_factors(f"{d}/t.npz", eig)
+        back = lp.load_factors(f"{d}/t.npz")
+    assert np.allclose(back.eigenvalues, eig.eigenvalues.numpy())
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_foreign_and_corrupt_files_are_refused(tmp_path, capsys):
+    pkl = tmp_path / "evil.npz"
+    pkl.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(lp.FactorFileError, match=r"evil\.npz: not a readable lowrank_pool factor file"):
+        lp.load_factors(pkl)
+    assert "pwned" not in capsys.readouterr().out
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("dense"),
+             W=np.array([{"a": 1}], dtype=object))  # fmt: skip
+    with pytest.raises(lp.FactorFileError, match="not a readable"):
+        lp.load_factors(obj)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.ones(3))
+    with pytest.raises(lp.FactorFileError, match=r"no 'lowrank_pool\.factors' tag"):
+        lp.load_factors(foreign)
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, __format__=np.array("lowrank_pool.factors"), __version__=np.array(99), kind=np.array("eig"))
+    with pytest.raises(lp.FactorFileError, match="format version 99, this lowrank_pool reads 1"):
+        lp.load_factors(newer)
+    good = tmp_path / "good.npz"
+    lp.save_factors(good, lp.eig_approx(np.eye(3)[None], 1))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(lp.FactorFileError, match=r"cut\.npz"):
+        lp.load_factors(cut)
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("cp"))
+    with pytest.raises(lp.FactorFileError, match="cp factor file is incomplete"):
+        lp.load_factors(missing)
+    with pytest.raises(TypeError, match="obj: expected a CPTensor"):
+        lp.save_factors(tmp_path / "x.npz", "W")
+
+
+# ------------------------------------------------------------------ errors
+W0 = np.ones((3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "pattern"),
+    [
+        (lambda: lp.cp_approx(W0, 0), ValueError, r"rank: expected a positive int, got 0"),
+        (lambda: lp.cp_approx(W0, -2), ValueError, r"rank: expected a positive int, got -2"),
+        (lambda: lp.cp_approx(W0, 17), ValueError, r"rank: expected at most min\(K·f, f²\) = 12 .*got 17"),
+        (lambda: lp.cp_approx(W0, 2.0), TypeError, r"rank: expected a positive int, got float"),
+        (lambda: lp.tucker_approx(W0, 5), ValueError, r"rank: expected at most f = 4 .*got 5"),
+        (
+            lambda: lp.tucker_approx(W0, (4, 2, 2)),
+            ValueError,
+            r"rank: expected \(R_K, R_f, R_f\) <= \(3, 4, 4\).*got \(4, 2, 2\)",
+        ),
+        (lambda: lp.tucker_approx(W0, (1, 2)), ValueError, r"rank: expected an int or a tuple"),
+        (lambda: lp.tucker_approx(W0, (1, 1, 2)), ValueError, r"rank: multilinear ranks .* got \(1, 1, 2\) \(2 > 1\)"),
+        (lambda: lp.eig_approx(W0, 5), ValueError, r"rank: expected at most f = 4 eigenpairs per class, got 5"),
+        (lambda: lp.cp_approx(np.ones((3, 4, 5)), 2), lp.ShapeError, r"W: expected shape \(K, f, f\).*got \(3, 4, 5\)"),
+        (lambda: lp.cp_approx(np.full((2, 3, 3), np.nan), 2), ValueError, r"W: expected finite values"),
+        (lambda: lp.eig_approx(np.full((2, 3, 3), np.inf), 2), ValueError, r"W\[0\]: expected finite values"),
+        (lambda: lp.tucker_approx(np.ones((2, 3, 3), int), 2), lp.DTypeError, r"W: expected a real floating dtype"),
+        (
+            lambda: lp.cp_pool(np.ones((2, 5, 4)), (None, [np.ones((3, 2)), np.ones((5, 2)), np.ones((5, 2))])),
+            lp.ShapeError,
+            r"cp factor A: expected shape \(f, R\) with f = 4, got \(5, 2\)",
+        ),
+        (
+            lambda: lp.cp_pool(np.ones((2, 5, 4)), (None, [np.ones((3, 2)), np.ones((4, 3)), np.ones((4, 2))])),
+            lp.ShapeError,
+            r"cp factor A: expected shape \(f, R\) with R = 2, got \(4, 3\)",
+        ),
+        (
+            lambda: lp.cp_pool(np.ones((2, 5, 4)), (np.ones(3), [np.ones((3, 2)), np.ones((4, 2)), np.ones((4, 2))])),
+            lp.ShapeError,
+            r"cp weights: expected shape \(R,\) with R = 2, got \(3,\)",
+        ),
+        (
+            lambda: lp.cp_pool(np.ones((2, 5, 4)), (None, [np.ones((3, 2))])),
+            lp.ShapeError,
+            r"cp: expected 3 factor matrices",
+        ),
+        (
+            lambda: lp.cp_pool(np.ones((2, 5, 4)), 3),
+            TypeError,
+            r"cp: expected a CPTensor or a \(weights, \[U, A, C\]\) tuple, got int",
+        ),
+        (
+            lambda: lp.cp_pool(
+                np.ones((2, 5, 4)), (None, [np.ones((3, 2)), np.ones((4, 2)), np.ones((4, 2))]), path="fast"
+            ),
+            ValueError,
+            r"path: expected one of \['auto', 'factorized', 'dense'\]",
+        ),
+        (
+            lambda: lp.tucker_pool(
+                np.ones((2, 5, 4)), (np.ones((2, 2, 3)), [np.ones((3, 2)), np.ones((4, 2)), np.ones((4, 2))])
+            ),
+            lp.ShapeError,
+            r"tucker core: expected shape \(R_K, R_a, R_c\) with R_K = 2, R_a = 2, R_c = 2, got \(2, 2, 3\)",
+        ),
+        (
+            lambda: lp.eig_pool(np.ones((2, 5, 4)), lp.EigTensor(np.ones((3, 2)), np.ones((4, 3, 1)))),
+            lp.ShapeError,
+            r"eigenvalues: expected shape \(K, P\) with K = 3, P = 1, got \(3, 2\)",
+        ),
+        (lambda: lp.to_dense("W"), TypeError, r"obj: expected a CPTensor"),
+        (lambda: lp.rank_profile(W0, []), ValueError, r"ranks: expected at least one rank"),
+        (lambda: lp.rank_profile(W0, [1], features=np.ones((2, 3, 4))), ValueError, r"features, labels: pass both"),
+        (
+            lambda: lp.rank_profile(W0, [1], features=np.ones((2, 3, 4)), labels=np.ones(2)),
+            TypeError,
+            r"labels: expected integer class indices",
+        ),
+        (
+            lambda: lp.rank_profile(W0, [1], features=np.ones((2, 3, 4)), labels=np.ones(3, int)),
+            lp.ShapeError,
+            r"labels: expected shape \(2,\)",
+        ),
+    ],
+)
+def test_bad_input_is_named(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_memory_of_a_100x512x512_weight_stays_within_a_few_gib():
+    """eig_approx (streamed) and cp_approx at rank 8 on W (100, 512, 512) float64, peak RSS in a subprocess."""
+    code = textwrap.dedent(
+        """
+        import resource, numpy as np, lowrank_pool as lp
+        W = np.random.default_rng(0).standard_normal((100, 512, 512))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        eig = lp.eig_approx(W, 8)
+        x = np.random.default_rng(1).standard_normal((4, 49, 512))
+        lp.eig_pool(x, eig)
+        cp = lp.cp_approx(W, 8, n_iter_max=5)
+        lp.cp_pool(x, cp)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra_gib = float(out.stdout.strip().splitlines()[-1])
+    # W itself is 0.2 GiB; the fit holds a few copies of it (symmetric part, unfoldings)
+    assert extra_gib < 2.0, f"peak memory beyond W: {extra_gib:.2f} GiB"
