@@ -19,10 +19,11 @@ themselves are produced, by one GEMM on [A | b], only by :func:`attention_maps`.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from ._checks import check_choice, check_shape
-from ._xp import Array, Features, Namespace, prepare, project, weighted_sum
+from ._checks import check_choice, check_shape, shape_of
+from ._xp import Array, Features, Namespace, is_torch, prepare, project, weighted_sum
 
 __all__ = ["attention_maps", "rank1_pool", "rankp_pool"]
 
@@ -51,9 +52,40 @@ def rank1_maps(xp: Namespace, feats: Features, a: Array, b: Array, attention: st
     return z[:, :, :k], activate(xp, z[:, :, k:], attention)[:, :, 0]
 
 
+def rankp_maps(xp: Namespace, feats: Features, a: Array, b: Array, attention: str) -> tuple[Array, Array]:
+    """Top-down maps (B, n, K, P) and bottom-up maps (B, n, P) or (B, n, K, P), one GEMM."""
+    f, k, p = shape_of(a)
+    width = math.prod(shape_of(b)[1:])
+    z = project(xp, feats, xp.concat([xp.reshape(a, (f, k * p)), xp.reshape(b, (f, width))], axis=1))
+    top = xp.reshape(z[:, :, : k * p], (feats.batch, feats.positions, k, p))
+    bottom = activate(xp, z[:, :, k * p :], attention)
+    return top, xp.reshape(bottom, (feats.batch, feats.positions, *shape_of(b)[1:]))
+
+
 def scores_from_maps(xp: Namespace, top_down: Array, bottom_up: Array) -> Array:
     """s_bk = Σ_i top_down[b, i, k] · bottom_up[b, i]: (B, K) from (B, n, K) and (B, n)."""
     return xp.matmul(bottom_up[:, None, :], top_down)[:, 0, :]
+
+
+def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, attention: str) -> Array:
+    """Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A_pf, with B (f, P) and A_pf (P·f, K).
+
+    With torch tensors that need gradients this runs as one autograd Function whose
+    backward writes ∂X once, in X's layout (:mod:`lowrank_pool._torch_kernels`).
+    """
+    if is_torch(xp) and _needs_grad(feats.data, bm, a_pf):
+        from ._torch_kernels import shared_bottom_up_scores
+
+        return shared_bottom_up_scores(feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention)
+    u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
+    v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
+    return xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
+
+
+def _needs_grad(*tensors: Array) -> bool:
+    import torch
+
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check_rank1(feats: Features, a: Array, b: Array) -> None:
@@ -115,9 +147,7 @@ def rank1_pool(
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
     a, bvec = fac["A"], fac["b"]
     _check_rank1(feats, a, bvec)
-    u = activate(xp, project(xp, feats, xp.reshape(bvec, (feats.channels, 1))), attention)
-    v = weighted_sum(xp, feats, u)  # (B, 1, f): Xᵀ σ(X b)
-    return xp.matmul(v[:, 0, :], a)
+    return _shared_scores(xp, feats, xp.reshape(bvec, (feats.channels, 1)), a, attention)
 
 
 def rankp_pool(
@@ -177,10 +207,8 @@ def rankp_pool(
     batch = feats.batch
     if bm.ndim == 2:
         check_shape("B", bm, ("f", "P"), f=f, P=p)
-        u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
-        v = weighted_sum(xp, feats, u)  # (B, P, f)
         a_pf = xp.reshape(xp.permute_dims(a, (2, 0, 1)), (p * f, k))
-        return xp.matmul(xp.reshape(v, (batch, p * f)), a_pf)
+        return _shared_scores(xp, feats, bm, a_pf, attention)
     check_shape("B", bm, ("f", "K", "P"), f=f, K=k, P=p)
     kp = k * p
     z = project(xp, feats, xp.concat([xp.reshape(a, (f, kp)), xp.reshape(bm, (f, kp))], axis=1))

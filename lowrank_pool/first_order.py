@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._checks import check_choice, check_shape
-from ._xp import Array, prepare
+from ._checks import ShapeError, check_choice, check_shape, shape_of
+from ._xp import Array, prepare, weighted_sum
 
 __all__ = ["first_order_pool"]
 
@@ -16,6 +16,7 @@ def first_order_pool(
     /,
     *,
     reduce: Literal["sum", "mean", "max"] = "sum",
+    weights: Array | None = None,
     channel_axis: int = -1,
     check_finite: bool = False,
 ) -> Array:
@@ -38,6 +39,10 @@ def first_order_pool(
         One weight vector per class, column-per-class.
     reduce : {"sum", "mean", "max"}
         How the positions are pooled.
+    weights : array, (B, n) or (B, *spatial), optional
+        A spatial weighting u of the positions (``reduce`` "sum" or "mean"):
+        s_bk = Σ_i u_bi x_bi · w_k. With u = X b this is rank-1 attentional pooling;
+        any other bottom-up map (e.g. predicted by a pose head) works the same way.
     channel_axis : int
         Axis of X that holds the f channels.
     check_finite : bool
@@ -61,9 +66,26 @@ def first_order_pool(
            [1., 1.]])
     """
     check_choice(reduce, "reduce", ("sum", "mean", "max"))
-    xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
+    if weights is None:
+        xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
+    else:
+        if reduce == "max":
+            raise ValueError("weights: a spatial weighting needs reduce='sum' or 'mean', got reduce='max'")
+        xp, feats, fac = prepare(X, channel_axis, check_finite, W=W, weights=weights)
     check_shape("W", fac["W"], ("f", "K"), f=feats.channels)
     pos_axis = 1 if feats.layout == "bnf" else 2
+    if weights is not None:
+        u = fac["weights"]
+        if shape_of(u) not in ((feats.batch, feats.positions), (feats.batch, *feats.spatial)):
+            raise ShapeError(
+                f"weights: expected shape (B, n) = {(feats.batch, feats.positions)} or (B, *spatial) = "
+                f"{(feats.batch, *feats.spatial)}, got {shape_of(u)}"
+            )
+        u = xp.reshape(u, (feats.batch, feats.positions, 1))
+        pooled = weighted_sum(xp, feats, u)[:, 0, :]
+        if reduce == "mean":
+            pooled = pooled / feats.positions
+        return xp.matmul(pooled, fac["W"])
     if reduce == "max":
         pooled = xp.max(feats.data, axis=pos_axis)
     else:

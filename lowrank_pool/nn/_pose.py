@@ -1,0 +1,179 @@
+"""The paper's method 2: pose-regularised attention, and Gaussian keypoint targets."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+import lowrank_pool as lp
+
+from .._checks import ShapeError, check_choice, check_positive_int
+from .._xp import namespace
+from ..attention import ATTENTIONS, activate
+from ._base import PoolingHead
+
+__all__ = ["PoseAttentionalPool", "PoseOutput", "keypoint_heatmaps", "pose_loss"]
+
+
+class PoseOutput(NamedTuple):
+    """What :class:`PoseAttentionalPool` returns."""
+
+    scores: torch.Tensor  # (B, K)
+    keypoint_maps: torch.Tensor  # (B, J, *grid): logits of the J keypoint heat maps
+    top_down: torch.Tensor | None  # (B, K, *grid) with return_maps
+    bottom_up: torch.Tensor | None  # (B, *grid) with return_maps
+
+
+class PoseAttentionalPool(PoolingHead):
+    r"""Pose-regularised attentional pooling (Girdhar & Ramanan 2017, method 2).
+
+    A 1×1-convolution head h (one layer, or two with a ReLU between when ``hidden``
+    is given) maps X to J + 1 channels: J keypoint heat maps, trained with an auxiliary
+    loss against :func:`keypoint_heatmaps`, and one bottom-up saliency map u. The class
+    scores combine u with the top-down maps X a_k:
+
+    .. math:: s_k = (X a_k)^\top \sigma(u), \qquad [P_1, \dots, P_J, u] = h(X)
+
+    computed as first-order pooling weighted by σ(u) (no (B, n, K) map is formed).
+    Without ``hidden``, u = X b + c is exactly the rank-1 bottom-up map.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import PoseAttentionalPool
+    >>> out = PoseAttentionalPool(64, 10, num_keypoints=16)(torch.randn(2, 64, 7, 7))
+    >>> out.scores.shape, out.keypoint_maps.shape
+    (torch.Size([2, 10]), torch.Size([2, 16, 7, 7]))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_keypoints: int = 16,
+        *,
+        hidden: int | None = None,
+        attention: Literal["linear", "softmax", "relu"] = "linear",
+        return_maps: bool = False,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_keypoints = check_positive_int(num_keypoints, "num_keypoints")
+        self.hidden = None if hidden is None else check_positive_int(hidden, "hidden")
+        self.attention = check_choice(attention, "attention", ATTENTIONS)
+        self.return_maps = bool(return_maps)
+        kw = {"device": device, "dtype": dtype}
+        width = self.hidden or in_channels
+        self.hidden_weight = nn.Parameter(torch.empty(in_channels, width, **kw)) if hidden else None
+        self.hidden_bias = nn.Parameter(torch.empty(width, **kw)) if hidden else None
+        self.head_weight = nn.Parameter(torch.empty(width, num_keypoints + 1, **kw))  # (d, J + 1)
+        self.head_bias = nn.Parameter(torch.empty(num_keypoints + 1, **kw))
+        self.A = nn.Parameter(torch.empty(in_channels, num_classes, **kw))  # top-down a_k
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        if self.hidden_weight is not None and self.hidden_bias is not None:
+            self._init_(self.hidden_weight, self.in_channels, generator)
+            nn.init.zeros_(self.hidden_bias)
+        self._init_(self.head_weight, self.head_weight.shape[0], generator)
+        nn.init.zeros_(self.head_bias)
+        self._init_(self.A, self.in_channels, generator)
+
+    def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> PoseOutput:
+        axis = self._channel_axis(x)
+        grid = self._spatial(x, axis)
+        batch = x.shape[0]
+        # (B, n, f) view of the features for the 1x1 convolutions, (B, f, n) for NCHW
+        flat = x.reshape(batch, -1, self.in_channels) if axis == -1 else x.reshape(batch, self.in_channels, -1)
+
+        def conv1x1(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # -> (B, n, d)
+            return torch.matmul(t, w) + b if axis == -1 else torch.matmul(w.mT, t).mT + b
+
+        if self.hidden_weight is not None and self.hidden_bias is not None:
+            h = torch.relu(conv1x1(flat, self.hidden_weight, self.hidden_bias))  # (B, n, hidden)
+            out = torch.matmul(h, self.head_weight) + self.head_bias
+        else:
+            out = conv1x1(flat, self.head_weight, self.head_bias)  # (B, n, J + 1)
+        keypoints, u = out[:, :, : self.num_keypoints], out[:, :, self.num_keypoints]  # (B, n, J), (B, n)
+        u = activate(namespace(u=u), u[:, :, None], self.attention)[:, :, 0]
+        scores = lp.first_order_pool(x, self.A, weights=u, channel_axis=axis)
+        keypoint_maps = keypoints.mT.reshape(batch, self.num_keypoints, *grid)
+        if not (self.return_maps if return_maps is None else return_maps):
+            return PoseOutput(scores, keypoint_maps, None, None)
+        top = lp.attention_maps(x, self.A, torch.zeros_like(self.A[:, 0]), channel_axis=axis, keep_spatial=True)[0]
+        return PoseOutput(scores, keypoint_maps, top, u.reshape(batch, *grid))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.num_classes}, num_keypoints={self.num_keypoints}, hidden={self.hidden}, "
+            f"attention={self.attention!r}"
+        )
+
+
+def keypoint_heatmaps(
+    keypoints: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    visible: torch.Tensor | None = None,
+    sigma: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Gaussian target heat maps :math:`\exp(-\lVert p - k_j\rVert^2 / 2\sigma^2)` on an H×W grid.
+
+    Parameters
+    ----------
+    keypoints : tensor, (B, J, 2)
+        (x, y) positions in feature-map cells (0 ≤ x ≤ W − 1, 0 ≤ y ≤ H − 1) of the
+        visible keypoints; invisible ones may hold anything (e.g. −1).
+    size : (H, W)
+    visible : bool tensor, (B, J), optional
+        Which keypoints are annotated (default: all).
+    sigma : float
+        Standard deviation in cells.
+
+    Returns
+    -------
+    targets : tensor, (B, J, H, W)
+        Zero for invisible keypoints.
+    mask : tensor, (B, J)
+        1.0 for visible keypoints: weights of :func:`pose_loss`.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ShapeError(f"keypoints: expected shape (B, J, 2), got {tuple(keypoints.shape)}")
+    h, w = (check_positive_int(s, "size") for s in size)
+    if not sigma > 0:
+        raise ValueError(f"sigma: expected a number > 0, got {sigma!r}")
+    if visible is None:
+        visible = torch.ones(keypoints.shape[:2], dtype=torch.bool, device=keypoints.device)
+    if tuple(visible.shape) != tuple(keypoints.shape[:2]):
+        raise ShapeError(f"visible: expected shape {tuple(keypoints.shape[:2])} (B, J), got {tuple(visible.shape)}")
+    visible = visible.bool()
+    kx, ky = keypoints[..., 0], keypoints[..., 1]
+    outside = visible & ((kx < 0) | (kx > w - 1) | (ky < 0) | (ky > h - 1) | ~torch.isfinite(keypoints).all(-1))
+    if bool(outside.any()):
+        b, j = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"keypoints: visible keypoint ({b}, {j}) at (x, y) = ({float(kx[b, j])}, {float(ky[b, j])}) is outside "
+            f"the {h}x{w} grid (0 <= x <= {w - 1}, 0 <= y <= {h - 1}); mark it invisible or clip it"
+        )
+    dtype = keypoints.dtype if keypoints.is_floating_point() else torch.float32
+    ys = torch.arange(h, dtype=dtype, device=keypoints.device)
+    xs = torch.arange(w, dtype=dtype, device=keypoints.device)
+    dy = (ys[None, None, :] - ky[..., None].to(dtype)) ** 2  # (B, J, H)
+    dx = (xs[None, None, :] - kx[..., None].to(dtype)) ** 2  # (B, J, W)
+    maps = torch.exp(-(dy[..., :, None] + dx[..., None, :]) / (2 * sigma**2))
+    mask = visible.to(dtype)
+    return maps * mask[..., None, None], mask
+
+
+def pose_loss(keypoint_maps: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the visible keypoints' heat maps (0 when none is visible)."""
+    if keypoint_maps.shape != targets.shape:
+        raise ShapeError(f"targets: expected shape {tuple(keypoint_maps.shape)}, got {tuple(targets.shape)}")
+    per_map = ((keypoint_maps - targets) ** 2).flatten(2).mean(-1)  # (B, J)
+    return (per_map * mask).sum() / mask.sum().clamp_min(1.0)
