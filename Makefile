@@ -8,11 +8,12 @@ ARGS   ?=
 # pytest-xdist is not used: 2 cores, and the suite is dominated by a few torch cases.
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint typecheck pytest demo clean
+.PHONY: help setup test lint typecheck pytest demo bench clean
 
 help:
 	@echo "make demo    - run the demo (python -m lowrank_pool.demo \$$ARGS)"
 	@echo "make test    - ruff, mypy and pytest (derandomised hypothesis profile)"
+	@echo "make bench   - benchmarks/run.py \$$ARGS (--smoke for a quick check); writes benchmarks/results/"
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +24,18 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e '.[torch,test]'
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.test benchmarks/requirements.txt
+	$(PIP) -r benchmarks/requirements.txt
+	touch $@
+
 setup: $(VENV)/.test
 
 demo: $(VENV)/.core
 	$(PY) -m lowrank_pool.demo $(ARGS)
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check lowrank_pool tests
-	$(VENV)/bin/ruff format --check lowrank_pool tests
+	$(VENV)/bin/ruff check lowrank_pool tests benchmarks
+	$(VENV)/bin/ruff format --check lowrank_pool tests benchmarks
 
 typecheck: $(VENV)/.test
 	$(VENV)/bin/mypy
@@ -39,6 +44,9 @@ pytest: $(VENV)/.test
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ._checks import check_choice, check_shape
-from ._xp import Array, Features, Namespace, prepare
+from ._xp import Array, Features, Namespace, is_numpy, prepare
 
 __all__ = ["bilinear_pool", "gram"]
 
@@ -16,7 +16,14 @@ def _gram(xp: Namespace, feats: Features, normalize: str | None) -> Array:
     # update (scipy's ?syrk, one call per sample, plus filling the lower triangle)
     # was measured 1.3-5x *slower* than this batched GEMM with numpy/OpenBLAS, and
     # torch exposes no syrk, so symmetry is exploited by the callers instead.
-    g = xp.matmul(xp.matrix_transpose(x), x) if feats.layout == "bnf" else xp.matmul(x, xp.matrix_transpose(x))
+    xt = xp.matrix_transpose(x)
+    if is_numpy(xp) and feats.positions < feats.channels:
+        # OpenBLAS runs the batched product with a transposed (strided) operand 3-6x slower
+        # than on C-contiguous data when n < f (497 vs 80 ms for (B, n, f) input at B=32,
+        # n=49, f=2048, float32; 452 vs ~80 ms for NCHW); the copy costs B·n·f, small next
+        # to the B·f² output. With n >= f the strided view is as fast or faster.
+        xt = xp.asarray(xt, copy=True)
+    g = xp.matmul(xt, x) if feats.layout == "bnf" else xp.matmul(x, xt)
     if normalize == "mean":
         g = g / feats.positions
     return g

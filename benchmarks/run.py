@@ -1,0 +1,488 @@
+"""Speed and memory of every lowrank_pool primitive, as ratios measured in one run.
+
+``make bench`` (or ``python benchmarks/run.py``) times each primitive at the reference
+shapes of DESIGN.md, against (a) the literal broadcasting form, (b) plain autograd of
+the one-GEMM form, (c) tensorly reconstruction then the dense contraction, (d)
+``tltorch.TRL`` on the Gram matrix, and (e) this machine's own GEMM throughput and
+memory bandwidth, measured in the same run. Callables of one case are timed round-robin
+so that ratios survive a noisy machine. Writes ``results.md``, ``results.json`` and
+``efficiency.png`` to ``--out``. ``--smoke`` runs tiny shapes in seconds (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import lowrank_pool as lp
+
+SHAPES = [(49, 2048, 10), (196, 512, 100), (196, 2048, 600), (4096, 128, 10)]  # (n, f, K)
+SMOKE_SHAPES = [(16, 24, 5), (64, 8, 3)]
+MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # skip beyond half the RAM
+
+
+# --------------------------------------------------------------------------- machine
+def _best(fn: Callable[[], Any], rounds: int) -> float:
+    fn()
+    best = math.inf
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def machine_limits(smoke: bool, rounds: int) -> dict[str, float]:
+    """GEMM peak (GF/s) per backend and dtype, and read bandwidth (GB/s), measured now."""
+    size = 256 if smoke else 2048
+    out: dict[str, float] = {}
+    for dt in ("float32", "float64"):
+        a = np.random.default_rng(0).standard_normal((size, size)).astype(dt)
+        out[f"numpy_{dt}_gflops"] = 2 * size**3 / _best(lambda a=a: a @ a, rounds) / 1e9
+        t = torch.from_numpy(a)
+        out[f"torch_{dt}_gflops"] = 2 * size**3 / _best(lambda t=t: t @ t, rounds) / 1e9
+    # 1 GiB: larger than any last-level cache here (EPYC parts have up to 256 MiB of L3), so
+    # this is DRAM bandwidth. Inputs that fit in cache can beat it: efficiencies > 100 % mean that.
+    big = np.ones((8 if smoke else 1024) * 2**20 // 8)  # float64, 8 MiB / 1 GiB
+    tb = torch.from_numpy(big)
+    bw = max(big.nbytes / _best(big.sum, rounds), big.nbytes / _best(tb.sum, rounds))
+    out["read_gbps"] = bw / 1e9
+    return out
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass
+class Result:
+    backend: str
+    dtype: str
+    shape: tuple[int, int, int]
+    method: str
+    variant: str
+    mode: str  # "fwd" or "fwd+bwd"
+    flops: float
+    nbytes: float
+    times: list[float] = field(default_factory=list)
+    skipped: str = ""
+    baseline_of: str = ""  # for baselines: the method they compete with
+    memory_mib: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else math.nan
+
+
+def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bool, grad: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    side = math.isqrt(n)
+    grid = (side, n // side) if side * (n // side) == n else (n, 1)
+
+    def arr(*shape: int, scale: float = 1.0) -> Any:
+        a = (rng.standard_normal(shape) * scale).astype(dtype)
+        if backend == "numpy":
+            return a
+        t = torch.from_numpy(a)
+        return t.requires_grad_() if grad else t
+
+    x = arr(batch, f, *grid) if nchw else arr(batch, n, f)
+    return {
+        "X": x,
+        "axis": 1 if nchw else -1,
+        "A": arr(f, k, scale=f**-0.5),
+        "b": arr(f, scale=f**-0.5),
+        "AP": arr(f, k, 4, scale=f**-0.5),
+        "BP": arr(f, 4, scale=f**-0.5),
+        "W": arr(k, f, f, scale=1 / f) if k * f * f * np.dtype(dtype).itemsize < MEMORY_BUDGET / 4 else None,
+        "cp": {r: (arr(r), [arr(k, r), arr(f, r, scale=f**-0.5), arr(f, r, scale=f**-0.5)]) for r in (16, 64)},
+        "tucker": {
+            r: (
+                arr(min(r, k), r, r, scale=r**-1),
+                [arr(k, min(r, k)), arr(f, r, scale=f**-0.5), arr(f, r, scale=f**-0.5)],
+            )
+            for r in (16, 64)
+        },
+    }
+
+
+def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[float, float]:
+    """(FLOPs, bytes) lower bounds of the cheapest known algorithm, for the roofline."""
+    x = batch * n * f * item
+    if method == "first_order":
+        return 2 * batch * n * f + 2 * batch * f * k, x
+    if method == "bilinear":
+        return 2 * batch * n * f * f + 2 * batch * k * f * f, x + k * f * f * item
+    if method == "rank1":
+        return 4 * batch * n * f + 2 * batch * f * k, x
+    if method == "rankp":
+        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x
+    kind = "cp" if method.startswith("cp") else "tucker"
+    ranks = (r, r, r) if kind == "cp" else (min(r, k), r, r)
+    cost = lp.pool_cost(kind, batch=batch, positions=n, channels=f, classes=k, ranks=ranks, itemsize=item)
+    # roofline of the cheaper path, from the same FLOP/byte model as path="auto"
+    fact_flops = 4 * batch * n * f * r + 2 * batch * n * r * r + 2 * batch * r * k
+    dense_flops = 2 * k * f * f * r + 2 * batch * n * f * f + 2 * batch * k * f * f
+    if cost["factorized"] <= cost["dense"]:
+        return fact_flops, x
+    return dense_flops, x + 2 * k * f * f * item
+
+
+def build(
+    backend: str, dtype: str, batch: int, shape: tuple[int, int, int], mode: str
+) -> list[tuple[Result, Callable[[], Any] | None]]:
+    """Every (result slot, callable) of one (backend, dtype, shape, mode) group."""
+    n, f, k = shape
+    item = np.dtype(dtype).itemsize
+    grad = mode == "fwd+bwd"
+    groups: list[tuple[Result, Callable[[], Any] | None]] = []
+
+    def add(
+        method: str, variant: str, fn: Callable[[], Any] | None, r: int = 0, skip: str = "", baseline_of: str = ""
+    ) -> None:
+        flops, nbytes = _costs(baseline_of or method, batch, n, f, k, r, item)
+        if grad:
+            flops, nbytes = 3 * flops, 2 * nbytes
+        res = Result(backend, dtype, shape, method, variant, mode, flops, nbytes, skipped=skip, baseline_of=baseline_of)
+        groups.append((res, None if skip else fn))
+
+    def run(fn: Callable[[], Any]) -> Callable[[], Any]:
+        if not grad:
+            return fn
+
+        def fwd_bwd() -> None:
+            out = fn()
+            out.sum().backward()
+
+        return fwd_bwd
+
+    for layout in ("bnf", "nchw"):
+        d = _data(backend, dtype, batch, n, f, k, layout == "nchw", grad)
+        X, ax = d["X"], d["axis"]
+        add("first_order", layout, run(lambda X=X, d=d, ax=ax: lp.first_order_pool(X, d["A"], channel_axis=ax)))
+        gram_bytes = batch * f * f * item
+        if d["W"] is None or gram_bytes * (3 if grad else 1) > MEMORY_BUDGET:
+            add("bilinear", layout, None, skip=f"W and Gram need {(k * f * f + batch * f * f) * item / 2**30:.1f} GiB")
+        else:
+            add("bilinear", layout, run(lambda X=X, d=d, ax=ax: lp.bilinear_pool(X, d["W"], channel_axis=ax)))
+        add("rank1", layout, run(lambda X=X, d=d, ax=ax: lp.rank1_pool(X, d["A"], d["b"], channel_axis=ax)))
+        add("rankp", layout, run(lambda X=X, d=d, ax=ax: lp.rankp_pool(X, d["AP"], d["BP"], channel_axis=ax)))
+        for r in (16, 64):
+            cpf, tkf = d["cp"][r], d["tucker"][r]
+            dense_bytes = k * f * f * item
+            for path in ("auto", "factorized", "dense"):
+                if path == "dense" and dense_bytes > MEMORY_BUDGET / 2:
+                    add(f"cp{r}", path, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
+                    add(f"tucker{r}", path, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
+                    continue
+                add(f"cp{r}", path, run(lambda X=X, c=cpf, p=path, ax=ax: lp.cp_pool(X, c, path=p, channel_axis=ax)), r)
+                add(
+                    f"tucker{r}",
+                    path,
+                    run(lambda X=X, c=tkf, p=path, ax=ax: lp.tucker_pool(X, c, path=p, channel_axis=ax)),
+                    r,
+                )
+        if layout != "nchw":
+            continue
+        # ---------------------------------------------------------------- baselines (NCHW input)
+        A, b = d["A"], d["b"]
+        if backend == "torch":
+            seed_bytes = batch * k * n * f * item * (3 if grad else 1)
+            if seed_bytes > MEMORY_BUDGET:
+                add("(a) broadcast", "nchw", None, skip=f"needs {seed_bytes / 2**30:.0f} GiB", baseline_of="rank1")
+            else:
+
+                def seed(X=X, A=A, b=b) -> Any:
+                    xb = X.permute(0, 2, 3, 1).reshape(batch, 1, n, f)
+                    top = (xb @ A.T.reshape(1, k, f, 1))[..., 0]  # (B, K, n): the (B·K, n, f) broadcast
+                    return (top * (xb[:, 0] @ b)[:, None, :]).sum(-1)
+
+                add("(a) broadcast", "nchw", run(seed), baseline_of="rank1")
+
+            def gemm(X=X, A=A, b=b) -> Any:
+                z = torch.cat([A, b[:, None]], 1).T @ X.reshape(batch, f, n)
+                return (z[:, :k] * z[:, k:]).sum(-1)
+
+            add("(b) autograd GEMM", "nchw", run(gemm), baseline_of="rank1")
+        import tensorly as tl
+
+        for r in (16, 64):
+            cpf = d["cp"][r]
+            kr_bytes = (f * f * r + k * f * f) * item
+            if kr_bytes > MEMORY_BUDGET / 2:
+                add(
+                    f"(c) tensorly cp{r}",
+                    "nchw",
+                    None,
+                    r,
+                    skip=f"cp_to_tensor needs {kr_bytes / 2**30:.1f} GiB",
+                    baseline_of=f"cp{r}",
+                )
+            else:
+
+                def tl_cp(X=X, c=cpf, ax=ax) -> Any:
+                    with tl.backend_context("pytorch" if backend == "torch" else "numpy"):
+                        W = tl.cp_to_tensor(c)
+                    return lp.bilinear_pool(X, W, channel_axis=ax)
+
+                add(f"(c) tensorly cp{r}", "nchw", run(tl_cp), r, baseline_of=f"cp{r}")
+            if backend == "torch":
+                trl_bytes = (batch * f * f + k * f * f) * item * (3 if grad else 1)
+                try:
+                    import tltorch
+                except ImportError as err:
+                    add(
+                        f"(d) tltorch.TRL cp{r}",
+                        "nchw",
+                        None,
+                        r,
+                        skip=f"tensorly-torch not installed ({err})",
+                        baseline_of=f"cp{r}",
+                    )
+                    continue
+                if trl_bytes > MEMORY_BUDGET:
+                    add(
+                        f"(d) tltorch.TRL cp{r}",
+                        "nchw",
+                        None,
+                        r,
+                        skip=f"needs {trl_bytes / 2**30:.1f} GiB",
+                        baseline_of=f"cp{r}",
+                    )
+                    continue
+                trl = tltorch.TRL(
+                    input_shape=(f, f), output_shape=(k,), rank=r, factorization="cp", dtype=getattr(torch, dtype)
+                )
+
+                def trl_fn(X=X, trl=trl, ax=ax) -> Any:
+                    return trl(lp.gram(X, channel_axis=ax))
+
+                add(f"(d) tltorch.TRL cp{r}", "nchw", run(trl_fn), r, baseline_of=f"cp{r}")
+    return groups
+
+
+def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int, budget_s: float) -> None:
+    """Round-robin timing; each callable gets at least 3 rounds, fewer than ``rounds`` when slow."""
+    live = []
+    for res, fn in group:  # warm-up (and the cost estimate), and drop what fails
+        if fn is None:
+            continue
+        try:
+            t = time.perf_counter()
+            fn()
+            live.append((res, fn, time.perf_counter() - t))
+        except Exception as err:  # a baseline library may fail: report it, keep going
+            res.skipped = f"failed: {type(err).__name__}: {err}"[:160]
+    per_round = sum(t for *_, t in live)
+    n_rounds = max(3, min(rounds, int(budget_s / max(per_round, 1e-9))))
+    for _ in range(n_rounds):
+        for res, fn, _ in live:
+            gc.collect()
+            t = time.perf_counter()
+            fn()
+            res.times.append(time.perf_counter() - t)
+
+
+# --------------------------------------------------------------------------- memory
+MEMORY_METHODS = ("rank1", "rankp", "cp16", "tucker16", "(b) autograd GEMM")
+
+
+def memory_child(spec: dict[str, Any]) -> None:
+    """Run one case once in this fresh process and print its peak RSS beyond the set-up."""
+    torch.set_num_threads(2)
+    groups = build("torch", spec["dtype"], spec["batch"], tuple(spec["shape"]), spec["mode"])
+    for res, fn in groups:
+        if res.method == spec["method"] and res.variant == spec["variant"] and fn is not None:
+            gc.collect()
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            fn()
+            print(json.dumps({"mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+            return
+    print(json.dumps({"mib": None}))
+
+
+def measure_memory(results: list[Result], batch: int) -> None:
+    for res in results:
+        if res.backend != "torch" or res.dtype != "float32" or res.skipped or res.variant not in ("nchw", "auto"):
+            continue
+        if res.method not in MEMORY_METHODS or (res.method.startswith(("cp", "tucker")) and res.variant != "auto"):
+            continue
+        if res.method.startswith(("cp", "tucker")):
+            pass
+        spec = {"dtype": res.dtype, "batch": batch, "shape": res.shape, "mode": res.mode, "method": res.method,
+                "variant": res.variant}  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True, text=True, check=False
+        )
+        try:
+            res.memory_mib = json.loads(out.stdout.strip().splitlines()[-1])["mib"]
+        except (IndexError, json.JSONDecodeError, KeyError):
+            res.memory_mib = None
+
+
+# --------------------------------------------------------------------------- report
+def efficiency(res: Result, limits: dict[str, float]) -> float:
+    peak = limits[f"{res.backend}_{res.dtype}_gflops"] * 1e9
+    roof = max(res.flops / peak, res.nbytes / (limits["read_gbps"] * 1e9))
+    return roof / res.median if res.times else math.nan
+
+
+def report(results: list[Result], limits: dict[str, float], out: str, meta: dict[str, Any]) -> str:
+    os.makedirs(out, exist_ok=True)
+    by_key = {(r.backend, r.dtype, r.shape, r.mode, r.method, r.variant): r for r in results}
+    lines = [
+        "# lowrank_pool benchmark",
+        "",
+        f"{meta['machine']}; torch {torch.__version__}, numpy {np.__version__}, {meta['threads']} threads, "
+        f"batch {meta['batch']}, {meta['rounds']} round-robin rounds.",
+        "",
+        "Machine limits measured in this run: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()),
+        "",
+        "`eff` = roofline time (max of FLOPs / GEMM peak and bytes / bandwidth, for the cheapest known",
+        "algorithm) over the median time. `vs` columns: baseline time / our time (>1 means we are faster).",
+        "",
+        "| backend | dtype | (n, f, K) | mode | method | input/path | median ms | min–max ms | GF/s | GB/s | eff | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.skipped:
+            lines.append(
+                f"| {r.backend} | {r.dtype} | {r.shape} | {r.mode} | {r.method} | {r.variant} | – | – | – | – | – | skipped: {r.skipped} |"
+            )
+            continue
+        med = r.median
+        notes = []
+        if r.variant == "nchw" and not r.baseline_of:
+            other = by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, "bnf"))
+            if other and other.times:
+                notes.append(f"NCHW/bnf {med / other.median:.2f}")
+        if r.variant == "auto":
+            forced = [by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, p)) for p in ("factorized", "dense")]
+            best = min((x.median for x in forced if x and x.times), default=math.nan)
+            notes.append(f"auto/best forced {med / best:.2f}")
+        if r.baseline_of:
+            ours = by_key.get(
+                (
+                    r.backend,
+                    r.dtype,
+                    r.shape,
+                    r.mode,
+                    r.baseline_of,
+                    "auto" if r.baseline_of.startswith("cp") else "nchw",
+                )
+            )
+            if ours and ours.times:
+                notes.append(f"ours is {med / ours.median:.1f}x faster")
+        if r.memory_mib is not None:
+            notes.append(f"peak +{r.memory_mib:.0f} MiB")
+        lines.append(
+            f"| {r.backend} | {r.dtype} | {r.shape} | {r.mode} | {r.method} | {r.variant} | {med * 1e3:.2f} | "
+            f"{min(r.times) * 1e3:.2f}–{max(r.times) * 1e3:.2f} | {r.flops / med / 1e9:.1f} | {r.nbytes / med / 1e9:.1f} | "
+            f"{efficiency(r, limits):.0%} | {'; '.join(notes)} |"
+        )
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(text)
+    payload = {
+        "meta": meta,
+        "limits": limits,
+        "results": [dict(asdict(r), median=r.median, efficiency=efficiency(r, limits)) for r in results],
+    }
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(payload, fh, indent=1, default=str)
+    _plot(results, limits, os.path.join(out, "efficiency.png"))
+    return text
+
+
+def _plot(results: list[Result], limits: dict[str, float], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = ["first_order", "bilinear", "rank1", "rankp", "cp16", "cp64", "tucker16", "tucker64"]
+    shapes = sorted({r.shape for r in results})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, mode in zip(axes, ("fwd", "fwd+bwd"), strict=True):
+        width = 0.8 / max(len(shapes), 1)
+        for i, shape in enumerate(shapes):
+            vals = []
+            for m in methods:
+                variant = "auto" if m.startswith(("cp", "tucker")) else "nchw"
+                r = next(
+                    (
+                        r
+                        for r in results
+                        if (r.backend, r.dtype, r.shape, r.mode, r.method, r.variant)
+                        == ("torch", "float32", shape, mode, m, variant)
+                    ),
+                    None,
+                )
+                vals.append(efficiency(r, limits) if r and r.times else 0.0)
+            ax.bar([j + i * width for j in range(len(methods))], vals, width, label=str(shape))
+        ax.axhline(0.7 if mode == "fwd" else 0.5, color="k", lw=0.8, ls=":")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(methods))], methods, rotation=30)
+        ax.set_title(f"torch float32 {mode}, NCHW input: roofline efficiency")
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("roofline efficiency")
+    axes[1].legend(title="(n, f, K)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 rounds: checks the command works")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtypes", default="float32,float64")
+    p.add_argument("--backends", default="numpy,torch")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--group-seconds", type=float, default=20.0, help="time budget of one group's rounds")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        memory_child(json.loads(args.memory_child))
+        return 0
+    torch.set_num_threads(args.threads)
+    rounds = args.rounds or (3 if args.smoke else 7)
+    batch = 4 if args.smoke else 32
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    limits = machine_limits(args.smoke, 3 if args.smoke else 5)
+    print("machine:", ", ".join(f"{k} {v:.1f}" for k, v in limits.items()), flush=True)
+    results: list[Result] = []
+    for shape in shapes:
+        for backend in args.backends.split(","):
+            for dtype in args.dtypes.split(","):
+                for mode in ("fwd", "fwd+bwd") if backend == "torch" else ("fwd",):
+                    group = build(backend, dtype, batch, shape, mode)
+                    time_group(group, rounds, args.group_seconds)
+                    results.extend(res for res, _ in group)
+                    print(f"  {backend} {dtype} {shape} {mode}: {len(group)} cases", flush=True)
+                    del group
+                    gc.collect()
+    if not args.no_memory:
+        measure_memory(results, batch)
+    meta = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+            "threads": args.threads, "batch": batch, "rounds": rounds, "smoke": args.smoke}  # fmt: skip
+    text = report(results, limits, args.out, meta)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
