@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._checks import ShapeError
+from .._checks import ShapeError, check_positive_int
 
 
 class PoolingHead(nn.Module):
@@ -19,6 +20,26 @@ class PoolingHead(nn.Module):
 
     in_channels: int
     num_classes: int
+    bias: nn.Parameter | None
+
+    def __init__(
+        self, in_channels: int, num_classes: int, *, bias: bool, device: Any = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.factory = {"device": device, "dtype": dtype}
+        self.bias = nn.Parameter(torch.empty(num_classes, **self.factory)) if bias else None
+
+    def _param(self, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.empty(*shape, **self.factory))
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _add_bias(self, s: torch.Tensor) -> torch.Tensor:
+        return s if self.bias is None else s + self.bias
 
     def _channel_axis(self, x: torch.Tensor) -> int:
         if not isinstance(x, torch.Tensor):

@@ -6,7 +6,6 @@ import math
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 import lowrank_pool as lp
 
@@ -50,23 +49,18 @@ class FirstOrderPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
         self.reduce = check_choice(reduce, "reduce", ("mean", "sum", "max"))
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(in_channels, num_classes, **kw))  # (f, K)
-        self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None
+        self.weight = self._param(in_channels, num_classes)  # (f, K)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.weight, self.in_channels, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = lp.first_order_pool(x, self.weight, reduce=self.reduce, channel_axis=self._channel_axis(x))
-        return s if self.bias is None else s + self.bias
+        return self._add_bias(s)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.num_classes}, reduce={self.reduce!r}, bias={self.bias is not None}"
@@ -114,19 +108,15 @@ class BilinearPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
         self.normalize = check_choice(
             normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2")
         )
         self.reduce_dim = None if reduce_dim is None else check_positive_int(reduce_dim, "reduce_dim")
         self.eps, self.num_iters = eps, check_positive_int(num_iters, "num_iters")
         d = self.reduce_dim or in_channels
-        kw = {"device": device, "dtype": dtype}
-        self.reduction = nn.Parameter(torch.empty(in_channels, d, **kw)) if reduce_dim else None  # (f, d)
-        self.weight = nn.Parameter(torch.empty(num_classes, d, d, **kw))  # (K, d, d)
-        self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None
+        self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
+        self.weight = self._param(num_classes, d, d)  # (K, d, d)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -134,8 +124,7 @@ class BilinearPool(PoolingHead):
             self._init_(self.reduction, self.in_channels, generator)
         d = self.weight.shape[1]
         self._init_(self.weight, d * d, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axis = self._channel_axis(x)
@@ -151,7 +140,7 @@ class BilinearPool(PoolingHead):
             g = lp.l2_normalize(g, axis=(-2, -1))
         d = g.shape[-1]
         s = torch.matmul(g.reshape(g.shape[0], d * d), self.weight.reshape(self.num_classes, d * d).mT)
-        return s if self.bias is None else s + self.bias
+        return self._add_bias(s)
 
     def extra_repr(self) -> str:
         return (
@@ -196,40 +185,34 @@ class AttentionalPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
         self.rank = check_positive_int(rank, "rank")
         self.bottom_up = check_choice(bottom_up, "bottom_up", ("shared", "per_class"))
         self.attention = check_choice(attention, "attention", ATTENTIONS)
         self.return_maps = bool(return_maps)
-        kw = {"device": device, "dtype": dtype}
-        self.A = nn.Parameter(torch.empty(in_channels, num_classes, rank, **kw))
+        self.A = self._param(in_channels, num_classes, rank)
         b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
-        self.B = nn.Parameter(torch.empty(*b_shape, **kw))
-        self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None
+        self.B = self._param(*b_shape)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.A, self.in_channels, generator)
         self._init_(self.B, self.in_channels, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_bias()
 
     def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> Any:
         axis = self._channel_axis(x)
         maps = self.return_maps if return_maps is None else return_maps
         if not maps:
             s = lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=axis)
-            return s if self.bias is None else s + self.bias
+            return self._add_bias(s)
         xp = namespace(X=x)
         from .._xp import features
 
         feats = features(xp, x, axis)
         top, bottom = rankp_maps(xp, feats, self.A, self.B, self.attention)  # (B, n, K, P), (B, n, [K,] P)
         s = (top * (bottom if bottom.ndim == 4 else bottom[:, :, None, :])).sum(dim=(1, 3))
-        if self.bias is not None:
-            s = s + self.bias
+        s = self._add_bias(s)
         grid = self._spatial(x, axis)
         top = top.permute(0, 2, 3, 1).reshape(x.shape[0], self.num_classes, self.rank, *grid)
         bottom = bottom.movedim(1, -1).reshape(x.shape[0], *bottom.shape[2:], *grid)
@@ -272,24 +255,19 @@ class CPPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
         self.rank = check_positive_int(rank, "rank")
         self.path = check_choice(path, "path", ("auto", "factorized", "dense"))
-        kw = {"device": device, "dtype": dtype}
-        self.U = nn.Parameter(torch.empty(num_classes, rank, **kw))
-        self.A = nn.Parameter(torch.empty(in_channels, rank, **kw))
-        self.C = nn.Parameter(torch.empty(in_channels, rank, **kw))
-        self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None
+        self.U = self._param(num_classes, rank)
+        self.A = self._param(in_channels, rank)
+        self.C = self._param(in_channels, rank)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.U, self.rank, generator)
         self._init_(self.A, self.in_channels, generator)
         self._init_(self.C, self.in_channels, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_bias()
 
     @classmethod
     def from_factors(cls, cp: Any, **kwargs: Any) -> CPPool:
@@ -312,7 +290,7 @@ class CPPool(PoolingHead):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = lp.cp_pool(x, (None, [self.U, self.A, self.C]), path=self.path, channel_axis=self._channel_axis(x))
-        return s if self.bias is None else s + self.bias
+        return self._add_bias(s)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}"
@@ -343,9 +321,7 @@ class TuckerPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
         if isinstance(rank, int):
             r = check_positive_int(rank, "rank")
             ranks = (min(r, num_classes), r, r)
@@ -355,12 +331,10 @@ class TuckerPool(PoolingHead):
                 raise ValueError(f"rank: expected an int or (R_K, R_a, R_c), got {rank!r}")
         self.ranks = ranks
         self.path = check_choice(path, "path", ("auto", "factorized", "dense"))
-        kw = {"device": device, "dtype": dtype}
-        self.core = nn.Parameter(torch.empty(*ranks, **kw))
-        self.U = nn.Parameter(torch.empty(num_classes, ranks[0], **kw))
-        self.A = nn.Parameter(torch.empty(in_channels, ranks[1], **kw))
-        self.C = nn.Parameter(torch.empty(in_channels, ranks[2], **kw))
-        self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None
+        self.core = self._param(*ranks)
+        self.U = self._param(num_classes, ranks[0])
+        self.A = self._param(in_channels, ranks[1])
+        self.C = self._param(in_channels, ranks[2])
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -368,8 +342,7 @@ class TuckerPool(PoolingHead):
         self._init_(self.U, self.ranks[0], generator)
         self._init_(self.A, self.in_channels, generator)
         self._init_(self.C, self.in_channels, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._reset_bias()
 
     @classmethod
     def from_factors(cls, tucker: Any, **kwargs: Any) -> TuckerPool:
@@ -392,7 +365,7 @@ class TuckerPool(PoolingHead):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tk = (self.core, [self.U, self.A, self.C])
         s = lp.tucker_pool(x, tk, path=self.path, channel_axis=self._channel_axis(x))
-        return s if self.bias is None else s + self.bias
+        return self._add_bias(s)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.num_classes}, rank={self.ranks}, path={self.path!r}"

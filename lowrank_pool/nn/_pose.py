@@ -61,20 +61,17 @@ class PoseAttentionalPool(PoolingHead):
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+        super().__init__(in_channels, num_classes, bias=False, device=device, dtype=dtype)
         self.num_keypoints = check_positive_int(num_keypoints, "num_keypoints")
         self.hidden = None if hidden is None else check_positive_int(hidden, "hidden")
         self.attention = check_choice(attention, "attention", ATTENTIONS)
         self.return_maps = bool(return_maps)
-        kw = {"device": device, "dtype": dtype}
         width = self.hidden or in_channels
-        self.hidden_weight = nn.Parameter(torch.empty(in_channels, width, **kw)) if hidden else None
-        self.hidden_bias = nn.Parameter(torch.empty(width, **kw)) if hidden else None
-        self.head_weight = nn.Parameter(torch.empty(width, num_keypoints + 1, **kw))  # (d, J + 1)
-        self.head_bias = nn.Parameter(torch.empty(num_keypoints + 1, **kw))
-        self.A = nn.Parameter(torch.empty(in_channels, num_classes, **kw))  # top-down a_k
+        self.hidden_weight = self._param(in_channels, width) if hidden else None
+        self.hidden_bias = self._param(width) if hidden else None
+        self.head_weight = self._param(width, num_keypoints + 1)  # (d, J + 1)
+        self.head_bias = self._param(num_keypoints + 1)
+        self.A = self._param(in_channels, num_classes)  # top-down a_k
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
