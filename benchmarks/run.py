@@ -336,9 +336,9 @@ def memory_child(spec: dict[str, Any]) -> None:
 
 def measure_memory(results: list[Result], batch: int) -> None:
     for res in results:
-        if res.backend != "torch" or res.dtype != "float32" or res.skipped or res.variant not in ("nchw", "auto"):
+        if res.backend != "torch" or res.dtype != "float32" or res.skipped or res.variant not in ("nchw", "nchw auto"):
             continue
-        if res.method not in MEMORY_METHODS or (res.method.startswith(("cp", "tucker")) and res.variant != "auto"):
+        if res.method not in MEMORY_METHODS:
             continue
         spec = {"dtype": res.dtype, "batch": batch, "shape": res.shape, "mode": res.mode, "method": res.method,
                 "variant": res.variant}  # fmt: skip
@@ -383,12 +383,16 @@ def report(results: list[Result], limits: dict[str, float], out: str, meta: dict
             continue
         med = r.median
         notes = []
-        if r.variant == "nchw" and not r.baseline_of:
-            other = by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, "bnf"))
+        if r.variant.startswith("nchw") and not r.baseline_of and not r.variant.endswith(("factorized", "dense")):
+            other = by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, r.variant.replace("nchw", "bnf")))
             if other and other.times:
                 notes.append(f"NCHW/bnf {med / other.median:.2f}")
-        if r.variant == "auto":
-            forced = [by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, p)) for p in ("factorized", "dense")]
+        if r.variant.endswith("auto"):
+            layout = r.variant.split()[0]
+            forced = [
+                by_key.get((r.backend, r.dtype, r.shape, r.mode, r.method, f"{layout} {p}"))
+                for p in ("factorized", "dense")
+            ]
             best = min((x.median for x in forced if x and x.times), default=math.nan)
             notes.append(f"auto/best forced {med / best:.2f}")
         if r.baseline_of:
@@ -399,7 +403,7 @@ def report(results: list[Result], limits: dict[str, float], out: str, meta: dict
                     r.shape,
                     r.mode,
                     r.baseline_of,
-                    "auto" if r.baseline_of.startswith("cp") else "nchw",
+                    "nchw auto" if r.baseline_of.startswith("cp") else "nchw",
                 )
             )
             if ours and ours.times:
@@ -442,7 +446,7 @@ def _plot(results: list[Result], limits: dict[str, float], path: str) -> None:
         for i, shape in enumerate(shapes):
             vals = []
             for m in methods:
-                variant = "auto" if m.startswith(("cp", "tucker")) else "nchw"
+                variant = "nchw auto" if m.startswith(("cp", "tucker")) else "nchw"
                 r = next(
                     (
                         r
