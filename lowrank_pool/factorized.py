@@ -18,7 +18,6 @@ from typing import Any, Literal, NamedTuple
 
 from ._checks import ShapeError, check_choice, check_shape, shape_of
 from ._xp import Array, Namespace, namespace, prepare, project
-from .attention import rankp_pool
 from .second_order import bilinear_scores
 
 __all__ = [
@@ -414,8 +413,3 @@ def cp_to_rankp(cp: Any, /) -> RankP:
     """
     _xp, weights, (u, a, c), _ = _cp(cp)
     return RankP(a[:, None, :] * (u * weights[None, :])[None, :, :], c)
-
-
-def rankp_scores(X: Array, factors: RankP, /, **kwargs: Any) -> Array:
-    """:func:`rankp_pool` on a :class:`RankP` pair (convenience for converted forms)."""
-    return rankp_pool(X, factors.A, factors.B, **kwargs)
