@@ -182,17 +182,15 @@ def build(
             cpf, tkf = d["cp"][r], d["tucker"][r]
             dense_bytes = k * f * f * item
             for path in ("auto", "factorized", "dense"):
+                variant = f"{layout} {path}"
                 if path == "dense" and dense_bytes > MEMORY_BUDGET / 2:
-                    add(f"cp{r}", path, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
-                    add(f"tucker{r}", path, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
+                    add(f"cp{r}", variant, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
+                    add(f"tucker{r}", variant, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
                     continue
-                add(f"cp{r}", path, run(lambda X=X, c=cpf, p=path, ax=ax: lp.cp_pool(X, c, path=p, channel_axis=ax)), r)
-                add(
-                    f"tucker{r}",
-                    path,
-                    run(lambda X=X, c=tkf, p=path, ax=ax: lp.tucker_pool(X, c, path=p, channel_axis=ax)),
-                    r,
-                )
+                cp_fn = run(lambda X=X, c=cpf, p=path, ax=ax: lp.cp_pool(X, c, path=p, channel_axis=ax))
+                tk_fn = run(lambda X=X, c=tkf, p=path, ax=ax: lp.tucker_pool(X, c, path=p, channel_axis=ax))
+                add(f"cp{r}", variant, cp_fn, r)
+                add(f"tucker{r}", variant, tk_fn, r)
         if layout != "nchw":
             continue
         # ---------------------------------------------------------------- baselines (NCHW input)
