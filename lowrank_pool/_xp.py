@@ -53,11 +53,14 @@ def namespace(**arrays: Array) -> Namespace:
     except TypeError as err:
         kinds = ", ".join(f"{n}: {type(a).__module__}.{type(a).__name__}" for n, a in arrays.items())
         raise BackendError(f"arrays of different libraries cannot be mixed ({kinds})") from err
-    devices = {n: aac.device(a) for n, a in arrays.items()}
+    _check_one_device({n: aac.device(a) for n, a in arrays.items()})
+    return xp
+
+
+def _check_one_device(devices: dict[str, Any]) -> None:
     if len({str(d) for d in devices.values()}) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise BackendError(f"arrays must be on one device, got {listed}")
-    return xp
 
 
 _TORCH_XP: list[Namespace] = []
@@ -72,15 +75,27 @@ def _torch_namespace(arrays: dict[str, Array]) -> Namespace | None:
     torch = sys.modules.get("torch")
     if torch is None or not all(isinstance(a, torch.Tensor) for a in arrays.values()):
         return None
-    devices = [a.device for a in arrays.values()]
-    if any(d != devices[0] for d in devices[1:]):
-        listed = ", ".join(f"{n} on {a.device}" for n, a in arrays.items())
-        raise BackendError(f"arrays must be on one device, got {listed}")
+    _check_one_device({n: a.device for n, a in arrays.items()})
     if not _TORCH_XP:
         import array_api_compat.torch
 
         _TORCH_XP.append(array_api_compat.torch)
     return _TORCH_XP[0]
+
+
+def host_copy(x: Array) -> Any:
+    """A numpy array with the values of ``x`` (any library, any device), for I/O and tests.
+
+    Never used on a compute path: torch tensors are detached and copied to the host
+    (bfloat16, which numpy lacks, becomes float32).
+    """
+    import numpy as np
+
+    if aac.is_torch_array(x):
+        x = x.detach().to("cpu")
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+    return np.asarray(x if isinstance(x, np.ndarray) else np.from_dlpack(x))
 
 
 def is_torch(xp: Namespace) -> bool:

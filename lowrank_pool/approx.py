@@ -491,23 +491,24 @@ def rank_profile(
     dense_params = k * f * f
     errors, params, accs = [], [], []
     if method == "eig":
-        _, _, _, spectra = _eig_stream(W, None)
+        # one streamed eigendecomposition for every rank: errors from the spectra, and the
+        # top max(ranks) eigenpairs sliced per rank for the accuracy column
+        top = max(check_positive_int(r, "rank") for r in ranks)
+        _, mus, vecs, spectra = _eig_stream(W, top)
         energy = xp.stack([s * s for s in spectra], axis=0)  # (K, f), sorted by |μ| descending
         total = float(xp.sum(energy))
-    sym = _sym(xp, _detach(W))
-    norm = float(xp.linalg.vector_norm(sym if fit_kwargs.get("symmetric", True) else W))
+        largest = EigTensor(xp.stack(mus, axis=0), xp.stack(vecs, axis=1))
+    else:
+        target = _sym(xp, _detach(W)) if fit_kwargs.get("symmetric", True) else _detach(W)
+        norm = float(xp.linalg.vector_norm(target))
     for r in iterator:
         if method == "eig":
-            r = check_positive_int(r, "rank")
-            if r > f:
-                raise ValueError(f"rank: expected at most f = {f} eigenpairs per class, got {r}")
             tail = float(xp.sum(energy[:, r:]))
             errors.append(math.sqrt(tail / total) if total > 0 else 0.0)
-            approx: Any = eig_approx(W, r) if features is not None else None
+            approx: Any = EigTensor(largest.eigenvalues[:, :r], largest.eigenvectors[:, :, :r])
         else:
             fit = cp_approx if method == "cp" else tucker_approx
             approx = fit(W, r, **fit_kwargs)
-            target = sym if fit_kwargs.get("symmetric", True) else W
             diff = float(xp.linalg.vector_norm(to_dense(approx) - target))
             errors.append(diff / norm if norm > 0 else 0.0)
             if method == "tucker":

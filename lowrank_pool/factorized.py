@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
+import array_api_compat as aac
+
 from ._checks import ShapeError, check_choice, check_shape, shape_of
 from ._xp import Array, Namespace, namespace, prepare, project
 from .second_order import bilinear_scores
@@ -58,9 +60,16 @@ class RankP(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- parsing
-def _cp_parts(cp: Any) -> tuple[Array | None, list[Array]]:
+def cp_parts(cp: Any) -> tuple[Array | None, list[Array]]:
+    """(weights, [U, A, C]) of a tensorly CPTensor or a plain (weights, factors) pair."""
     weights, factors = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
     return weights, list(factors)
+
+
+def tucker_parts(tucker: Any) -> tuple[Array, list[Array]]:
+    """(core, [U, A, C]) of a tensorly TuckerTensor or a plain (core, factors) pair."""
+    core, factors = (tucker.core, tucker.factors) if hasattr(tucker, "core") else tucker
+    return core, list(factors)
 
 
 def _is_cp(obj: Any) -> bool:
@@ -87,10 +96,10 @@ def _check_factors(factors: list[Array], name: str, ranks: tuple[str, str, str])
     return check_shape(f"{name} factor C", factors[2], ("f", ranks[2]), **sizes)
 
 
-def _cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
     """Validated (xp, weights, [U, A, C], sizes) of a CP form; weights None become ones."""
     try:
-        weights, factors = _cp_parts(cp)
+        weights, factors = cp_parts(cp)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"{name}: expected a CPTensor or a (weights, [U, A, C]) tuple, got {type(cp).__name__}"
@@ -98,17 +107,16 @@ def _cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[
     sizes = _check_factors(factors, name, ("R", "R", "R"))
     xp = namespace(**{f"{name} factor {k}": v for k, v in zip("UAC", factors, strict=True)})
     if weights is None:
-        weights = xp.ones(sizes["R"], dtype=factors[0].dtype, device=_device(factors[0]))
+        weights = xp.ones(sizes["R"], dtype=factors[0].dtype, device=aac.device(factors[0]))
     else:
         namespace(**{f"{name} factor U": factors[0], f"{name} weights": weights})
         check_shape(f"{name} weights", weights, ("R",), R=sizes["R"])
     return xp, weights, factors, sizes
 
 
-def _tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
     try:
-        core, factors = (tk.core, tk.factors) if hasattr(tk, "core") else tk
-        factors = list(factors)
+        core, factors = tucker_parts(tk)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"{name}: expected a TuckerTensor or a (core, [U, A, C]) tuple, got {type(tk).__name__}"
@@ -117,12 +125,6 @@ def _tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array
     check_shape(f"{name} core", core, ("R_K", "R_a", "R_c"), R_K=sizes["R_K"], R_a=sizes["R_a"], R_c=sizes["R_c"])
     xp = namespace(**{f"{name} core": core, **{f"{name} factor {k}": v for k, v in zip("UAC", factors, strict=True)}})
     return xp, core, factors, sizes
-
-
-def _device(x: Array) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 # ---------------------------------------------------------------------------- cost model
@@ -226,7 +228,7 @@ def cp_pool(
     >>> lp.cp_pool(X, cp)        # 3 classes, each W_k = 1 1ᵀ: (X1)ᵀ(X1) = 1 + 4
     array([[5., 5., 5.]])
     """
-    _, weights, factors, sizes = _cp(cp)
+    _, weights, factors, sizes = parse_cp(cp)
     u, a, c = factors
     xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, weights=weights)
     check_shape("cp factor A", fac["A"], ("f", "R"), f=feats.channels)
@@ -282,7 +284,7 @@ def tucker_pool(
     >>> lp.tucker_pool(X, tk)    # W_1 = 1 1ᵀ, W_2 = 2·1 1ᵀ
     array([[ 5., 10.]])
     """
-    _, core, factors, sizes = _tucker(tucker)
+    _, core, factors, sizes = parse_tucker(tucker)
     u, a, c = factors
     xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, core=core)
     check_shape("tucker factor A", fac["A"], ("f", "R_a"), f=feats.channels)
@@ -372,10 +374,10 @@ def to_dense(obj: Any, /) -> Array:
             bk = xp.permute_dims(b, (1, 2, 0))  # (K, P, f)
         return xp.matmul(xp.permute_dims(a, (1, 0, 2)), bk)
     if _is_tucker(obj):
-        xp, core, factors, _ = _tucker(obj)
+        xp, core, factors, _ = parse_tucker(obj)
         return _tucker_dense(xp, core, factors)
     if _is_cp(obj):
-        xp, weights, factors, _ = _cp(obj)
+        xp, weights, factors, _ = parse_cp(obj)
         return _cp_dense(xp, weights, factors)
     raise TypeError(
         "obj: expected a CPTensor, TuckerTensor, EigTensor, RankP or a (weights, factors) / (core, factors) "
@@ -399,9 +401,9 @@ def rankp_to_cp(A: Array, B: Array, /) -> Any:
         B = xp.broadcast_to(B[:, None, :], (f, k, p))
     else:
         check_shape("B", B, ("f", "K", "P"), f=f, K=k, P=p)
-    eye = xp.eye(k, dtype=A.dtype, device=_device(A))
+    eye = xp.eye(k, dtype=A.dtype, device=aac.device(A))
     u = xp.reshape(xp.broadcast_to(eye[:, :, None], (k, k, p)), (k, k * p))
-    weights = xp.ones(k * p, dtype=A.dtype, device=_device(A))
+    weights = xp.ones(k * p, dtype=A.dtype, device=aac.device(A))
     return CPTensor((weights, [u, xp.reshape(A, (f, k * p)), xp.reshape(B, (f, k * p))]))
 
 
@@ -411,5 +413,5 @@ def cp_to_rankp(cp: Any, /) -> RankP:
     W_k = Σ_r (λ_r U_kr a_r) c_rᵀ, so A[:, k, r] = λ_r U_kr a_r and B = C; the result
     plugs into :func:`rankp_pool` (or an attentional layer) with the same scores.
     """
-    _xp, weights, (u, a, c), _ = _cp(cp)
+    _xp, weights, (u, a, c), _ = parse_cp(cp)
     return RankP(a[:, None, :] * (u * weights[None, :])[None, :, :], c)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ._checks import LowRankPoolError
-from .factorized import EigTensor, RankP, _is_cp, _is_tucker
+from ._xp import host_copy
+from .factorized import EigTensor, RankP, _is_cp, _is_tucker, cp_parts, tucker_parts
 
 __all__ = ["FactorFileError", "load_factors", "save_factors"]
 
@@ -19,15 +20,6 @@ VERSION = 1
 
 class FactorFileError(LowRankPoolError, ValueError):
     """A file is not a lowrank_pool factor file, or is corrupt or of an unknown version."""
-
-
-def _np(x: Any) -> np.ndarray:
-    """numpy copy of an array of any library (I/O only; torch tensors are detached to the CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().to("cpu")
-        if str(x.dtype) == "torch.bfloat16":
-            x = x.float()
-    return np.asarray(np.from_dlpack(x) if not isinstance(x, np.ndarray) else x)
 
 
 def save_factors(path: str | os.PathLike[str], obj: Any, /) -> None:
@@ -47,20 +39,23 @@ def save_factors(path: str | os.PathLike[str], obj: Any, /) -> None:
     """
     arrays: dict[str, np.ndarray]
     if isinstance(obj, EigTensor):
-        kind, arrays = "eig", {"eigenvalues": _np(obj.eigenvalues), "eigenvectors": _np(obj.eigenvectors)}
+        kind, arrays = "eig", {"eigenvalues": host_copy(obj.eigenvalues), "eigenvectors": host_copy(obj.eigenvectors)}
     elif isinstance(obj, RankP):
-        kind, arrays = "rankp", {"A": _np(obj.A), "B": _np(obj.B)}
+        kind, arrays = "rankp", {"A": host_copy(obj.A), "B": host_copy(obj.B)}
     elif _is_tucker(obj):
-        core, factors = (obj.core, obj.factors) if hasattr(obj, "core") else obj
-        kind, arrays = "tucker", {"core": _np(core), **{f"factor_{i}": _np(f) for i, f in enumerate(factors)}}
+        core, factors = tucker_parts(obj)
+        kind, arrays = (
+            "tucker",
+            {"core": host_copy(core), **{f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}},
+        )
     elif _is_cp(obj):
-        weights, factors = (obj.weights, obj.factors) if hasattr(obj, "weights") else obj
-        arrays = {f"factor_{i}": _np(f) for i, f in enumerate(factors)}
+        weights, factors = cp_parts(obj)
+        arrays = {f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}
         if weights is not None:
-            arrays["weights"] = _np(weights)
+            arrays["weights"] = host_copy(weights)
         kind = "cp"
     elif hasattr(obj, "shape") and len(obj.shape) == 3:
-        kind, arrays = "dense", {"W": _np(obj)}
+        kind, arrays = "dense", {"W": host_copy(obj)}
     else:
         raise TypeError(
             f"obj: expected a CPTensor, TuckerTensor, EigTensor, RankP, (weights, factors) / (core, factors) tuple "

@@ -14,19 +14,14 @@ import array_api_compat as aac
 import numpy as np
 
 from ._checks import shape_of
+from ._xp import host_copy
 
 __all__ = ["assert_close", "eps_of", "random_features", "to_numpy"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
     """Copy any array (numpy, torch on any device, array_api_strict, ...) to numpy float64."""
-    if aac.is_torch_array(x):
-        import torch
-
-        x = x.detach().to("cpu")
-        if x.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
-            x = x.float()
-    return np.asarray(np.from_dlpack(x) if not isinstance(x, np.ndarray) else x, dtype=np.float64)
+    return np.asarray(host_copy(x), dtype=np.float64)
 
 
 def eps_of(dtype: Any) -> float:

@@ -242,7 +242,8 @@ def test_cp_and_tucker_layers_from_dense_and_factors():
     ref = lp.bilinear_pool(x, W)
     cp = CPPool.from_dense(W, 2)
     assert cp.A.shape == (F_IN, 2) and torch.allclose(cp(x), ref, atol=1e-8)
-    tk = TuckerPool.from_dense(W, (K, 2, 2))
+    tk = TuckerPool.from_dense(W, (K, 2, 2), fit={"n_iter_max": 200}, path="factorized")
+    assert tk.path == "factorized"
     assert torch.allclose(tk(x), ref, atol=1e-8)
     again = CPPool.from_factors(lp.cp_approx(W, 2), path="factorized")
     assert torch.allclose(again(x), ref, atol=1e-8) and again.path == "factorized"
@@ -294,6 +295,11 @@ def test_keypoint_heatmaps_and_loss():
         ),
         (lambda: BilinearPool(8, 3)(np.ones((2, 4, 8))), TypeError, r"x: expected a torch.Tensor, got ndarray"),
         (lambda: AttentionalPool(8, 3, rank=0), ValueError, r"rank: expected a positive int, got 0"),
+        (
+            lambda: CPPool.from_factors((None, [torch.ones(3, 2), torch.ones(4, 3), torch.ones(4, 2)])),
+            lp.ShapeError,
+            r"cp factor A: expected shape \(f, R\) with R = 2, got \(4, 3\)",
+        ),
         (lambda: AttentionalPool(8, 3, bottom_up="global"), ValueError, r"bottom_up: expected one of"),
         (lambda: BilinearPool(8, 3, normalize="power"), ValueError, r"normalize: expected one of"),
         (

@@ -10,8 +10,9 @@ import torch
 import lowrank_pool as lp
 
 from .._checks import check_choice, check_positive_int
-from .._xp import namespace
+from .._xp import features, namespace
 from ..attention import ATTENTIONS, rankp_maps
+from ..factorized import parse_cp, parse_tucker
 from ._base import PoolingHead
 
 __all__ = ["AttentionalPool", "BilinearPool", "CPPool", "FirstOrderPool", "TuckerPool"]
@@ -207,7 +208,6 @@ class AttentionalPool(PoolingHead):
             s = lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=axis)
             return self._add_bias(s)
         xp = namespace(X=x)
-        from .._xp import features
 
         feats = features(xp, x, axis)
         top, bottom = rankp_maps(xp, feats, self.A, self.B, self.attention)  # (B, n, K, P), (B, n, [K,] P)
@@ -271,22 +271,22 @@ class CPPool(PoolingHead):
 
     @classmethod
     def from_factors(cls, cp: Any, **kwargs: Any) -> CPPool:
-        """A layer holding the factors of a CPTensor / (weights, [U, A, C]) (weights folded into U)."""
-        weights, (u, a, c) = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
-        u, a, c = (torch.as_tensor(t).detach() for t in (u, a, c))
-        if weights is not None:
-            u = u * torch.as_tensor(weights).to(u)[None, :]
+        """A layer holding the factors of a CPTensor / (weights, [U, A, C]) (weights folded into U).
+
+        The factors are validated like :func:`lowrank_pool.cp_pool`'s (shapes named in errors).
+        """
+        _, weights, factors, _ = parse_cp(cp)
+        u, a, c = (torch.as_tensor(t).detach() for t in factors)
+        u = u * torch.as_tensor(weights).to(u)[None, :]
         layer = cls(a.shape[0], u.shape[0], u.shape[1], dtype=u.dtype, device=u.device, **kwargs)
         with torch.no_grad():
             layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
         return layer
 
     @classmethod
-    def from_dense(cls, W: torch.Tensor, rank: int, **kwargs: Any) -> CPPool:
-        """Fit :func:`lowrank_pool.cp_approx` to a dense W (K, f, f) and hold the factors."""
-        fit_keys = {"symmetric", "n_iter_max", "tol", "stall", "n_restarts", "init", "random_state"}
-        fit = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
-        return cls.from_factors(lp.cp_approx(torch.as_tensor(W).detach(), rank, **fit), **kwargs)
+    def from_dense(cls, W: torch.Tensor, rank: int, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> CPPool:
+        """Fit :func:`lowrank_pool.cp_approx` (options in ``fit``) to W (K, f, f); ``kwargs`` go to the layer."""
+        return cls.from_factors(lp.cp_approx(torch.as_tensor(W).detach(), rank, **(fit or {})), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = lp.cp_pool(x, (None, [self.U, self.A, self.C]), path=self.path, channel_axis=self._channel_axis(x))
@@ -346,9 +346,9 @@ class TuckerPool(PoolingHead):
 
     @classmethod
     def from_factors(cls, tucker: Any, **kwargs: Any) -> TuckerPool:
-        """A layer holding a TuckerTensor / (core, [U, A, C])."""
-        core, (u, a, c) = (tucker.core, tucker.factors) if hasattr(tucker, "core") else tucker
-        core, u, a, c = (torch.as_tensor(t).detach() for t in (core, u, a, c))
+        """A layer holding a TuckerTensor / (core, [U, A, C]), validated like :func:`lowrank_pool.tucker_pool`'s."""
+        _, core, factors, _ = parse_tucker(tucker)
+        core, u, a, c = (torch.as_tensor(t).detach() for t in (core, *factors))
         ranks = (int(core.shape[0]), int(core.shape[1]), int(core.shape[2]))
         layer = cls(a.shape[0], u.shape[0], ranks, dtype=u.dtype, device=u.device, **kwargs)
         with torch.no_grad():
@@ -356,11 +356,11 @@ class TuckerPool(PoolingHead):
         return layer
 
     @classmethod
-    def from_dense(cls, W: torch.Tensor, rank: int | tuple[int, int, int], **kwargs: Any) -> TuckerPool:
-        """Fit :func:`lowrank_pool.tucker_approx` to a dense W (K, f, f) and hold the factors."""
-        fit_keys = {"symmetric", "n_iter_max", "tol", "init", "random_state"}
-        fit = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
-        return cls.from_factors(lp.tucker_approx(torch.as_tensor(W).detach(), rank, **fit), **kwargs)
+    def from_dense(
+        cls, W: torch.Tensor, rank: int | tuple[int, int, int], *, fit: dict[str, Any] | None = None, **kwargs: Any
+    ) -> TuckerPool:
+        """Fit :func:`lowrank_pool.tucker_approx` (options in ``fit``) to W (K, f, f); ``kwargs`` go to the layer."""
+        return cls.from_factors(lp.tucker_approx(torch.as_tensor(W).detach(), rank, **(fit or {})), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tk = (self.core, [self.U, self.A, self.C])

@@ -10,7 +10,7 @@ from torch import nn
 import lowrank_pool as lp
 
 from .._checks import ShapeError, check_choice, check_positive_int
-from .._xp import namespace
+from .._xp import features, namespace, project
 from ..attention import ATTENTIONS, activate
 from ._base import PoolingHead
 
@@ -98,12 +98,14 @@ class PoseAttentionalPool(PoolingHead):
         else:
             out = conv1x1(flat, self.head_weight, self.head_bias)  # (B, n, J + 1)
         keypoints, u = out[:, :, : self.num_keypoints], out[:, :, self.num_keypoints]  # (B, n, J), (B, n)
-        u = activate(namespace(u=u), u[:, :, None], self.attention)[:, :, 0]
+        xp = namespace(u=u)
+        u = activate(xp, u[:, :, None], self.attention)[:, :, 0]
         scores = lp.first_order_pool(x, self.A, weights=u, channel_axis=axis)
         keypoint_maps = keypoints.mT.reshape(batch, self.num_keypoints, *grid)
         if not (self.return_maps if return_maps is None else return_maps):
             return PoseOutput(scores, keypoint_maps, None, None)
-        top = lp.attention_maps(x, self.A, torch.zeros_like(self.A[:, 0]), channel_axis=axis, keep_spatial=True)[0]
+        # the top-down maps X a_k: one GEMM on the (B, f, n) / (B, n, f) view, as attention_maps does
+        top = project(xp, features(xp, x, axis), self.A).mT.reshape(batch, self.num_classes, *grid)
         return PoseOutput(scores, keypoint_maps, top, u.reshape(batch, *grid))
 
     def extra_repr(self) -> str:
