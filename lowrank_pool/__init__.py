@@ -6,28 +6,34 @@ of the inputs. The torch layers live in :mod:`lowrank_pool.nn` (imported separat
 this package never imports torch itself).
 """
 
-from ._checks import BackendError, DTypeError, LowRankPoolError, ShapeError
-from .approx import RankProfile, cp_approx, eig_approx, rank_profile, tucker_approx
-from .attention import attention_maps, rank1_pool, rankp_pool
+from ._errors import ArgumentError, ArgumentTypeError, BackendError, DTypeError, LowRankPoolError, ShapeError
+from .approx import cp_approx, eig_approx, tucker_approx
+from .attention import AttentionMaps, attention_maps, attention_weights, rank1_pool, rankp_pool
 from .factorized import EigTensor, RankP, cp_pool, cp_to_rankp, eig_pool, pool_cost, rankp_to_cp, to_dense, tucker_pool
-from .first_order import first_order_pool
-from .io import FactorFileError, load_factors, save_factors
+from .first_order import first_order_pool, project_channels
+from .io import FactorFileError, FactorFileNotFoundError, load_factors, save_factors
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
+from .profile import RankProfile, rank_profile
 from .second_order import bilinear_pool, gram
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "AttentionMaps",
     "BackendError",
     "DTypeError",
     "EigTensor",
     "FactorFileError",
+    "FactorFileNotFoundError",
     "LowRankPoolError",
     "RankP",
     "RankProfile",
     "ShapeError",
     "__version__",
     "attention_maps",
+    "attention_weights",
     "bilinear_pool",
     "cp_approx",
     "cp_pool",
@@ -40,6 +46,7 @@ __all__ = [
     "load_factors",
     "matrix_sqrt",
     "pool_cost",
+    "project_channels",
     "rank1_pool",
     "rank_profile",
     "rankp_pool",

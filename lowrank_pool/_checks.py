@@ -1,8 +1,10 @@
-"""Errors and up-front validation shared by every public function.
+"""Up-front validation shared by every public function, layer and the file loader.
 
 Every message names the argument, what was expected and what was received, so a
 user sees ``A: expected shape (f, K) with f = 512 (the channels of X), got (256, 10)``
-instead of a BLAS error three frames deep.
+instead of a BLAS error three frames deep. The factor forms (CP, Tucker, eigen,
+rank-P) each have one validator here, used by the pooling functions, the layers'
+``from_factors`` and :func:`lowrank_pool.load_factors` alike.
 """
 
 from __future__ import annotations
@@ -11,65 +13,79 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import array_api_compat as aac
 import numpy as np
 
+from ._errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    BackendError,
+    DTypeError,
+    LowRankPoolError,
+    ShapeError,
+    shape_of,
+)
+from ._xp import Array, Features, Namespace, acc_dtype, check_floating, features, form_kind, namespace
+
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BackendError",
     "DTypeError",
     "LowRankPoolError",
     "ShapeError",
+    "check_channels",
     "check_choice",
     "check_finite",
     "check_positive_int",
     "check_shape",
+    "check_tucker_ranks",
+    "describe",
+    "parse_cp",
+    "parse_eig",
+    "parse_rankp",
+    "parse_tucker",
+    "prepare",
     "shape_of",
 ]
 
 
-class LowRankPoolError(Exception):
-    """Base class of every error raised by lowrank_pool on bad input."""
-
-
-class ShapeError(LowRankPoolError, ValueError):
-    """An array has the wrong number of dimensions or a wrong/zero size."""
-
-
-class DTypeError(LowRankPoolError, TypeError):
-    """An array has a dtype the operation cannot use (integer, bool, complex)."""
-
-
-class BackendError(LowRankPoolError, TypeError):
-    """Arrays of different libraries or devices were mixed, or a non-array was passed."""
-
-
-def shape_of(x: Any) -> tuple[int, ...]:
-    """The shape of ``x`` as a tuple of Python ints."""
-    return tuple(int(s) for s in x.shape)
-
-
+# ----------------------------------------------------------------------------- scalars
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as an int, or raise if it is not a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
     if value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
+        raise ArgumentError(f"{name}: expected a positive int, got {value}")
     return int(value)
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """Raise unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)!r}, got {value!r}")
+    try:
+        ok = value in choices
+    except TypeError:  # unhashable or incomparable
+        ok = False
+    if not ok or (isinstance(value, bool) and not any(c is value for c in choices)):
+        raise ArgumentError(f"{name}: expected one of {list(choices)!r}, got {value!r}")
     return value
 
 
-def check_finite(xp: Any, x: Any, name: str) -> None:
+def check_flag(value: Any, name: str) -> bool:
+    """Raise unless ``value`` is a bool."""
+    if not isinstance(value, bool | np.bool_):
+        raise ArgumentTypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_finite(xp: Namespace, x: Array, name: str) -> None:
     """Raise if ``x`` contains NaN or infinity (forces a device sync on GPUs)."""
     if not bool(xp.all(xp.isfinite(x))):
         bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries of {math.prod(shape_of(x))}")
+        raise ArgumentError(f"{name}: expected finite values, got {bad} NaN/inf entries of {math.prod(shape_of(x))}")
 
 
+# ----------------------------------------------------------------------------- shapes
 def check_shape(name: str, x: Any, dims: Sequence[str], **known: int) -> dict[str, int]:
     """Match the shape of ``x`` against named dimensions and return their sizes.
 
@@ -77,6 +93,8 @@ def check_shape(name: str, x: Any, dims: Sequence[str], **known: int) -> dict[st
     at least one column, and returns ``{"f": 512, "K": A.shape[1]}``. A size that is
     already known must match; every size must be positive.
     """
+    if not hasattr(x, "shape"):
+        raise BackendError(f"{name}: expected an array, got {type(x).__name__}")
     shape = shape_of(x)
     pattern = "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
     fixed = ", ".join(f"{d} = {known[d]}" for d in dict.fromkeys(dims) if d in known)
@@ -92,3 +110,190 @@ def check_shape(name: str, x: Any, dims: Sequence[str], **known: int) -> dict[st
             raise ShapeError(f"{name}: expected shape {expected} with every size positive, got {shape}")
         sizes[d] = s
     return sizes
+
+
+def check_channels(feats: Features, name: str, size: int, channel_axis: int | None) -> None:
+    """Raise, naming X's layout, when the factor ``name`` has ``size`` rows but X has another channel count."""
+    if size == feats.channels:
+        return
+    hint = (
+        "pass channel_axis=-1 if the channels are last"
+        if feats.axis != len(feats.shape) - 1
+        else "pass channel_axis=1 if the channels come first"
+    )
+    how = "by the default rule (channel_axis=None)" if channel_axis is None else f"with channel_axis={channel_axis}"
+    raise ShapeError(
+        f"X: expected f = {size} channels (the rows of {name}), got {feats.channels}: X was read {how} as a "
+        f"{feats.describe()}; {hint}"
+    )
+
+
+def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[int, int, int]:
+    """Multilinear ranks (R_K, R_a, R_c) of a Tucker form of W (K, f, f).
+
+    An int r means (min(r, K), r, r). Each rank must fit its dimension and be at most
+    the product of the other two (otherwise no tensor has those multilinear ranks).
+    """
+    if isinstance(rank, int | np.integer) and not isinstance(rank, bool):
+        r = check_positive_int(rank, name)
+        if r > f:
+            raise ArgumentError(f"{name}: expected at most f = {f} for W of shape {(k, f, f)}, got {r}")
+        return (min(r, k), r, r)
+    if not isinstance(rank, Sequence) or isinstance(rank, str):
+        raise ArgumentTypeError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {type(rank).__name__}")
+    if len(rank) != 3:
+        raise ArgumentError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {rank!r}")
+    out = tuple(check_positive_int(r, name) for r in rank)
+    if out[0] > k or out[1] > f or out[2] > f:
+        raise ArgumentError(f"{name}: expected (R_K, R_a, R_c) <= {(k, f, f)} for W of shape {(k, f, f)}, got {out}")
+    for i in range(3):
+        others = math.prod(out) // out[i]
+        if out[i] > others:
+            raise ArgumentError(
+                f"{name}: multilinear ranks must each be at most the product of the other two, got {out} "
+                f"({out[i]} > {others})"
+            )
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- preamble
+def prepare(
+    x: Array,
+    channel_axis: int | None,
+    finite: bool,
+    **factors: Array,
+) -> tuple[Namespace, Features, dict[str, Array]]:
+    """Common preamble of the pooling functions.
+
+    Infers the namespace from X and the factors, views X as a (B, n, f)/(B, f, n)
+    matrix batch, checks dtypes (and finiteness when ``finite``), and casts
+    everything to one dtype by the package's rule: mixed float32/float64 promote,
+    float16/bfloat16 compute (and return) float32.
+    """
+    xp = namespace(X=x, **factors)
+    feats = features(xp, x, channel_axis)
+    for name, a in factors.items():
+        check_floating(xp, a, name)
+    if check_flag(finite, "check_finite"):
+        check_finite(xp, x, "X")
+        for name, a in factors.items():
+            check_finite(xp, a, name)
+    dt = acc_dtype(xp, xp.result_type(feats.data, *factors.values()))
+    if feats.data.dtype != dt:
+        feats = feats._replace(data=xp.astype(feats.data, dt))
+    cast = {n: (a if a.dtype == dt else xp.astype(a, dt)) for n, a in factors.items()}
+    return xp, feats, cast
+
+
+# ----------------------------------------------------------------------------- factor forms
+_FORM_NAMES = {
+    "cp": "a CP form (CPTensor or (weights, [U, A, C]))",
+    "tucker": "a Tucker form (TuckerTensor or (core, [U, A, C]))",
+    "eig": "an eigen form (EigTensor: eigenvalues (K, P), eigenvectors (f, K, P))",
+    "rankp": "a rank-P form (RankP: A (f, K, P), B)",
+    "dense": "a dense W (K, f, f)",
+}
+_FORM_USE = {
+    "cp": "cp_pool",
+    "tucker": "tucker_pool",
+    "eig": "eig_pool",
+    "rankp": "rankp_pool",
+    "dense": "bilinear_pool",
+}
+
+
+def describe(obj: Any) -> str:
+    """What ``obj`` is, for error messages: its factor form, or its type (and shape)."""
+    kind = form_kind(obj)
+    if kind is not None:
+        return f"{_FORM_NAMES[kind]} (use {_FORM_USE[kind]})"
+    if hasattr(obj, "shape"):
+        return f"{type(obj).__name__} of shape {shape_of(obj)}"
+    if isinstance(obj, tuple | list):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    return type(obj).__name__
+
+
+def _factor_list(factors: Any, name: str, expected: str) -> list[Array]:
+    if not isinstance(factors, tuple | list) or len(factors) != 3:
+        got = f"{len(factors)} items" if isinstance(factors, tuple | list) else type(factors).__name__
+        raise ShapeError(f"{name}: expected 3 factor matrices {expected}, got {got}")
+    return list(factors)
+
+
+def _check_factors(factors: list[Array], name: str, ranks: tuple[str, str, str]) -> dict[str, int]:
+    sizes = check_shape(f"{name} factor U", factors[0], ("K", ranks[0]))
+    sizes = check_shape(f"{name} factor A", factors[1], ("f", ranks[1]), **sizes)
+    return check_shape(f"{name} factor C", factors[2], ("f", ranks[2]), **sizes)
+
+
+def _factor_namespace(name: str, **arrays: Array) -> Namespace:
+    xp = namespace(**{f"{name} {k}": v for k, v in arrays.items()})
+    for k, v in arrays.items():
+        check_floating(xp, v, f"{name} {k}")
+    return xp
+
+
+def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+    """Validated (xp, weights, [U, A, C], sizes) of a CP form; weights None become ones."""
+    if form_kind(cp) != "cp":
+        raise ArgumentTypeError(f"{name}: expected a CPTensor or a (weights, [U, A, C]) pair, got {describe(cp)}")
+    weights, factors = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
+    factors = _factor_list(factors, name, "[U (K, R), A (f, R), C (f, R)]")
+    for k, v in zip("UAC", factors, strict=True):
+        if not hasattr(v, "shape"):
+            raise BackendError(f"{name} factor {k}: expected an array, got {type(v).__name__}")
+    sizes = _check_factors(factors, name, ("R", "R", "R"))
+    arrays = dict(zip(("factor U", "factor A", "factor C"), factors, strict=True))
+    if weights is not None:
+        arrays["weights"] = weights
+    xp = _factor_namespace(name, **arrays)
+    if weights is None:
+        weights = xp.ones(sizes["R"], dtype=factors[0].dtype, device=aac.device(factors[0]))
+    else:
+        check_shape(f"{name} weights", weights, ("R",), R=sizes["R"])
+    return xp, weights, factors, sizes
+
+
+def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+    """Validated (xp, core, [U, A, C], sizes) of a Tucker form, with valid multilinear ranks."""
+    if form_kind(tk) != "tucker":
+        raise ArgumentTypeError(f"{name}: expected a TuckerTensor or a (core, [U, A, C]) pair, got {describe(tk)}")
+    core, factors = (tk.core, tk.factors) if hasattr(tk, "core") else tk
+    factors = _factor_list(factors, name, "[U (K, R_K), A (f, R_a), C (f, R_c)]")
+    for k, v in zip("UAC", factors, strict=True):
+        if not hasattr(v, "shape"):
+            raise BackendError(f"{name} factor {k}: expected an array, got {type(v).__name__}")
+    sizes = _check_factors(factors, name, ("R_K", "R_a", "R_c"))
+    check_shape(f"{name} core", core, ("R_K", "R_a", "R_c"), R_K=sizes["R_K"], R_a=sizes["R_a"], R_c=sizes["R_c"])
+    xp = _factor_namespace(name, core=core, **{f"factor {k}": v for k, v in zip("UAC", factors, strict=True)})
+    check_tucker_ranks((sizes["R_K"], sizes["R_a"], sizes["R_c"]), sizes["K"], sizes["f"], f"{name} core shape")
+    return xp, core, factors, sizes
+
+
+def parse_eig(eig: Any, name: str = "eig") -> tuple[Namespace, Array, Array, dict[str, int]]:
+    """Validated (xp, eigenvalues (K, P), eigenvectors (f, K, P), sizes) of an eigen form."""
+    if form_kind(eig) != "eig":
+        raise ArgumentTypeError(
+            f"{name}: expected an EigTensor or an (eigenvalues (K, P), eigenvectors (f, K, P)) pair, "
+            f"got {describe(eig)}"
+        )
+    mu, v = eig
+    xp = _factor_namespace(name, eigenvalues=mu, eigenvectors=v)
+    sizes = check_shape(f"{name} eigenvectors", v, ("f", "K", "P"))
+    check_shape(f"{name} eigenvalues", mu, ("K", "P"), K=sizes["K"], P=sizes["P"])
+    return xp, mu, v, sizes
+
+
+def parse_rankp(A: Any, B: Any, name: str = "") -> tuple[Namespace, dict[str, int], bool]:
+    """Validated (xp, sizes {f, K, P}, shared) of rank-P factors A (f, K, P) and B (f, P) or (f, K, P)."""
+    xp = _factor_namespace(name.strip() or "rank-P", A=A, B=B) if name else namespace(A=A, B=B)
+    if not name:
+        check_floating(xp, A, "A")
+        check_floating(xp, B, "B")
+    sizes = check_shape(f"{name}A", A, ("f", "K", "P"))
+    if getattr(B, "ndim", 0) == 2:
+        check_shape(f"{name}B", B, ("f", "P"), f=sizes["f"], P=sizes["P"])
+        return xp, sizes, True
+    check_shape(f"{name}B", B, ("f", "K", "P"), **sizes)
+    return xp, sizes, False

@@ -4,9 +4,9 @@ Forward (the same three steps as :func:`lowrank_pool.rankp_pool` with a shared B
 (B, f, n) view of X; for (B, n, f) input that view is a transpose, not a copy):
 
     Z = Bᵀ X      (B, P, n)   bottom-up maps
-    U = σ(Z)      (B, P, n)   over positions: identity / ReLU / spatial softmax
+    U = σ(Z)      (B, P, n)   over positions: identity / ReLU / n · spatial softmax
     V = U Xᵀ      (B, P, f)   attention-weighted pooling
-    s = vec(V) A  (B, K)      with A (P·f, K)
+    s = vec(V) A  (B, K)      with A (P·f, K)   (the caller divides by n)
 
 Backward, with g = ∂L/∂s:
 
@@ -22,17 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.torch as xp
 import torch
 
+from .attention import activate
+
 __all__ = ["shared_bottom_up_scores"]
-
-
-def _activate(z: torch.Tensor, attention: str) -> torch.Tensor:
-    if attention == "linear":
-        return z
-    if attention == "relu":
-        return torch.relu(z)
-    return torch.softmax(z, dim=-1)
 
 
 class _SharedBottomUp(torch.autograd.Function):
@@ -43,7 +38,7 @@ class _SharedBottomUp(torch.autograd.Function):
         x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, channels_first: bool, attention: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xt = x if channels_first else x.mT  # (B, f, n)
-        u = _activate(torch.matmul(bm.mT, xt), attention)  # (B, P, n)
+        u = activate(xp, torch.matmul(bm.mT, xt), attention, axis=-1)  # (B, P, n)
         v = torch.matmul(u, xt.mT)  # (B, P, f)
         s = torch.matmul(v.flatten(1), a_pf)  # (B, K)
         return s, u, v
@@ -71,8 +66,8 @@ class _SharedBottomUp(torch.autograd.Function):
                 gz = gu
             elif ctx.attention == "relu":
                 gz = gu * (u > 0)
-            else:
-                gz = u * (gu - (gu * u).sum(-1, keepdim=True))
+            else:  # u = n · softmax(z): ∂z = u ⊙ (∂u − Σ_i ∂u_i u_i / n)
+                gz = u * (gu - (gu * u).sum(-1, keepdim=True) / u.shape[-1])
             if ctx.needs_input_grad[1]:
                 gbm = torch.matmul(xt, gz.mT).sum(0)
             if ctx.needs_input_grad[0]:

@@ -1,8 +1,9 @@
-"""The one dispatch module: array namespaces, feature-map layouts and the two GEMM forms.
+"""The one dispatch module: everything that depends on *which* library the caller uses.
 
-Everything that depends on *which* array library the caller uses lives here, so the
-math modules read as plain array-API code. The choices below were measured
-(DESIGN.md section 3, torch 2.13 CPU/MKL and numpy/OpenBLAS, float32, B=32):
+Array namespaces, feature-map layouts, the GEMM forms, the autograd-kernel switch,
+tensorly's backend name and the recognition of factor objects live here, so the math
+modules read as plain array-API code. The GEMM choices were measured (torch 2.13
+CPU/MKL and numpy/OpenBLAS, float32, B=32; see the performance page of the docs):
 
 - torch: the transposed product ``M.mT @ X.mT`` (Zᵀ = Mᵀ Xᵀ) is 1.2-2.7x faster than
   ``X @ M`` on a (B, n, f) input;
@@ -19,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 
 import array_api_compat as aac
 
-from ._checks import BackendError, DTypeError, ShapeError, check_finite, shape_of
+from ._errors import ArgumentTypeError, BackendError, DTypeError, ShapeError, shape_of
 
 Array = Any
 Namespace = Any
@@ -28,10 +29,16 @@ __all__ = [
     "Features",
     "acc_dtype",
     "features",
+    "form_kind",
+    "gram_product",
+    "host_copy",
+    "is_numpy",
     "is_torch",
     "namespace",
-    "prepare",
     "project",
+    "random_normal",
+    "tensorly_backend",
+    "use_torch_kernel",
     "weighted_sum",
 ]
 
@@ -120,15 +127,13 @@ def acc_dtype(xp: Namespace, dtype: Any) -> Any:
     return xp.float32
 
 
-def common_dtype(xp: Namespace, *arrays: Array) -> Any:
-    """Promote the floating dtypes of ``arrays`` by the array-API rules."""
-    return xp.result_type(*arrays)
-
-
+# ----------------------------------------------------------------------------- layouts
 class Features(NamedTuple):
     """A feature-map batch seen as a matrix per sample, without copying.
 
     ``data`` is (B, n, f) when ``layout == "bnf"`` and (B, f, n) when ``layout == "bfn"``.
+    ``shape`` and ``axis`` are the input's shape and the (non-negative) channel axis,
+    kept for error messages.
     """
 
     data: Array
@@ -136,10 +141,23 @@ class Features(NamedTuple):
     batch: int
     spatial: tuple[int, ...]
     channels: int
+    shape: tuple[int, ...]
+    axis: int
 
     @property
     def positions(self) -> int:
         return math.prod(self.spatial)
+
+    def describe(self) -> str:
+        """E.g. ``"(B, f, H, W) input of shape (2, 16, 7, 7), channels on axis 1"``."""
+        names = {3: "(B, f, H, W)", 4: "(B, f, T, H, W)"}
+        if self.axis == len(self.shape) - 1:
+            layout = "(B, n, f)" if len(self.shape) == 3 else "channels-last (B, ..., f)"
+        elif self.axis == 1:
+            layout = names.get(len(self.spatial) + 1, "channels-first (B, f, ...)")
+        else:
+            layout = f"channels-on-axis-{self.axis}"
+        return f"{layout} input of shape {self.shape}, channels on axis {self.axis}"
 
 
 def _channels_last_memory(xp: Namespace, x: Array) -> bool:
@@ -157,13 +175,23 @@ def _channels_last_memory(xp: Namespace, x: Array) -> bool:
     return False
 
 
-def features(xp: Namespace, x: Array, channel_axis: int, name: str = "X") -> Features:
+def resolve_channel_axis(ndim: int, channel_axis: int | None) -> int:
+    """The channel axis rule shared by every function and layer (see :func:`features`)."""
+    if channel_axis is None:
+        return ndim - 1 if ndim == 3 else 1
+    if not isinstance(channel_axis, int) or isinstance(channel_axis, bool):
+        raise ArgumentTypeError(f"channel_axis: expected an int or None, got {type(channel_axis).__name__}")
+    return channel_axis
+
+
+def features(xp: Namespace, x: Array, channel_axis: int | None, name: str = "X") -> Features:
     """Validate a feature-map batch and view it as (B, n, f) or (B, f, n).
 
-    ``channel_axis=-1``: (B, n, f) or (B, H, W, f) ... (channels last).
-    ``channel_axis=1``: (B, f, H, W) or (B, f, T, H, W); read as a (B, f, n) view, or as
-    (B, n, f) when the memory is channels-last (torch ``channels_last`` format).
-    Any other axis is moved last (one copy).
+    The channel axis rule (every function and layer): ``channel_axis=None`` reads 3-D
+    input as (B, n, f) and 4-D/5-D input as (B, f, H, W) / (B, f, T, H, W), PyTorch's
+    convention; an explicit axis overrides it (``-1`` for (B, H, W, f) images).
+    Channel-first input is read as a (B, f, n) view, or as (B, n, f) when the memory is
+    channels-last (torch ``channels_last`` format). Any other axis is moved last.
     """
     check_floating(xp, x, name)
     shape = shape_of(x)
@@ -172,8 +200,7 @@ def features(xp: Namespace, x: Array, channel_axis: int, name: str = "X") -> Fea
             f"{name}: expected a batch of feature maps with at least 3 dimensions, "
             f"(B, n, f) or (B, f, H, W), got shape {shape}"
         )
-    if not isinstance(channel_axis, int) or isinstance(channel_axis, bool):
-        raise TypeError(f"channel_axis: expected an int, got {type(channel_axis).__name__}")
+    channel_axis = resolve_channel_axis(len(shape), channel_axis)
     if not -len(shape) <= channel_axis < len(shape):
         raise ShapeError(f"channel_axis: expected an axis of {name} with shape {shape}, got {channel_axis}")
     ax = channel_axis % len(shape)
@@ -190,19 +217,11 @@ def features(xp: Namespace, x: Array, channel_axis: int, name: str = "X") -> Fea
             f"(f = {f} channels, n = {n} positions)"
         )
     if ax == len(shape) - 1:
-        return Features(xp.reshape(x, (batch, n, f)), "bnf", batch, spatial, f)
+        return Features(xp.reshape(x, (batch, n, f)), "bnf", batch, spatial, f, shape, ax)
     if ax == 1 and not _channels_last_memory(xp, x):
-        return Features(xp.reshape(x, (batch, f, n)), "bfn", batch, spatial, f)
+        return Features(xp.reshape(x, (batch, f, n)), "bfn", batch, spatial, f, shape, ax)
     moved = xp.moveaxis(x, ax, -1)  # a view when the memory is channels-last
-    return Features(xp.reshape(moved, (batch, n, f)), "bnf", batch, spatial, f)
-
-
-def upcast(xp: Namespace, feats: Features) -> Features:
-    """Features in their accumulation dtype (float16/bfloat16 become float32)."""
-    dt = acc_dtype(xp, feats.data.dtype)
-    if dt == feats.data.dtype:
-        return feats
-    return feats._replace(data=xp.astype(feats.data, dt))
+    return Features(xp.reshape(moved, (batch, n, f)), "bnf", batch, spatial, f, shape, ax)
 
 
 def project(xp: Namespace, feats: Features, m: Array) -> Array:
@@ -231,28 +250,99 @@ def weighted_sum(xp: Namespace, feats: Features, u: Array) -> Array:
     return xp.matmul(xp.matrix_transpose(u), x)
 
 
-def prepare(
-    x: Array,
-    channel_axis: int,
-    finite: bool,
-    **factors: Array,
-) -> tuple[Namespace, Features, dict[str, Array]]:
-    """Common preamble of the pooling functions.
+def gram_product(xp: Namespace, feats: Features) -> Array:
+    """XᵀX (B, f, f) for every sample, by the faster batched GEMM form of the library.
 
-    Infers the namespace from X and the factors, views X as a (B, n, f)/(B, f, n)
-    matrix batch, checks dtypes (and finiteness when ``finite``), and casts
-    everything to one accumulation dtype (float16/bfloat16 compute in float32).
+    Both forms hand BLAS one transposed operand and no copy, except with numpy when
+    n < f: OpenBLAS runs the batched product with a transposed (strided) operand 3-6x
+    slower than on C-contiguous data there (497 vs 80 ms at B=32, n=49, f=2048,
+    float32); the copy costs B·n·f, small next to the B·f² output. A symmetric rank-k
+    update (scipy's ?syrk, one call per sample) was measured 1.3-5x *slower* than the
+    batched GEMM with numpy/OpenBLAS, and torch has none.
     """
-    xp = namespace(X=x, **factors)
-    feats = features(xp, x, channel_axis)
-    for name, a in factors.items():
-        check_floating(xp, a, name)
-    if finite:
-        check_finite(xp, x, "X")
-        for name, a in factors.items():
-            check_finite(xp, a, name)
-    dt = acc_dtype(xp, xp.result_type(feats.data, *factors.values()))
-    if feats.data.dtype != dt:
-        feats = feats._replace(data=xp.astype(feats.data, dt))
-    cast = {n: (a if a.dtype == dt else xp.astype(a, dt)) for n, a in factors.items()}
-    return xp, feats, cast
+    x = feats.data
+    xt = xp.matrix_transpose(x)
+    if is_numpy(xp) and feats.positions < feats.channels:
+        xt = xp.asarray(xt, copy=True)
+    return xp.matmul(xt, x) if feats.layout == "bnf" else xp.matmul(x, xt)
+
+
+def use_torch_kernel(xp: Namespace, *arrays: Array) -> bool:
+    """True when the fused torch autograd kernel should run: torch arrays that need gradients."""
+    if not is_torch(xp):
+        return False
+    import torch
+
+    return torch.is_grad_enabled() and any(t.requires_grad for t in arrays)
+
+
+# ----------------------------------------------------------------------------- tensorly
+def tensorly_backend(xp: Namespace, name: str = "W") -> str:
+    """tensorly's backend name for arrays of ``xp`` (used inside ``tl.backend_context``)."""
+    if aac.is_numpy_namespace(xp):
+        return "numpy"
+    if aac.is_torch_namespace(xp):
+        return "pytorch"
+    if aac.is_jax_namespace(xp):
+        return "jax"
+    if aac.is_cupy_namespace(xp):
+        return "cupy"
+    raise BackendError(
+        f"{name}: tensorly has no backend for {xp.__name__} arrays; pass numpy, torch, jax or cupy arrays"
+    )
+
+
+def detach(x: Array) -> Array:
+    """``x`` cut from autograd (torch); other arrays as they are."""
+    return x.detach() if hasattr(x, "detach") else x
+
+
+def random_normal(xp: Namespace, shape: tuple[int, ...], like: Array, seed: int | None) -> Array:
+    """Seeded standard normal numbers in ``like``'s library, dtype and device."""
+    if aac.is_torch_namespace(xp):
+        import torch
+
+        gen = torch.Generator(device=like.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
+    import numpy as np
+
+    values = np.random.default_rng(seed).standard_normal(shape)
+    return xp.asarray(values, dtype=like.dtype, device=aac.device(like))
+
+
+# ----------------------------------------------------------------------------- factor objects
+FormKind = Literal["cp", "tucker", "eig", "rankp", "dense"]
+
+
+def form_kind(obj: Any) -> FormKind | None:
+    """Which factor form ``obj`` is, from its type or, for plain tuples, its array ranks.
+
+    tensorly's ``CPTensor`` / ``TuckerTensor`` and the package's ``EigTensor`` / ``RankP``
+    are recognised by type; a plain pair by the rank of its arrays: ``(weights (R,) or
+    None, [3 matrices])`` is CP, ``(core (R_K, R_a, R_c), [3 matrices])`` Tucker,
+    ``(eigenvalues (K, P), eigenvectors (f, K, P))`` eigen, ``(A (f, K, P), B)`` rank-P;
+    a single 3-D array is a dense W. None for anything else.
+    """
+    kind = type(obj).__name__
+    if kind in ("CPTensor", "TuckerTensor", "EigTensor", "RankP"):
+        return {"CPTensor": "cp", "TuckerTensor": "tucker", "EigTensor": "eig", "RankP": "rankp"}[kind]  # type: ignore[return-value]
+    if aac.is_array_api_obj(obj) and not isinstance(obj, int | float | complex):
+        return "dense" if getattr(obj, "ndim", 0) == 3 else None
+    if not isinstance(obj, tuple | list) or len(obj) != 2:
+        return None
+    first, second = obj
+    first_ndim = getattr(first, "ndim", None)
+    if isinstance(second, tuple | list):
+        if first is None or first_ndim == 1:
+            return "cp"
+        if first_ndim == 3:
+            return "tucker"
+        return None
+    second_ndim = getattr(second, "ndim", None)
+    if first_ndim == 2 and second_ndim == 3:
+        return "eig"
+    if first_ndim == 3 and second_ndim in (2, 3):
+        return "rankp"
+    return None

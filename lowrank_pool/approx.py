@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import array_api_compat as aac
 
-from ._checks import BackendError, ShapeError, check_choice, check_finite, check_positive_int, check_shape, shape_of
-from ._xp import Array, Namespace, check_floating, namespace
-from .factorized import EigTensor, _cp_dense, cp_pool, eig_pool, to_dense, tucker_pool
-from .second_order import bilinear_pool
+from ._checks import (
+    ArgumentError,
+    ShapeError,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_shape,
+    check_tucker_ranks,
+    shape_of,
+)
+from ._xp import Array, Namespace, check_floating, detach, namespace, random_normal, tensorly_backend
+from .factorized import EigTensor, _cp_dense
 
-__all__ = ["RankProfile", "cp_approx", "eig_approx", "rank_profile", "tucker_approx"]
-
-
-def _tensorly_backend(xp: Namespace) -> str:
-    if aac.is_numpy_namespace(xp):
-        return "numpy"
-    if aac.is_torch_namespace(xp):
-        return "pytorch"
-    if aac.is_jax_namespace(xp):
-        return "jax"
-    if aac.is_cupy_namespace(xp):
-        return "cupy"
-    raise BackendError(f"W: tensorly has no backend for {xp.__name__} arrays; pass numpy, torch, jax or cupy arrays")
+__all__ = ["cp_approx", "eig_approx", "eig_stream", "symmetric_part", "tucker_approx"]
 
 
 def _check_w(W: Any, name: str = "W") -> tuple[Namespace, dict[str, int]]:
@@ -42,25 +37,6 @@ def _check_w(W: Any, name: str = "W") -> tuple[Namespace, dict[str, int]]:
     sizes = check_shape(name, W, ("K", "f", "f"))
     check_finite(xp, W, name)
     return xp, sizes
-
-
-def _detach(x: Array) -> Array:
-    return x.detach() if hasattr(x, "detach") else x
-
-
-def _random_normal(xp: Namespace, shape: tuple[int, ...], like: Array, seed: int | None) -> Array:
-    """Seeded standard normal numbers in ``like``'s library, dtype and device."""
-    if aac.is_torch_namespace(xp):
-        import torch
-
-        gen = torch.Generator(device=like.device)
-        if seed is not None:
-            gen.manual_seed(seed)
-        return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
-    import numpy as np
-
-    values = np.random.default_rng(seed).standard_normal(shape)
-    return xp.asarray(values, dtype=like.dtype, device=aac.device(like))
 
 
 def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int | None) -> list[Array]:
@@ -86,13 +62,13 @@ def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int 
         _, vecs = xp.linalg.eigh(g)
         lead = xp.flip(vecs[:, max(dim - r, 0) :], axis=1)  # largest eigenvalues first
         if r > dim:
-            extra = _random_normal(xp, (dim, r - dim), T, None if seed is None else seed + mode)
+            extra = random_normal(xp, (dim, r - dim), T, None if seed is None else seed + mode)
             lead = xp.concat([lead, extra], axis=1)
         out.append(lead)
     return out
 
 
-def _sym(xp: Namespace, W: Array) -> Array:
+def symmetric_part(xp: Namespace, W: Array) -> Array:
     return (W + xp.matrix_transpose(W)) / 2
 
 
@@ -155,11 +131,11 @@ def cp_approx(
     k, f = sizes["K"], sizes["f"]
     rank = check_positive_int(rank, "rank")
     if rank > min(k * f, f * f):
-        raise ValueError(
+        raise ArgumentError(
             f"rank: expected at most min(K·f, f²) = {min(k * f, f * f)} for W of shape {(k, f, f)}, got {rank}"
         )
     check_choice(init, "init", ("svd", "random"))
-    target = _detach(_sym(xp, W) if symmetric else W)
+    target = detach(symmetric_part(xp, W) if symmetric else W)
     norm = float(xp.linalg.vector_norm(target)) or 1.0
     restarts = check_positive_int(n_restarts, "n_restarts")
     best: tuple[float, Any] = (math.inf, None)
@@ -182,7 +158,7 @@ def cp_approx(
 
             factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
             start = CPTensor((xp.ones(rank, dtype=target.dtype, device=aac.device(target)), factors))
-        with tl.backend_context(_tensorly_backend(xp)):
+        with tl.backend_context(tensorly_backend(xp)):
             cp = parafac(
                 target,
                 rank,
@@ -202,30 +178,6 @@ def cp_approx(
         if err <= tol:
             break
     return best[1]
-
-
-def _tucker_ranks(rank: int | Sequence[int], k: int, f: int) -> tuple[int, int, int]:
-    if isinstance(rank, int) and not isinstance(rank, bool):
-        r = check_positive_int(rank, "rank")
-        if r > f:
-            raise ValueError(f"rank: expected at most f = {f} for W of shape {(k, f, f)}, got {r}")
-        return (min(r, k), r, r)
-    if not isinstance(rank, Sequence):
-        raise TypeError(f"rank: expected an int or a tuple (R_K, R_f, R_f), got {type(rank).__name__}")
-    ranks = tuple(rank)
-    if len(ranks) != 3:
-        raise ValueError(f"rank: expected an int or a tuple (R_K, R_f, R_f), got {rank!r}")
-    out = tuple(check_positive_int(r, "rank") for r in ranks)
-    if out[0] > k or out[1] > f or out[2] > f:
-        raise ValueError(f"rank: expected (R_K, R_f, R_f) <= {(k, f, f)} for W of shape {(k, f, f)}, got {out}")
-    for i in range(3):
-        others = math.prod(out) // out[i]
-        if out[i] > others:
-            raise ValueError(
-                f"rank: multilinear ranks must each be at most the product of the other two, got {out} "
-                f"({out[i]} > {others})"
-            )
-    return out  # type: ignore[return-value]
 
 
 def tucker_approx(
@@ -269,11 +221,11 @@ def tucker_approx(
     from tensorly.decomposition import tucker
 
     xp, sizes = _check_w(W)
-    ranks = _tucker_ranks(rank, sizes["K"], sizes["f"])
+    ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"])
     check_choice(init, "init", ("svd", "random"))
-    target = _detach(_sym(xp, W) if symmetric else W)
+    target = detach(symmetric_part(xp, W) if symmetric else W)
     start: Any = _leading_subspaces(xp, target, ranks, random_state) if init == "svd" else init
-    with tl.backend_context(_tensorly_backend(xp)):
+    with tl.backend_context(tensorly_backend(xp)):
         return tucker(target, list(ranks), n_iter_max=n_iter_max, tol=tol, init=start, random_state=random_state)
 
 
@@ -290,17 +242,17 @@ def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
     return xp, sizes["K"], sizes["f"], (W[i, ...] for i in range(sizes["K"]))
 
 
-def _eig_stream(W: Any, rank: int | None) -> tuple[Namespace, list[Array], list[Array], list[Array]]:
+def eig_stream(W: Any, rank: int | None) -> tuple[Namespace, list[Array], list[Array], list[Array]]:
     """Per class: eigenpairs of S_k sorted by |μ| descending (top ``rank`` vectors kept)."""
     xp, k, f, mats = _class_matrices(W)
     if rank is not None and rank > f:
-        raise ValueError(f"rank: expected at most f = {f} eigenpairs per class, got {rank}")
+        raise ArgumentError(f"rank: expected at most f = {f} eigenpairs per class, got {rank}")
     mus, vecs, spectra = [], [], []
     for i, wk in enumerate(mats):
         check_shape(f"W[{i}]", wk, ("f", "f"), f=f)
         check_floating(xp, wk, f"W[{i}]")
         check_finite(xp, wk, f"W[{i}]")
-        wk = _detach(wk)
+        wk = detach(wk)
         mu, v = xp.linalg.eigh((wk + xp.matrix_transpose(wk)) / 2)
         order = xp.argsort(-xp.abs(mu), stable=True)
         mu = xp.take(mu, order)
@@ -343,188 +295,5 @@ def eig_approx(W: Any, rank: int, /) -> EigTensor:
     array([[ 3., -2.]])
     """
     rank = check_positive_int(rank, "rank")
-    xp, mus, vecs, _ = _eig_stream(W, rank)
+    xp, mus, vecs, _ = eig_stream(W, rank)
     return EigTensor(xp.stack(mus, axis=0), xp.stack(vecs, axis=1))
-
-
-# ---------------------------------------------------------------------------- rank profile
-def _params(method: str, rank: Any, k: int, f: int) -> int:
-    if method == "cp":
-        return int(rank * (k + 2 * f + 1))
-    if method == "eig":
-        return int(rank * k * (f + 1))
-    rk, ra, rc = rank
-    return int(k * rk + f * (ra + rc) + rk * ra * rc)
-
-
-@dataclass
-class RankProfile:
-    """Error, size and (optionally) accuracy of an approximation across ranks.
-
-    ``errors[i]`` is ‖S − Ŝ‖_F / ‖S‖_F for ``ranks[i]`` (S the symmetric part of W,
-    or W itself for CP/Tucker with ``symmetric=False``); ``compression`` is K·f² over
-    the parameter count; ``accuracy`` is top-1 accuracy of the approximated
-    classifier on the given features (None without them), beside ``dense_accuracy``.
-    """
-
-    method: str
-    ranks: list[Any]
-    errors: list[float]
-    params: list[int]
-    compression: list[float]
-    accuracy: list[float] | None = None
-    dense_accuracy: float | None = None
-    dense_params: int = 0
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per rank (e.g. for ``pandas.DataFrame(profile.rows())``)."""
-        acc: list[float | None] = list(self.accuracy) if self.accuracy else [None] * len(self.ranks)
-        return [
-            {"rank": r, "rel_error": e, "params": p, "compression": c, "accuracy": a}
-            for r, e, p, c, a in zip(self.ranks, self.errors, self.params, self.compression, acc, strict=True)
-        ]
-
-    def __str__(self) -> str:
-        lines = [f"{'rank':>14} {'rel. error':>11} {'params':>12} {'compress':>9} {'accuracy':>9}"]
-        for row in self.rows():
-            acc = "" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-            lines.append(
-                f"{row['rank']!s:>14} {row['rel_error']:11.3e} {row['params']:12d} {row['compression']:8.1f}x {acc:>9}"
-            )
-        if self.dense_accuracy is not None:
-            lines.append(f"{'dense W':>14} {0.0:11.3e} {self.dense_params:12d} {1.0:8.1f}x {self.dense_accuracy:9.4f}")
-        return "\n".join(lines)
-
-    def plot(self, ax: Any = None) -> Any:
-        """Relative error (left axis, log) and parameter count (right axis) against rank.
-
-        Needs matplotlib (``pip install 'lowrank_pool[plot]'``). Returns the axes.
-        """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as err:  # pragma: no cover - matplotlib is in the test set-up
-            raise ImportError("RankProfile.plot needs matplotlib: pip install 'lowrank_pool[plot]'") from err
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3.5))
-        x = [r if isinstance(r, int) else math.prod(r) ** (1 / 3) for r in self.ranks]
-        ax.semilogy(x, self.errors, "o-", color="C0", label="relative error")
-        ax.set_xlabel("rank" if all(isinstance(r, int) for r in self.ranks) else "rank (geometric mean)")
-        ax.set_ylabel("relative error ‖S − Ŝ‖ / ‖S‖", color="C0")
-        ax2 = ax.twinx()
-        ax2.plot(x, self.params, "s--", color="C1", label="parameters")
-        ax2.axhline(self.dense_params, color="C1", lw=0.8, ls=":")
-        ax2.set_ylabel("parameters (dotted: dense W)", color="C1")
-        ax.set_title(f"{self.method} approximation of W")
-        return ax
-
-
-def rank_profile(
-    W: Array,
-    ranks: Sequence[Any],
-    /,
-    *,
-    method: Literal["cp", "tucker", "eig"] = "eig",
-    features: Array | None = None,
-    labels: Array | None = None,
-    channel_axis: int = -1,
-    progress: bool | None = None,
-    **fit_kwargs: Any,
-) -> RankProfile:
-    """Relative error, parameters, compression and accuracy of an approximation per rank.
-
-    Parameters
-    ----------
-    W : array, (K, f, f)
-    ranks : sequence of int (or of (R_K, R_f, R_f) for Tucker)
-    method : {"cp", "tucker", "eig"}
-        For "eig" the spectra are computed once and every rank is read off them.
-    features, labels : arrays, optional
-        Feature maps (B, n, f) (or with ``channel_axis``) and integer class labels (B,):
-        adds the top-1 accuracy of each approximation and of the dense W.
-    progress : bool, optional
-        tqdm progress bar over the ranks (default: shown when tqdm is installed and
-        more than one rank is fitted).
-    **fit_kwargs
-        Passed to :func:`cp_approx` / :func:`tucker_approx`.
-
-    Returns
-    -------
-    RankProfile
-
-    Examples
-    --------
-    >>> import numpy as np, lowrank_pool as lp
-    >>> W = np.random.default_rng(0).standard_normal((3, 8, 8))
-    >>> prof = lp.rank_profile(W, [2, 4, 8], method="eig", progress=False)
-    >>> [round(e, 3) for e in prof.errors][-1], prof.compression[0]
-    (0.0, 3.5555555555555554)
-    """
-    check_choice(method, "method", ("cp", "tucker", "eig"))
-    xp, sizes = _check_w(W)
-    k, f = sizes["K"], sizes["f"]
-    if not len(ranks):
-        raise ValueError("ranks: expected at least one rank, got an empty sequence")
-    if (features is None) != (labels is None):
-        raise ValueError("features, labels: pass both to measure accuracy, or neither")
-    if labels is not None:
-        namespace(features=features, labels=labels)
-        if not xp.isdtype(labels.dtype, "integral"):
-            raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-        if shape_of(labels) != (shape_of(features)[0],):
-            raise ShapeError(
-                f"labels: expected shape ({shape_of(features)[0]},) (one per sample), got {shape_of(labels)}"
-            )
-
-    def accuracy(scores: Array) -> float:
-        return float(xp.mean(xp.astype(xp.argmax(scores, axis=1) == labels, scores.dtype)))
-
-    show = progress if progress is not None else len(ranks) > 1 and method != "eig"
-    iterator: Iterable[Any] = ranks
-    if show:
-        try:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(ranks, desc=f"{method} rank profile", unit="rank")
-        except ImportError:  # pragma: no cover
-            pass
-
-    dense_params = k * f * f
-    errors, params, accs = [], [], []
-    if method == "eig":
-        # one streamed eigendecomposition for every rank: errors from the spectra, and the
-        # top max(ranks) eigenpairs sliced per rank for the accuracy column
-        top = max(check_positive_int(r, "rank") for r in ranks)
-        _, mus, vecs, spectra = _eig_stream(W, top)
-        energy = xp.stack([s * s for s in spectra], axis=0)  # (K, f), sorted by |μ| descending
-        total = float(xp.sum(energy))
-        largest = EigTensor(xp.stack(mus, axis=0), xp.stack(vecs, axis=1))
-    else:
-        target = _sym(xp, _detach(W)) if fit_kwargs.get("symmetric", True) else _detach(W)
-        norm = float(xp.linalg.vector_norm(target))
-    for r in iterator:
-        if method == "eig":
-            tail = float(xp.sum(energy[:, r:]))
-            errors.append(math.sqrt(tail / total) if total > 0 else 0.0)
-            approx: Any = EigTensor(largest.eigenvalues[:, :r], largest.eigenvectors[:, :, :r])
-        else:
-            fit = cp_approx if method == "cp" else tucker_approx
-            approx = fit(W, r, **fit_kwargs)
-            diff = float(xp.linalg.vector_norm(to_dense(approx) - target))
-            errors.append(diff / norm if norm > 0 else 0.0)
-            if method == "tucker":
-                r = tuple(int(s) for s in shape_of(approx.core))
-        params.append(_params(method, r, k, f))
-        if features is not None:
-            pool = {"cp": cp_pool, "tucker": tucker_pool, "eig": eig_pool}[method]
-            accs.append(accuracy(pool(features, approx, channel_axis=channel_axis)))
-    dense_acc = accuracy(bilinear_pool(features, W, channel_axis=channel_axis)) if features is not None else None
-    return RankProfile(
-        method=method,
-        ranks=list(ranks) if method != "tucker" else [_tucker_ranks(r, k, f) for r in ranks],
-        errors=errors,
-        params=params,
-        compression=[dense_params / p for p in params],
-        accuracy=accs if features is not None else None,
-        dense_accuracy=dense_acc,
-        dense_params=dense_params,
-    )

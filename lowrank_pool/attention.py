@@ -1,96 +1,145 @@
 """Low-rank attentional pooling (Girdhar & Ramanan, NIPS 2017).
 
-The identity everything here rests on, for X (n, f) and a, b (f,):
+The identity everything here rests on, for X (n, f) and a, b (f,), with the package's
+scale M = XᵀX / n (the second moment of the features; see the math page of the docs):
 
-    Tr(XᵀX a bᵀ) = (X a)ᵀ (X b)
+    ⟨M, a bᵀ⟩ = Tr(M b aᵀ) = (1/n) (X a)ᵀ (X b)
 
 X b (n,) is the class-agnostic *bottom-up* saliency map, X a_k (n,) the class-specific
-*top-down* attention map; the score is their inner product over positions.
+*top-down* attention map; the score is the mean over positions of their product.
 
-Scores are computed in the re-associated order (X a)ᵀ(X b) = a ᵀ (Xᵀ (X b)) whenever the
+Scores are computed in the re-associated order (X a)ᵀ(X b) = aᵀ(Xᵀ(X b)) whenever the
 bottom-up map is shared by the classes: one matrix-vector pass builds the bottom-up map
 u = X b, a second pools the features with it, v = Xᵀ u (attention-weighted pooling),
 and one (B, f) @ (f, K) product gives all K scores. That is 2·n·f + f·K work per sample
 instead of n·f·(K+1) for projecting on [A | b]; measured here (float32, B=32, 2
-threads) it is 2-24x faster than the one-GEMM form at the reference shapes of
-DESIGN.md (e.g. 62.7 -> 2.6 ms with numpy at n=196, f=2048, K=600). The top-down maps
-themselves are produced, by one GEMM on [A | b], only by :func:`attention_maps`.
+threads) it is 2-24x faster than the one-GEMM form (e.g. 62.7 -> 2.6 ms with numpy at
+n=196, f=2048, K=600). The maps themselves come from one GEMM on [A | B], only in
+:func:`attention_maps`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from ._checks import check_choice, check_shape, shape_of
-from ._xp import Array, Features, Namespace, is_torch, prepare, project, weighted_sum
+from ._checks import (
+    ArgumentError,
+    ShapeError,
+    check_channels,
+    check_choice,
+    check_flag,
+    check_shape,
+    parse_rankp,
+    prepare,
+    shape_of,
+)
+from ._xp import Array, Features, Namespace, check_floating, namespace, project, use_torch_kernel, weighted_sum
 
-__all__ = ["attention_maps", "rank1_pool", "rankp_pool"]
+__all__ = ["AttentionMaps", "attention_maps", "attention_weights", "rank1_pool", "rankp_pool"]
 
 Attention = Literal["linear", "softmax", "relu"]
 ATTENTIONS = ("linear", "softmax", "relu")
 
 
-def activate(xp: Namespace, u: Array, attention: str) -> Array:
-    """Apply the bottom-up transform to maps u (B, n, m) over the positions (axis 1).
+class AttentionMaps(NamedTuple):
+    """The maps of an attentional head (what :func:`attention_maps` returns).
 
-    ``"softmax"`` is the paper code's spatial softmax (each map sums to 1 over the
-    positions, computed stably); ``"relu"`` clips negative saliency to 0.
+    ``scores == mean over positions of Σ_p top_down · bottom_up`` (see :func:`attention_maps`).
     """
+
+    top_down: Array
+    bottom_up: Array
+
+
+def activate(xp: Namespace, u: Array, attention: str, axis: int = 1) -> Array:
+    """σ of bottom-up maps u over the positions (``axis``); see :func:`attention_weights`."""
     if attention == "linear":
         return u
     if attention == "relu":
-        return xp.where(u > 0, u, xp.zeros_like(u))
-    e = xp.exp(u - xp.max(u, axis=1, keepdims=True))
-    return e / xp.sum(e, axis=1, keepdims=True)
+        return xp.maximum(u, xp.zeros_like(u))  # NaN stays NaN (where(u > 0, ...) would make it 0)
+    n = shape_of(u)[axis]
+    e = xp.exp(u - xp.max(u, axis=axis, keepdims=True))
+    return e * (n / xp.sum(e, axis=axis, keepdims=True))
 
 
-def rank1_maps(xp: Namespace, feats: Features, a: Array, b: Array, attention: str) -> tuple[Array, Array]:
-    """Top-down maps X A (B, n, K) and bottom-up map X b (B, n) by one GEMM on [A | b]."""
-    f, k = a.shape
-    z = project(xp, feats, xp.concat([a, xp.reshape(b, (f, 1))], axis=1))
-    return z[:, :, :k], activate(xp, z[:, :, k:], attention)[:, :, 0]
+def attention_weights(U: Array, /, *, attention: Attention = "linear", axis: int = 1) -> Array:
+    r"""The bottom-up transform σ, applied to maps U over the positions (``axis``).
+
+    .. math:: \sigma_\text{linear}(u) = u,\qquad \sigma_\text{relu}(u) = \max(u, 0),\qquad
+              \sigma_\text{softmax}(u)_i = n\,\frac{e^{u_i}}{\sum_j e^{u_j}}
+
+    The softmax is scaled by the number of positions n so that its weights average 1:
+    uniform logits then give exactly mean pooling, and the score, a *mean* over
+    positions of top-down × σ(bottom-up), is a softmax-weighted average of the top-down
+    map (the paper code's spatial softmax). Computed stably (max subtracted).
+
+    Parameters
+    ----------
+    U : array, e.g. (B, n) or (B, n, P)
+        Raw bottom-up maps.
+    attention : {"linear", "softmax", "relu"}
+    axis : int
+        The positions axis.
+
+    Returns
+    -------
+    array, same shape, library and dtype as U
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> lp.attention_weights(np.zeros((1, 4)), attention="softmax")
+    array([[1., 1., 1., 1.]])
+    """
+    check_choice(attention, "attention", ATTENTIONS)
+    xp = namespace(U=U)
+    check_floating(xp, U, "U")
+    if not isinstance(axis, int) or not -U.ndim <= axis < U.ndim:
+        raise ArgumentError(f"axis: expected an axis of U with shape {shape_of(U)}, got {axis!r}")
+    return activate(xp, U, attention, axis)
 
 
-def rankp_maps(xp: Namespace, feats: Features, a: Array, b: Array, attention: str) -> tuple[Array, Array]:
-    """Top-down maps (B, n, K, P) and bottom-up maps (B, n, P) or (B, n, K, P), one GEMM."""
+def _maps(xp: Namespace, feats: Features, a: Array, bm: Array, attention: str) -> tuple[Array, Array]:
+    """Top-down (B, n, K, P) and bottom-up (B, n, P) or (B, n, K, P) maps by one GEMM on [A | B]."""
     f, k, p = shape_of(a)
-    width = math.prod(shape_of(b)[1:])
-    z = project(xp, feats, xp.concat([xp.reshape(a, (f, k * p)), xp.reshape(b, (f, width))], axis=1))
+    width = math.prod(shape_of(bm)[1:])
+    z = project(xp, feats, xp.concat([xp.reshape(a, (f, k * p)), xp.reshape(bm, (f, width))], axis=1))
     top = xp.reshape(z[:, :, : k * p], (feats.batch, feats.positions, k, p))
     bottom = activate(xp, z[:, :, k * p :], attention)
-    return top, xp.reshape(bottom, (feats.batch, feats.positions, *shape_of(b)[1:]))
-
-
-def scores_from_maps(xp: Namespace, top_down: Array, bottom_up: Array) -> Array:
-    """s_bk = Σ_i top_down[b, i, k] · bottom_up[b, i]: (B, K) from (B, n, K) and (B, n)."""
-    return xp.matmul(bottom_up[:, None, :], top_down)[:, 0, :]
+    return top, xp.reshape(bottom, (feats.batch, feats.positions, *shape_of(bm)[1:]))
 
 
 def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, attention: str) -> Array:
-    """Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A_pf, with B (f, P) and A_pf (P·f, K).
+    """(1/n) Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A_pf / n, with B (f, P) and A_pf (P·f, K).
 
-    With torch tensors that need gradients this runs as one autograd Function whose
-    backward writes ∂X once, in X's layout (:mod:`lowrank_pool._torch_kernels`).
+    With torch tensors that need gradients the unscaled product runs as one autograd
+    Function whose backward writes ∂X once, in X's layout (``_torch_kernels``).
     """
-    if is_torch(xp) and _needs_grad(feats.data, bm, a_pf):
+    if use_torch_kernel(xp, feats.data, bm, a_pf):
         from ._torch_kernels import shared_bottom_up_scores
 
-        return shared_bottom_up_scores(feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention)
-    u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
-    v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
-    return xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
+        s = shared_bottom_up_scores(feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention)
+    else:
+        u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
+        v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
+        s = xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
+    return s / feats.positions
 
 
-def _needs_grad(*tensors: Array) -> bool:
-    import torch
-
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _check_rank1(feats: Features, a: Array, b: Array) -> None:
-    check_shape("A", a, ("f", "K"), f=feats.channels)
+def _rank1_factors(feats: Features, a: Array, b: Array, channel_axis: int | None) -> None:
+    check_shape("A", a, ("f", "K"))
+    check_channels(feats, "A", shape_of(a)[0], channel_axis)
     check_shape("b", b, ("f",), f=feats.channels)
+
+
+def _rankp_factors(feats: Features, a: Array, bm: Array, channel_axis: int | None) -> tuple[int, int, bool]:
+    if getattr(bm, "ndim", 0) not in (2, 3):
+        raise ShapeError(f"B: expected shape (f, P) (shared) or (f, K, P) (per class), got {shape_of(bm)}")
+    check_shape("A", a, ("f", "K", "P"))
+    check_channels(feats, "A", shape_of(a)[0], channel_axis)
+    _, sizes, shared = parse_rankp(a, bm)
+    return sizes["K"], sizes["P"], shared
 
 
 def rank1_pool(
@@ -100,39 +149,42 @@ def rank1_pool(
     /,
     *,
     attention: Attention = "linear",
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
     check_finite: bool = False,
 ) -> Array:
-    r"""Rank-1 attentional pooling: :math:`s_{bk} = (X_b a_k)^\top \sigma(X_b b)`.
+    r"""Rank-1 attentional pooling: :math:`s_{bk} = \frac1n (X_b a_k)^\top \sigma(X_b b)`.
 
-    .. math:: s_{bk} = \operatorname{Tr}(X_b^\top X_b\, b\, a_k^\top)
-              = (X_b a_k)^\top (X_b b) = a_k^\top \big(X_b^\top (X_b b)\big)
+    .. math:: s_{bk} = \operatorname{Tr}\!\big(M_b\, b\, a_k^\top\big)
+              = \tfrac1n (X_b a_k)^\top (X_b b) = \tfrac1n a_k^\top \big(X_b^\top (X_b b)\big),
+              \qquad M_b = \tfrac1n X_b^\top X_b
 
     with σ the identity (``attention="linear"``, the paper's formula), a spatial
-    softmax or a ReLU applied to the bottom-up map. The score of class k is the
-    bilinear score of the rank-1 weight W_k = a_k bᵀ (or b a_kᵀ: only the symmetric
-    part matters). Computed as attention-weighted pooling v = Xᵀσ(Xb) followed by
-    v @ A; see the module docstring for why.
+    softmax (scaled to average 1, see :func:`attention_weights`) or a ReLU applied to
+    the bottom-up map. The score of class k is the bilinear score of the rank-1 weight
+    W_k = a_k bᵀ on the mean second moment M. Computed as attention-weighted pooling
+    v = Xᵀσ(Xb) followed by v @ A / n; see the module docstring for why.
 
     Parameters
     ----------
-    X : array, (B, n, f) or, with ``channel_axis=1``, (B, f, H, W) / (B, f, T, H, W)
-        Feature maps; NCHW input is read as a (B, f, n) view, without a copy.
+    X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
+        Feature maps. By default (``channel_axis=None``) 3-D input is channels-last and
+        4-D/5-D input channels-first (NCHW is read as a (B, f, n) view, no copy).
     A : array, (f, K)
         Top-down (class-specific) vectors a_k, one column per class.
     b : array, (f,)
         The bottom-up (class-agnostic) vector.
     attention : {"linear", "softmax", "relu"}
         Transform of the bottom-up map over the positions.
-    channel_axis : int
-        Axis of X that holds the f channels.
+    channel_axis : int, optional
+        Axis of X that holds the f channels, overriding the default rule.
     check_finite : bool
-        Raise ValueError if an input holds NaN/inf.
+        Raise :class:`ArgumentError` if an input holds NaN/inf.
 
     Returns
     -------
     array, (B, K)
-        Same library, device and dtype as the inputs (float32 for float16/bfloat16).
+        Same library and device as the inputs; float32/float64 mixed promote,
+        float16/bfloat16 compute and return float32.
 
     Examples
     --------
@@ -140,13 +192,13 @@ def rank1_pool(
     >>> X = np.array([[[1.0, 0.0], [0.0, 2.0]]])   # B=1, n=2 positions, f=2
     >>> A = np.eye(2)                               # class k reads channel k
     >>> b = np.array([1.0, 1.0])                    # bottom-up map X b = [1, 2]
-    >>> lp.rank1_pool(X, A, b)                      # [1*1 + 0*2, 0*1 + 2*2]
-    array([[1., 4.]])
+    >>> lp.rank1_pool(X, A, b)                      # [(1*1 + 0*2) / 2, (0*1 + 2*2) / 2]
+    array([[0.5, 2. ]])
     """
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
     a, bvec = fac["A"], fac["b"]
-    _check_rank1(feats, a, bvec)
+    _rank1_factors(feats, a, bvec, channel_axis)
     return _shared_scores(xp, feats, xp.reshape(bvec, (feats.channels, 1)), a, attention)
 
 
@@ -157,13 +209,14 @@ def rankp_pool(
     /,
     *,
     attention: Attention = "linear",
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
     check_finite: bool = False,
 ) -> Array:
-    r"""Rank-P attentional pooling: :math:`s_{bk} = \sum_p (X_b a_{kp})^\top \sigma(X_b b_{kp})`.
+    r"""Rank-P attentional pooling: :math:`s_{bk} = \frac1n \sum_p (X_b a_{kp})^\top \sigma(X_b b_{kp})`.
 
-    .. math:: s_{bk} = \sum_{p=1}^P \operatorname{Tr}(X_b^\top X_b\, b_{kp} a_{kp}^\top)
-              = \langle X_b^\top X_b,\ \textstyle\sum_p a_{kp} b_{kp}^\top \rangle
+    .. math:: s_{bk} = \sum_{p=1}^P \operatorname{Tr}(M_b\, b_{kp} a_{kp}^\top)
+              = \langle M_b,\ \textstyle\sum_p a_{kp} b_{kp}^\top \rangle,
+              \qquad M_b = \tfrac1n X_b^\top X_b
 
     i.e. bilinear pooling with the rank-P weight W_k = Σ_p a_kp b_kpᵀ (exactly, when σ
     is the identity). The P projections are independent (the paper's official code
@@ -172,18 +225,18 @@ def rankp_pool(
     With a shared bottom-up B (f, P) the scores are computed as P attention-weighted
     poolings V = Xᵀσ(X B) (2·n·f·P work) and one (B, P·f) @ (P·f, K) product; with
     per-class B (f, K, P) by one GEMM of X on [A | B] (width 2·K·P), a product and a
-    sum over positions. A (B, K, n, f) broadcast is never formed.
+    mean over positions. A (B, K, n, f) broadcast is never formed.
 
     Parameters
     ----------
-    X : array, (B, n, f) or, with ``channel_axis=1``, (B, f, H, W) / (B, f, T, H, W)
+    X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     A : array, (f, K, P)
         Top-down vectors a_kp.
     B : array, (f, K, P) per class or (f, P) shared by all classes
         Bottom-up vectors b_kp (or b_p).
     attention : {"linear", "softmax", "relu"}
         Transform of each bottom-up map over the positions.
-    channel_axis : int
+    channel_axis : int, optional
     check_finite : bool
 
     Returns
@@ -195,61 +248,65 @@ def rankp_pool(
     >>> import numpy as np, lowrank_pool as lp
     >>> X = np.array([[[1.0, 0.0], [0.0, 2.0]]])
     >>> A = np.ones((2, 1, 2)); Bshared = np.eye(2)       # K=1 class, P=2
-    >>> lp.rankp_pool(X, A, Bshared)   # (X1)ᵀ(Xe0) + (X1)ᵀ(Xe1) = 1 + 4
-    array([[5.]])
+    >>> lp.rankp_pool(X, A, Bshared)   # ((X1)ᵀ(Xe0) + (X1)ᵀ(Xe1)) / n = (1 + 4) / 2
+    array([[2.5]])
     """
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, B=B)
     a, bm = fac["A"], fac["B"]
+    k, p, shared = _rankp_factors(feats, a, bm, channel_axis)
     f = feats.channels
-    sizes = check_shape("A", a, ("f", "K", "P"), f=f)
-    k, p = sizes["K"], sizes["P"]
-    batch = feats.batch
-    if bm.ndim == 2:
-        check_shape("B", bm, ("f", "P"), f=f, P=p)
+    if shared:
         a_pf = xp.reshape(xp.permute_dims(a, (2, 0, 1)), (p * f, k))
         return _shared_scores(xp, feats, bm, a_pf, attention)
-    check_shape("B", bm, ("f", "K", "P"), f=f, K=k, P=p)
-    kp = k * p
-    z = project(xp, feats, xp.concat([xp.reshape(a, (f, kp)), xp.reshape(bm, (f, kp))], axis=1))
-    s = xp.sum(z[:, :, :kp] * activate(xp, z[:, :, kp:], attention), axis=1)  # (B, K·P)
-    return xp.sum(xp.reshape(s, (batch, k, p)), axis=2)
+    top, bottom = _maps(xp, feats, a, bm, attention)  # (B, n, K, P) twice
+    s = xp.sum(xp.reshape(top * bottom, (feats.batch, feats.positions, k * p)), axis=1)
+    return xp.sum(xp.reshape(s, (feats.batch, k, p)), axis=2) / feats.positions
 
 
 def attention_maps(
     X: Array,
     A: Array,
-    b: Array,
+    B: Array,
     /,
     *,
     attention: Attention = "linear",
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
     keep_spatial: bool = False,
     check_finite: bool = False,
-) -> tuple[Array, Array]:
-    r"""The top-down maps :math:`X a_k` and the bottom-up map :math:`\sigma(X b)`.
+) -> AttentionMaps:
+    r"""The top-down maps :math:`X a_{kp}` and the bottom-up maps :math:`\sigma(X b_p)` of a head.
 
-    Their inner product over the positions is :func:`rank1_pool`:
-    ``(top_down * bottom_up[..., None]).sum(1) == rank1_pool(X, A, b)``.
-    Both come from one GEMM of X on the concatenation [A | b].
+    Rank 1 (A (f, K), B = b (f,)): top-down (B, n, K), bottom-up (B, n), and
+    ``rank1_pool(X, A, b) == (top_down * bottom_up[..., None]).mean(1)``.
+
+    Rank P (A (f, K, P), B (f, P) shared or (f, K, P) per class): top-down
+    (B, n, K, P), bottom-up (B, n, P) or (B, n, K, P), and
+    ``rankp_pool(X, A, B) == (top_down * bottom_up[:, :, None]).sum(-1).mean(1)``
+    (without the ``None`` for per-class B).
+
+    All maps come from one GEMM of X on the concatenation [A | B]. σ is applied to the
+    bottom-up maps (softmax maps average 1 over the positions); the top-down maps are
+    returned as they are.
 
     Parameters
     ----------
-    X : array, (B, n, f) or, with ``channel_axis=1``, (B, f, H, W) / (B, f, T, H, W)
-    A : array, (f, K)
-    b : array, (f,)
+    X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
+    A : array, (f, K) or (f, K, P)
+    B : array, (f,) with a 2-D A; (f, P) or (f, K, P) with a 3-D A
     attention : {"linear", "softmax", "relu"}
-        Transform of the bottom-up map (the top-down maps are returned as they are).
-    channel_axis : int
+    channel_axis : int, optional
     keep_spatial : bool
-        Return the maps on the input's spatial grid, (B, K, *spatial) and
-        (B, *spatial) (e.g. (B, K, H, W) for NCHW input), ready to draw as heat maps.
+        Return the maps on the input's spatial grid, the positions axis replaced by
+        ``*spatial`` *after* the class/rank axes: rank 1 gives (B, K, *spatial) and
+        (B, *spatial); rank P (B, K, P, *spatial) and (B, P, *spatial) /
+        (B, K, P, *spatial). Ready to draw as heat maps.
     check_finite : bool
 
     Returns
     -------
-    top_down : array, (B, n, K)  (or (B, K, *spatial))
-    bottom_up : array, (B, n)  (or (B, *spatial))
+    AttentionMaps
+        A named tuple ``(top_down, bottom_up)`` in the dtype rule of :func:`rank1_pool`.
 
     Examples
     --------
@@ -258,15 +315,32 @@ def attention_maps(
     >>> top, bottom = lp.attention_maps(X, np.eye(2), np.array([1.0, 1.0]))
     >>> top.shape, bottom
     ((1, 2, 2), array([[1., 2.]]))
-    >>> (top * bottom[..., None]).sum(1)
-    array([[1., 4.]])
+    >>> (top * bottom[..., None]).mean(1)
+    array([[0.5, 2. ]])
     """
     check_choice(attention, "attention", ATTENTIONS)
-    xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
-    _check_rank1(feats, fac["A"], fac["b"])
-    top, bottom = rank1_maps(xp, feats, fac["A"], fac["b"], attention)
+    keep_spatial = check_flag(keep_spatial, "keep_spatial")
+    xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, B=B)
+    a, bm = fac["A"], fac["B"]
+    rank1 = getattr(a, "ndim", 0) == 2
+    if rank1:
+        _rank1_factors(feats, a, bm, channel_axis)
+        a, bm = xp.reshape(a, (*shape_of(a), 1)), xp.reshape(bm, (feats.channels, 1))
+    elif getattr(a, "ndim", 0) == 3:
+        _rankp_factors(feats, a, bm, channel_axis)
+    else:
+        raise ShapeError(f"A: expected shape (f, K) (rank 1) or (f, K, P) (rank P), got {shape_of(a)}")
+    top, bottom = _maps(xp, feats, a, bm, attention)  # (B, n, K, P), (B, n, [K,] P)
+    grid = feats.spatial if keep_spatial else (feats.positions,)
+    batch = feats.batch
+    if rank1:
+        top, bottom = top[:, :, :, 0], bottom[:, :, 0]
+        if keep_spatial:
+            top = xp.reshape(xp.permute_dims(top, (0, 2, 1)), (batch, shape_of(top)[2], *grid))
+            bottom = xp.reshape(bottom, (batch, *grid))
+        return AttentionMaps(top, bottom)
     if keep_spatial:
-        k = top.shape[2]
-        top = xp.reshape(xp.permute_dims(top, (0, 2, 1)), (feats.batch, k, *feats.spatial))
-        bottom = xp.reshape(bottom, (feats.batch, *feats.spatial))
-    return top, bottom
+        top = xp.reshape(xp.permute_dims(top, (0, 2, 3, 1)), (batch, *shape_of(top)[2:], *grid))
+        order = (0, *range(2, bottom.ndim), 1)
+        bottom = xp.reshape(xp.permute_dims(bottom, order), (batch, *shape_of(bottom)[2:], *grid))
+    return AttentionMaps(top, bottom)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import array_api_compat
 
-from ._checks import ShapeError, check_choice, check_positive_int, shape_of
+from ._checks import ArgumentError, ShapeError, check_choice, check_positive_int, shape_of
 from ._xp import Array, acc_dtype, check_floating, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
@@ -41,8 +41,8 @@ def signed_sqrt(G: Array, /, *, eps: float = 1e-6) -> Array:
     """
     xp = namespace(G=G)
     check_floating(xp, G, "G")
-    if not eps >= 0:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0 or eps == float("inf"):
+        raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
     root_eps = float(eps) ** 0.5
     denom = xp.sqrt(xp.abs(G) + eps) + root_eps
     if eps == 0:  # x / √|x| is 0/0 at x = 0
@@ -75,11 +75,11 @@ def l2_normalize(x: Array, /, *, axis: int | tuple[int, ...] = -1, eps: float = 
     """
     xp = namespace(x=x)
     check_floating(xp, x, "x")
-    if not eps > 0:
-        raise ValueError(f"eps: expected a number > 0, got {eps!r}")
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0 or eps == float("inf"):
+        raise ArgumentError(f"eps: expected a number > 0, got {eps!r}")
+    axes = (axis,) if isinstance(axis, int) else tuple(axis) if isinstance(axis, tuple | list) else (None,)
     for ax in axes:
-        if not -x.ndim <= ax < x.ndim:
+        if not isinstance(ax, int) or isinstance(ax, bool) or not -x.ndim <= ax < x.ndim:
             raise ShapeError(f"axis: expected axes of x with shape {shape_of(x)}, got {axis!r}")
     norm = xp.linalg.vector_norm(x, axis=axes, keepdims=True)
     return x / xp.clip(norm, min=eps)

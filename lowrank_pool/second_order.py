@@ -1,56 +1,56 @@
-"""Second-order (bilinear) pooling: the Gram descriptor XᵀX and its class scores."""
+"""Second-order (bilinear) pooling: the second-moment descriptor M = XᵀX / n and its class scores.
+
+The package's scale (every second-order function and layer): the descriptor is the
+*mean* outer product over the n positions, M = XᵀX / n, so scores do not grow with the
+feature map's size (a head trained on 7×7 maps scores 10×10 maps on the same scale) and
+one initialisation rule gives O(1) initial scores; ``gram(X, normalize=None)`` is the
+plain sum XᵀX of the paper's formula.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from ._checks import check_choice, check_shape
-from ._xp import Array, Features, Namespace, is_numpy, prepare
+from ._checks import check_channels, check_choice, check_positive_int, check_shape, prepare, shape_of
+from ._errors import ArgumentError
+from ._xp import Array, Features, Namespace, gram_product
+from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 
-__all__ = ["bilinear_pool", "gram"]
+__all__ = ["NORMALIZATIONS", "bilinear_pool", "gram"]
+
+Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
+NORMALIZATIONS = (None, "signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2")
 
 
-def _gram(xp: Namespace, feats: Features, normalize: str | None) -> Array:
-    x = feats.data
-    # Both forms hand BLAS one transposed operand and no copy. A symmetric rank-k
-    # update (scipy's ?syrk, one call per sample, plus filling the lower triangle)
-    # was measured 1.3-5x *slower* than this batched GEMM with numpy/OpenBLAS, and
-    # torch exposes no syrk, so symmetry is exploited by the callers instead.
-    xt = xp.matrix_transpose(x)
-    if is_numpy(xp) and feats.positions < feats.channels:
-        # OpenBLAS runs the batched product with a transposed (strided) operand 3-6x slower
-        # than on C-contiguous data when n < f (497 vs 80 ms for (B, n, f) input at B=32,
-        # n=49, f=2048, float32; 452 vs ~80 ms for NCHW); the copy costs B·n·f, small next
-        # to the B·f² output. With n >= f the strided view is as fast or faster.
-        xt = xp.asarray(xt, copy=True)
-    g = xp.matmul(xt, x) if feats.layout == "bnf" else xp.matmul(x, xt)
-    if normalize == "mean":
-        g = g / feats.positions
-    return g
+def second_moment(xp: Namespace, feats: Features) -> Array:
+    """M = XᵀX / n (B, f, f) of validated features."""
+    return gram_product(xp, feats) / feats.positions
 
 
 def gram(
     X: Array,
     /,
     *,
-    normalize: Literal["mean"] | None = None,
-    channel_axis: int = -1,
+    normalize: Literal["mean"] | None = "mean",
+    channel_axis: int | None = None,
     check_finite: bool = False,
 ) -> Array:
-    r"""The second-order descriptor :math:`G_b = X_b^\top X_b` of every sample.
+    r"""The second-order descriptor of every sample: :math:`M_b = \frac1n X_b^\top X_b`.
 
-    .. math:: G_b = \sum_{i=1}^n x_{b,i} x_{b,i}^\top \in \mathbb{R}^{f\times f}
+    .. math:: M_b = \frac1n \sum_{i=1}^n x_{b,i} x_{b,i}^\top \in \mathbb{R}^{f\times f}
 
     Parameters
     ----------
-    X : array, (B, n, f) or, with ``channel_axis=1``, (B, f, H, W) / (B, f, T, H, W)
+    X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
         Feature maps; NCHW input is read as a (B, f, n) view, without a copy.
-    normalize : {None, "mean"}
-        ``"mean"`` divides by the number of positions n (second moment).
-    channel_axis : int
-        Axis of X that holds the f channels.
+    normalize : {"mean", None}
+        ``"mean"`` (the default, the package's scale) divides by the number of positions
+        n; ``None`` returns the plain Gram matrix XᵀX.
+    channel_axis : int, optional
+        Axis of X that holds the f channels; by default 3-D input is (B, n, f) and
+        4-D/5-D input channels-first.
     check_finite : bool
-        Raise ValueError if X holds NaN/inf.
+        Raise :class:`ArgumentError` if X holds NaN/inf.
 
     Returns
     -------
@@ -63,15 +63,27 @@ def gram(
     >>> import numpy as np, lowrank_pool as lp
     >>> X = np.array([[[1.0, 2.0], [3.0, 4.0]]])   # B=1, n=2, f=2
     >>> lp.gram(X)
-    array([[[10., 14.],
-            [14., 20.]]])
-    >>> lp.gram(X, normalize="mean")
     array([[[ 5.,  7.],
             [ 7., 10.]]])
+    >>> lp.gram(X, normalize=None)
+    array([[[10., 14.],
+            [14., 20.]]])
     """
     check_choice(normalize, "normalize", (None, "mean"))
     xp, feats, _ = prepare(X, channel_axis, check_finite)
-    return _gram(xp, feats, normalize)
+    return second_moment(xp, feats) if normalize == "mean" else gram_product(xp, feats)
+
+
+def normalized_descriptor(xp: Namespace, m: Array, normalize: str | None, eps: float, num_iters: int) -> Array:
+    """N(M): the normalisation chain of :func:`bilinear_pool` on second moments (B, f, f)."""
+    norm = normalize or ""
+    if norm.startswith("matrix_sqrt"):
+        m = matrix_sqrt(m, method="newton_schulz", num_iters=num_iters)
+    if norm.startswith("signed_sqrt"):
+        m = signed_sqrt(m, eps=eps)
+    if norm.endswith("l2"):
+        m = l2_normalize(m, axis=(-2, -1))
+    return m
 
 
 def bilinear_pool(
@@ -79,27 +91,40 @@ def bilinear_pool(
     W: Array,
     /,
     *,
-    channel_axis: int = -1,
+    normalize: Normalize | None = None,
+    eps: float = 1e-6,
+    num_iters: int = 5,
+    channel_axis: int | None = None,
     check_finite: bool = False,
 ) -> Array:
-    r"""Class scores of full bilinear pooling, :math:`s_{bk} = \langle X_b^\top X_b, W_k\rangle`.
+    r"""Class scores of full bilinear pooling, :math:`s_{bk} = \langle N(M_b), W_k\rangle`, M_b = X_bᵀX_b / n.
 
-    .. math:: s_{bk} = \operatorname{Tr}(X_b^\top X_b W_k^\top)
-              = \sum_{i} x_{b,i}^\top W_k\, x_{b,i}
+    .. math:: s_{bk} = \operatorname{Tr}(M_b W_k^\top)
+              = \frac1n \sum_{i} x_{b,i}^\top W_k\, x_{b,i} \quad(N = \text{identity})
 
-    Only the symmetric part (W_k + W_kᵀ)/2 affects the score, because XᵀX is
-    symmetric. Cost: n·f² for the Gram matrices plus K·f² for one (B, f²) @ (f², K)
-    product; memory B·f² for the Gram batch (512 MiB at B=32, f=2048). When W is
-    low-rank, :func:`rankp_pool`, :func:`cp_pool` or :func:`tucker_pool` never form it.
+    Only the symmetric part (W_k + W_kᵀ)/2 affects the score, because M is
+    symmetric. Cost: n·f² for the second moments plus K·f² for one (B, f²) @ (f², K)
+    product; memory B·f² (512 MiB at B=32, f=2048). When W is low-rank,
+    :func:`rankp_pool`, :func:`cp_pool`, :func:`tucker_pool` or :func:`eig_pool` never
+    form it.
 
     Parameters
     ----------
-    X : array, (B, n, f) or, with ``channel_axis=1``, (B, f, H, W) / (B, f, T, H, W)
+    X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     W : array, (K, f, f)
         One f×f weight matrix per class.
-    channel_axis : int
+    normalize : None or {"signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"}
+        Normalisation N of M before the contraction, as in bilinear CNNs (element-wise
+        signed square root, then l2 over the f×f matrix) and iSQRT-COV (matrix square
+        root by ``num_iters`` Newton–Schulz iterations). A normalised score is no
+        longer linear in M, so it has no factorised (CP/Tucker/eigen) equivalent.
+    eps : float
+        ε of :func:`signed_sqrt`.
+    num_iters : int
+        Newton–Schulz iterations of ``"matrix_sqrt"``.
+    channel_axis : int, optional
     check_finite : bool
-        Raise ValueError if X or W holds NaN/inf.
+        Raise :class:`ArgumentError` if X or W holds NaN/inf.
 
     Returns
     -------
@@ -108,19 +133,30 @@ def bilinear_pool(
     Examples
     --------
     >>> import numpy as np, lowrank_pool as lp
-    >>> X = np.array([[[1.0, 2.0], [3.0, 4.0]]])   # G = [[10, 14], [14, 20]]
+    >>> X = np.array([[[1.0, 2.0], [3.0, 4.0]]])   # M = [[5, 7], [7, 10]]
     >>> W = np.stack([np.eye(2), np.array([[0.0, 1.0], [0.0, 0.0]])])
     >>> lp.bilinear_pool(X, W)                     # trace, and the off-diagonal
-    array([[30., 14.]])
+    array([[15.,  7.]])
     """
+    check_choice(normalize, "normalize", NORMALIZATIONS)
+    num_iters = check_positive_int(num_iters, "num_iters")
+    if not isinstance(eps, int | float) or not eps >= 0:
+        raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
     xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
-    f = feats.channels
-    check_shape("W", fac["W"], ("K", "f", "f"), f=f)
-    return bilinear_scores(xp, feats, fac["W"])
+    w = fac["W"]
+    check_shape("W", w, ("K", "f", "f"))
+    check_channels(feats, "W", shape_of(w)[1], channel_axis)
+    m = normalized_descriptor(xp, second_moment(xp, feats), normalize, eps, num_iters)
+    return descriptor_scores(xp, m, w)
+
+
+def descriptor_scores(xp: Namespace, m: Array, w: Array) -> Array:
+    """⟨M_b, W_k⟩ (B, K) of descriptors M (B, f, f) and W (K, f, f): one (B, f²) @ (f², K) product."""
+    b, f = shape_of(m)[0], shape_of(m)[1]
+    k = shape_of(w)[0]
+    return xp.matmul(xp.reshape(m, (b, f * f)), xp.matrix_transpose(xp.reshape(w, (k, f * f))))
 
 
 def bilinear_scores(xp: Namespace, feats: Features, w: Array) -> Array:
-    """⟨G_b, W_k⟩ for validated features and W (K, f, f): one (B, f²) @ (f², K) product."""
-    f, k = feats.channels, w.shape[0]
-    flat_g = xp.reshape(_gram(xp, feats, None), (feats.batch, f * f))
-    return xp.matmul(flat_g, xp.matrix_transpose(xp.reshape(w, (k, f * f))))
+    """⟨M_b, W_k⟩ for validated features and W (K, f, f) (the dense path of the factorised forms)."""
+    return descriptor_scores(xp, second_moment(xp, feats), w)

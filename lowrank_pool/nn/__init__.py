@@ -1,14 +1,20 @@
-"""PyTorch pooling heads over the functional core (needs ``pip install 'lowrank_pool[torch]'``)."""
+"""PyTorch pooling heads over the functional core (needs ``pip install 'lowrank_pool[torch]'``).
+
+Every head holds parameters and calls one public function of :mod:`lowrank_pool`, and
+all follow one set of conventions (scale M = XᵀX / n, ``bias=True``, the functions'
+dtype and ``channel_axis`` rules, O(1) initial scores): see :class:`PoolingHead`.
+"""
 
 from ._base import PoolingHead
 from ._head import replace_head
-from ._layers import AttentionalPool, BilinearPool, CPPool, FirstOrderPool, TuckerPool
+from ._layers import AttentionalPool, BilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
 
 __all__ = [
     "AttentionalPool",
     "BilinearPool",
     "CPPool",
+    "EigPool",
     "FirstOrderPool",
     "PoolingHead",
     "PoseAttentionalPool",

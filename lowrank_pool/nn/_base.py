@@ -1,4 +1,17 @@
-"""Shared input handling of the pooling layers."""
+"""What every pooling layer shares: the constructor preamble, the bias, the init rule.
+
+The conventions (the same for every head, and the same as the functions'):
+
+- scale: second-order scores use M = XᵀX / n (first-order heads the mean feature);
+- bias: ``bias=True`` by default, one learnable offset per class, initialised to 0;
+- dtype: float32/float64 mixed promote like torch; float16/bfloat16 compute and return
+  float32 (the functions' rule: Gram-like sums overflow float16);
+- layout: ``channel_axis=None`` reads 3-D input as (B, n, f) and 4-D/5-D input as
+  (B, f, H, W) / (B, f, T, H, W); an int overrides it;
+- init: parameters are drawn so that the initial scores are O(1) (std ≈ 0.05-1) on
+  features of unit scale such as ReLU outputs of a normalised backbone; the documented
+  rule per head is in the docs' math page ("Scale and initialisation").
+"""
 
 from __future__ import annotations
 
@@ -8,28 +21,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import ShapeError, check_positive_int
+import lowrank_pool as lp
+from lowrank_pool.validation import check_flag, check_positive_int
 
 
 class PoolingHead(nn.Module):
-    """Base of the layers: resolves the input layout and checks the channel count.
-
-    Inputs: (B, n, f) (channels last, 3-D), (B, f, H, W) or (B, f, T, H, W) (channels
-    first, also in torch's channels_last memory formats, read without a copy).
-    """
+    """Base of the layers: input/output sizes, the bias, the layout rule and the init helpers."""
 
     in_channels: int
     num_classes: int
     bias: nn.Parameter | None
+    channel_axis: int | None
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, bias: bool, device: Any = None, dtype: torch.dtype | None = None
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        bias: bool = True,
+        channel_axis: int | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.num_classes = check_positive_int(num_classes, "num_classes")
+        if channel_axis is not None and (isinstance(channel_axis, bool) or not isinstance(channel_axis, int)):
+            raise lp.ArgumentTypeError(f"channel_axis: expected an int or None, got {type(channel_axis).__name__}")
+        self.channel_axis = channel_axis
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise lp.DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
         self.factory = {"device": device, "dtype": dtype}
-        self.bias = nn.Parameter(torch.empty(num_classes, **self.factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(num_classes, **self.factory)) if check_flag(bias, "bias") else None
 
     def _param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(*shape, **self.factory))
@@ -41,30 +64,20 @@ class PoolingHead(nn.Module):
     def _add_bias(self, s: torch.Tensor) -> torch.Tensor:
         return s if self.bias is None else s + self.bias
 
-    def _channel_axis(self, x: torch.Tensor) -> int:
+    @staticmethod
+    def _check_input(x: Any) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        if x.ndim == 3:
-            axis = -1
-        elif x.ndim in (4, 5):
-            axis = 1
-        else:
-            raise ShapeError(
-                f"x: expected (B, n, f), (B, f, H, W) or (B, f, T, H, W) with f = {self.in_channels}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[axis] != self.in_channels:
-            layout = "(B, n, f)" if axis == -1 else "(B, f, ...)"
-            raise ShapeError(
-                f"x: expected {self.in_channels} channels on axis {axis} of a {layout} input, "
-                f"got shape {tuple(x.shape)}"
-            )
-        return axis
+            raise lp.BackendError(f"x: expected a torch.Tensor, got {type(x).__name__}")
 
     @staticmethod
-    def _spatial(x: torch.Tensor, axis: int) -> tuple[int, ...]:
-        return tuple(x.shape[1:-1]) if axis == -1 else tuple(x.shape[2:])
+    def _init_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+        nn.init.normal_(t, 0.0, std, generator=generator)
 
-    @staticmethod
-    def _init_(t: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
-        nn.init.normal_(t, 0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+    def _common_repr(self) -> str:
+        axis = "" if self.channel_axis is None else f", channel_axis={self.channel_axis}"
+        return f"bias={self.bias is not None}{axis}"
+
+
+def fan_std(fan_in: int) -> float:
+    """1/√fan_in: a dot product with a unit-scale input keeps unit scale."""
+    return 1.0 / math.sqrt(fan_in)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+import lowrank_pool as lp
+
 from ._base import PoolingHead
 
 __all__ = ["replace_head"]
@@ -37,13 +39,13 @@ def replace_head(model: nn.Module, pool: PoolingHead) -> nn.Module:
     torch.Size([2, 5])
     """
     if not isinstance(pool, PoolingHead):
-        raise TypeError(f"pool: expected a lowrank_pool.nn pooling layer, got {type(pool).__name__}")
+        raise lp.ArgumentTypeError(f"pool: expected a lowrank_pool.nn pooling layer, got {type(pool).__name__}")
     for pool_name, fc_name in _CONVENTIONS:
         old_pool, old_fc = getattr(model, pool_name, None), getattr(model, fc_name, None)
         if isinstance(old_pool, nn.Module) and isinstance(old_fc, nn.Module):
             in_features = getattr(old_fc, "in_features", None)
             if in_features is not None and in_features != pool.in_channels:
-                raise ValueError(
+                raise lp.ArgumentError(
                     f"pool: expected in_channels = {in_features} (the in_features of model.{fc_name}), "
                     f"got {pool.in_channels}"
                 )
@@ -51,4 +53,4 @@ def replace_head(model: nn.Module, pool: PoolingHead) -> nn.Module:
             setattr(model, fc_name, nn.Identity())
             return model
     names = ", ".join(f"{p}/{f}" for p, f in _CONVENTIONS)
-    raise ValueError(f"model: found no global-pool + classifier pair ({names}) on {type(model).__name__}")
+    raise lp.ArgumentError(f"model: found no global-pool + classifier pair ({names}) on {type(model).__name__}")

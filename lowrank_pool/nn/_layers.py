@@ -1,35 +1,59 @@
-"""First-order, bilinear, attentional, CP and Tucker pooling heads (parameters only; math in the functional core)."""
+"""First-order, bilinear, attentional, CP, Tucker and eigen pooling heads.
+
+Each layer holds parameters and calls one public function of :mod:`lowrank_pool`; the
+math exists once, in the functional core.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 
 import lowrank_pool as lp
+from lowrank_pool.validation import (
+    ATTENTIONS,
+    NORMALIZATIONS,
+    PATHS,
+    as_cp,
+    as_eig,
+    as_tucker,
+    check_choice,
+    check_flag,
+    check_positive_int,
+    check_tucker_ranks,
+)
 
-from .._checks import check_choice, check_positive_int
-from .._xp import features, namespace
-from ..attention import ATTENTIONS, rankp_maps
-from ..factorized import parse_cp, parse_tucker
-from ._base import PoolingHead
+from ._base import PoolingHead, fan_std
 
-__all__ = ["AttentionalPool", "BilinearPool", "CPPool", "FirstOrderPool", "TuckerPool"]
+Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
+
+__all__ = ["AttentionalPool", "BilinearPool", "CPPool", "EigPool", "FirstOrderPool", "TuckerPool"]
 
 
 class FirstOrderPool(PoolingHead):
-    r"""Global sum/mean/max pooling followed by a linear classifier, :math:`s_k = \mathbf{1}^\top X w_k`.
+    r"""Global mean/sum/max pooling followed by a linear classifier, :math:`s_k = \tfrac1n \mathbf{1}^\top X w_k + c_k`.
 
     The drop-in equivalent of ``AdaptiveAvgPool2d(1) + Linear`` (``reduce="mean"``).
+    Scores by :func:`lowrank_pool.first_order_pool`.
 
     Parameters
     ----------
-    in_channels, num_classes : int
+    in_channels : int
+        f, the channels of the feature map.
+    num_classes : int
+        K.
     reduce : {"mean", "sum", "max"}
+        How the positions are pooled.
     bias : bool
+        A learnable offset per class (initialised to 0).
+    channel_axis : int, optional
+        Axis of the input that holds the channels; by default 3-D input is (B, n, f)
+        and 4-D/5-D input (B, f, H, W) / (B, f, T, H, W).
     generator : torch.Generator, optional
-        Makes the initialisation deterministic.
+        Makes the initialisation deterministic: w ~ N(0, 1/f).
+    device, dtype
+        Where and in which floating dtype the parameters are created.
 
     Examples
     --------
@@ -46,46 +70,54 @@ class FirstOrderPool(PoolingHead):
         *,
         reduce: Literal["mean", "sum", "max"] = "mean",
         bias: bool = True,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.reduce = check_choice(reduce, "reduce", ("mean", "sum", "max"))
         self.weight = self._param(in_channels, num_classes)  # (f, K)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        self._init_(self.weight, self.in_channels, generator)
+        self._init_(self.weight, fan_std(self.in_channels), generator)
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = lp.first_order_pool(x, self.weight, reduce=self.reduce, channel_axis=self._channel_axis(x))
-        return self._add_bias(s)
+        self._check_input(x)
+        return self._add_bias(lp.first_order_pool(x, self.weight, reduce=self.reduce, channel_axis=self.channel_axis))
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.num_classes}, reduce={self.reduce!r}, bias={self.bias is not None}"
-
-
-Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
+        return f"{self.in_channels}, {self.num_classes}, reduce={self.reduce!r}, {self._common_repr()}"
 
 
 class BilinearPool(PoolingHead):
-    r"""Full bilinear (second-order) pooling: :math:`s_k = \langle N(X^\top X / n), W_k\rangle + c_k`.
+    r"""Full bilinear (second-order) pooling: :math:`s_k = \langle N(M), W_k\rangle + c_k`, :math:`M = X^\top X / n`.
+
+    Scores by :func:`lowrank_pool.bilinear_pool` (after
+    :func:`lowrank_pool.project_channels` when ``reduce_dim`` is set). With
+    ``normalize=None`` the head converts exactly, bias included, into factorised heads
+    (``CPPool.from_dense(head, ...)`` and the like).
 
     Parameters
     ----------
     in_channels, num_classes : int
     normalize : None or {"signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"}
-        Normalisation N of the mean Gram matrix, as in bilinear CNNs (signed sqrt + l2)
-        and iSQRT-COV (matrix square root by Newton–Schulz iterations).
+        Normalisation N of M, as in bilinear CNNs (signed sqrt + l2, the default) and
+        iSQRT-COV (matrix square root by Newton–Schulz iterations).
     reduce_dim : int, optional
-        Project the f channels to ``reduce_dim`` first (a 1×1 convolution without bias),
-        as users do to keep W (K, d, d) small.
+        Project the f channels to ``reduce_dim`` first (a 1×1 convolution without bias,
+        ``reduction`` (f, d)), as users do to keep W (K, d, d) small.
+    bias : bool
     eps : float
         ε of :func:`lowrank_pool.signed_sqrt`.
     num_iters : int
         Newton–Schulz iterations for "matrix_sqrt".
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        W ~ N(0, 1/d²) (d = ``reduce_dim`` or f), the reduction ~ N(0, 1/f).
+    device, dtype
 
     Examples
     --------
@@ -100,21 +132,23 @@ class BilinearPool(PoolingHead):
         in_channels: int,
         num_classes: int,
         *,
-        normalize: Normalize | None = "signed_sqrt+l2",
+        normalize: Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
+        | None = "signed_sqrt+l2",
         reduce_dim: int | None = None,
         bias: bool = True,
         eps: float = 1e-6,
         num_iters: int = 5,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
-        self.normalize = check_choice(
-            normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2")
-        )
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+        self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
         self.reduce_dim = None if reduce_dim is None else check_positive_int(reduce_dim, "reduce_dim")
-        self.eps, self.num_iters = eps, check_positive_int(num_iters, "num_iters")
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < float("inf"):
+            raise lp.ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
+        self.eps, self.num_iters = float(eps), check_positive_int(num_iters, "num_iters")
         d = self.reduce_dim or in_channels
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
         self.weight = self._param(num_classes, d, d)  # (K, d, d)
@@ -122,45 +156,58 @@ class BilinearPool(PoolingHead):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         if self.reduction is not None:
-            self._init_(self.reduction, self.in_channels, generator)
+            self._init_(self.reduction, fan_std(self.in_channels), generator)
         d = self.weight.shape[1]
-        self._init_(self.weight, d * d, generator)
+        self._init_(self.weight, fan_std(d * d), generator)
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axis = self._channel_axis(x)
-        if self.reduction is not None:  # 1x1 conv: (B, n, f) @ (f, d), or (d, f) @ (B, f, n)
-            x = torch.matmul(x, self.reduction) if axis == -1 else torch.matmul(self.reduction.mT, x.flatten(2))
-        g = lp.gram(x, normalize="mean", channel_axis=axis)
-        norm = self.normalize or ""
-        if norm.startswith("matrix_sqrt"):
-            g = lp.matrix_sqrt(g, method="newton_schulz", num_iters=self.num_iters)
-        if norm.startswith("signed_sqrt"):
-            g = lp.signed_sqrt(g, eps=self.eps)
-        if norm.endswith("l2"):
-            g = lp.l2_normalize(g, axis=(-2, -1))
-        d = g.shape[-1]
-        s = torch.matmul(g.reshape(g.shape[0], d * d), self.weight.reshape(self.num_classes, d * d).mT)
+        self._check_input(x)
+        axis = self.channel_axis
+        if self.reduction is not None:
+            x, axis = lp.project_channels(x, self.reduction, channel_axis=axis), -1
+        s = lp.bilinear_pool(
+            x, self.weight, normalize=self.normalize, eps=self.eps, num_iters=self.num_iters, channel_axis=axis
+        )
         return self._add_bias(s)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.num_classes}, normalize={self.normalize!r}, reduce_dim={self.reduce_dim}, "
-            f"bias={self.bias is not None}"
+            f"{self._common_repr()}"
         )
 
 
 class AttentionalPool(PoolingHead):
     r"""Low-rank attentional pooling (Girdhar & Ramanan, NIPS 2017).
 
-    .. math:: s_k = \sum_{p=1}^{P} (X a_{kp})^\top \sigma(X b_{p})\quad\text{(shared)},\qquad
-              \sum_p (X a_{kp})^\top \sigma(X b_{kp})\quad\text{(per class)}
+    .. math:: s_k = \frac1n \sum_{p=1}^{P} (X a_{kp})^\top \sigma(X b_{p}) + c_k\quad\text{(shared)},\qquad
+              \frac1n \sum_p (X a_{kp})^\top \sigma(X b_{kp}) + c_k\quad\text{(per class)}
 
     ``A`` (f, K, P) holds the top-down vectors a_kp, ``B`` (f, P) or (f, K, P) the
-    bottom-up ones (the paper's a_k and b for rank 1). The shared form runs through a
-    fused autograd kernel (memory of ∂X only); ``return_maps=True`` also returns the
-    top-down maps (B, K, P, *grid) (P squeezed when 1) and the bottom-up maps (B, *grid)
-    / (B, P, *grid) on the input's spatial grid.
+    bottom-up ones (the paper's a_k and b for rank 1). Scores by
+    :func:`lowrank_pool.rankp_pool` (the shared form runs through a fused autograd
+    kernel that keeps almost nothing for backward); ``return_maps=True`` also returns
+    :func:`lowrank_pool.attention_maps` on the input's grid: top-down (B, K, *grid) and
+    bottom-up (B, *grid) at rank 1, (B, K, P, *grid) and (B, P, *grid) / (B, K, P, *grid)
+    at rank P.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rank : int
+        P.
+    bottom_up : {"shared", "per_class"}
+        One set of P bottom-up vectors for all classes (the paper), or P per class.
+    attention : {"linear", "softmax", "relu"}
+        σ of the bottom-up maps (see :func:`lowrank_pool.attention_weights`).
+    return_maps : bool
+        Default of ``forward``'s ``return_maps``.
+    bias : bool
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        A ~ N(0, 1/(f·P)), B ~ N(0, 1/f): initial scores of the same O(1) size at every rank.
+    device, dtype
 
     Examples
     --------
@@ -181,50 +228,85 @@ class AttentionalPool(PoolingHead):
         bottom_up: Literal["shared", "per_class"] = "shared",
         attention: Literal["linear", "softmax", "relu"] = "linear",
         return_maps: bool = False,
-        bias: bool = False,
+        bias: bool = True,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.rank = check_positive_int(rank, "rank")
         self.bottom_up = check_choice(bottom_up, "bottom_up", ("shared", "per_class"))
         self.attention = check_choice(attention, "attention", ATTENTIONS)
-        self.return_maps = bool(return_maps)
+        self.return_maps = check_flag(return_maps, "return_maps")
         self.A = self._param(in_channels, num_classes, rank)
         b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self.B = self._param(*b_shape)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        self._init_(self.A, self.in_channels, generator)
-        self._init_(self.B, self.in_channels, generator)
+        self._init_(self.A, fan_std(self.in_channels * self.rank), generator)
+        self._init_(self.B, fan_std(self.in_channels), generator)
         self._reset_bias()
 
     def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> Any:
-        axis = self._channel_axis(x)
-        maps = self.return_maps if return_maps is None else return_maps
-        if not maps:
-            s = lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=axis)
-            return self._add_bias(s)
-        xp = namespace(X=x)
+        self._check_input(x)
+        s = self._add_bias(lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=self.channel_axis))
+        if not (self.return_maps if return_maps is None else check_flag(return_maps, "return_maps")):
+            return s
+        return s, self.maps(x)
 
-        feats = features(xp, x, axis)
-        top, bottom = rankp_maps(xp, feats, self.A, self.B, self.attention)  # (B, n, K, P), (B, n, [K,] P)
-        s = (top * (bottom if bottom.ndim == 4 else bottom[:, :, None, :])).sum(dim=(1, 3))
-        s = self._add_bias(s)
-        grid = self._spatial(x, axis)
-        top = top.permute(0, 2, 3, 1).reshape(x.shape[0], self.num_classes, self.rank, *grid)
-        bottom = bottom.movedim(1, -1).reshape(x.shape[0], *bottom.shape[2:], *grid)
-        if self.rank == 1:
-            top, bottom = top.squeeze(2), bottom.squeeze(-len(grid) - 1)
-        return s, (top, bottom)
+    def maps(self, x: torch.Tensor) -> lp.AttentionMaps:
+        """:func:`lowrank_pool.attention_maps` of this head on the input's grid (rank 1: P squeezed)."""
+        a, b = (self.A[:, :, 0], self.B[..., 0]) if self.rank == 1 and self.bottom_up == "shared" else (self.A, self.B)
+        return lp.attention_maps(x, a, b, attention=self.attention, channel_axis=self.channel_axis, keep_spatial=True)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.num_classes}, rank={self.rank}, bottom_up={self.bottom_up!r}, "
-            f"attention={self.attention!r}, return_maps={self.return_maps}"
+            f"attention={self.attention!r}, return_maps={self.return_maps}, {self._common_repr()}"
         )
+
+
+# ----------------------------------------------------------------------------- factorised heads
+def _dense_source(source: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor | None]:
+    """(W, layer options, channel projection) of a dense W or a trained :class:`BilinearPool`.
+
+    A head's bias and channel_axis travel as layer options; its 1×1 reduction R (f, d)
+    is returned so that factors of its W (K, d, d) can be mapped to the f channels.
+    """
+    if isinstance(source, BilinearPool):
+        if source.normalize is not None:
+            raise lp.ArgumentError(
+                f"W: a BilinearPool with normalize={source.normalize!r} has no factorised equivalent (its score "
+                "is not linear in M = XᵀX/n); train it with normalize=None to convert it exactly, or pass "
+                "head.weight to approximate W alone"
+            )
+        opts: dict[str, Any] = {"channel_axis": source.channel_axis, "bias": source.bias is not None}
+        opts.update(dtype=source.weight.dtype, device=source.weight.device)
+        if source.bias is not None:
+            opts["_bias_value"] = source.bias.detach()
+        red = None if source.reduction is None else source.reduction.detach()
+        return source.weight.detach(), opts, red
+    if isinstance(source, torch.Tensor):
+        return source.detach(), {"dtype": source.dtype, "device": source.device}, None
+    raise lp.ArgumentTypeError(
+        f"W: expected a torch.Tensor (K, f, f) or a lowrank_pool.nn.BilinearPool, got {type(source).__name__}"
+    )
+
+
+def _build(cls: Any, opts: dict[str, Any], kwargs: dict[str, Any], *args: Any) -> Any:
+    """cls(*args, **opts | kwargs), then the source head's bias copied in."""
+    bias_value = opts.pop("_bias_value", None)
+    layer = cls(*args, **{**opts, **kwargs})
+    if bias_value is not None and layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias_value)
+    return layer
+
+
+def _as_tensors(*arrays: Any) -> list[torch.Tensor]:
+    return [torch.as_tensor(a).detach() for a in arrays]
 
 
 class CPPool(PoolingHead):
@@ -232,8 +314,20 @@ class CPPool(PoolingHead):
 
     Parameters ``U`` (K, R) (λ folded in), ``A`` and ``C`` (f, R). Scores by
     :func:`lowrank_pool.cp_pool` (``path`` chooses factorised or dense evaluation).
-    Build from a trained dense W with :meth:`from_dense` or from factors with
-    :meth:`from_factors`.
+    Build from a trained dense W or :class:`BilinearPool` with :meth:`from_dense`, or
+    from factors with :meth:`from_factors`.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rank : int
+        R.
+    path : {"auto", "factorized", "dense"}
+    bias : bool
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        U ~ N(0, 1/R), A, C ~ N(0, 1/f).
+    device, dtype
 
     Examples
     --------
@@ -250,56 +344,85 @@ class CPPool(PoolingHead):
         rank: int,
         *,
         path: Literal["auto", "factorized", "dense"] = "auto",
-        bias: bool = False,
+        bias: bool = True,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.rank = check_positive_int(rank, "rank")
-        self.path = check_choice(path, "path", ("auto", "factorized", "dense"))
+        self.path = check_choice(path, "path", PATHS)
         self.U = self._param(num_classes, rank)
         self.A = self._param(in_channels, rank)
         self.C = self._param(in_channels, rank)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        self._init_(self.U, self.rank, generator)
-        self._init_(self.A, self.in_channels, generator)
-        self._init_(self.C, self.in_channels, generator)
+        self._init_(self.U, fan_std(self.rank), generator)
+        self._init_(self.A, fan_std(self.in_channels), generator)
+        self._init_(self.C, fan_std(self.in_channels), generator)
         self._reset_bias()
 
     @classmethod
     def from_factors(cls, cp: Any, **kwargs: Any) -> CPPool:
         """A layer holding the factors of a CPTensor / (weights, [U, A, C]) (weights folded into U).
 
-        The factors are validated like :func:`lowrank_pool.cp_pool`'s (shapes named in errors).
+        The factors are validated like :func:`lowrank_pool.cp_pool`'s (shapes named in errors);
+        ``kwargs`` go to the layer (``bias``, ``path``, ``channel_axis``, ...).
         """
-        _, weights, factors, _ = parse_cp(cp)
-        u, a, c = (torch.as_tensor(t).detach() for t in factors)
-        u = u * torch.as_tensor(weights).to(u)[None, :]
-        layer = cls(a.shape[0], u.shape[0], u.shape[1], dtype=u.dtype, device=u.device, **kwargs)
+        weights, factors = as_cp(cp)
+        w, u, a, c = _as_tensors(weights, *factors)
+        u = u * w.to(u)[None, :]
+        opts = {"dtype": u.dtype, "device": u.device, **kwargs}
+        layer = cls(a.shape[0], u.shape[0], u.shape[1], **opts)
         with torch.no_grad():
             layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
         return layer
 
     @classmethod
-    def from_dense(cls, W: torch.Tensor, rank: int, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> CPPool:
-        """Fit :func:`lowrank_pool.cp_approx` (options in ``fit``) to W (K, f, f); ``kwargs`` go to the layer."""
-        return cls.from_factors(lp.cp_approx(torch.as_tensor(W).detach(), rank, **(fit or {})), **kwargs)
+    def from_dense(cls, W: Any, rank: int, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> CPPool:
+        """Fit :func:`lowrank_pool.cp_approx` (options in ``fit``) to W (K, f, f) or a trained :class:`BilinearPool`.
+
+        From a head, its bias, channel_axis and 1×1 reduction carry over, so at full rank
+        the new layer reproduces the head's scores (only ``normalize=None`` heads convert;
+        others raise). ``kwargs`` go to the layer.
+        """
+        w, opts, red = _dense_source(W)
+        cp = lp.cp_approx(w, rank, **(fit or {}))
+        weights, (u, a, c) = cp.weights, cp.factors
+        if red is not None:
+            a, c = red @ a, red @ c
+        layer = _build(cls, opts, kwargs, a.shape[0], u.shape[0], u.shape[1])
+        with torch.no_grad():
+            layer.U.copy_(u * weights[None, :]), layer.A.copy_(a), layer.C.copy_(c)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = lp.cp_pool(x, (None, [self.U, self.A, self.C]), path=self.path, channel_axis=self._channel_axis(x))
+        self._check_input(x)
+        s = lp.cp_pool(x, (None, [self.U, self.A, self.C]), path=self.path, channel_axis=self.channel_axis)
         return self._add_bias(s)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}"
+        return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}, {self._common_repr()}"
 
 
 class TuckerPool(PoolingHead):
     r"""Bilinear pooling with a Tucker-factorised weight, :math:`W = G \times_1 U \times_2 A \times_3 C`.
 
-    ``rank`` is an int r, meaning (min(r, K), r, r), or (R_K, R_a, R_c).
+    Scores by :func:`lowrank_pool.tucker_pool`.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rank : int or (R_K, R_a, R_c)
+        An int r means (min(r, K), r, r); validated like :func:`lowrank_pool.tucker_approx`'s.
+    path : {"auto", "factorized", "dense"}
+    bias : bool
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        core ~ N(0, 1/(R_a·R_c)), U ~ N(0, 1/R_K), A, C ~ N(0, 1/f).
+    device, dtype
 
     Examples
     --------
@@ -316,56 +439,151 @@ class TuckerPool(PoolingHead):
         rank: int | tuple[int, int, int],
         *,
         path: Literal["auto", "factorized", "dense"] = "auto",
-        bias: bool = False,
+        bias: bool = True,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, device=device, dtype=dtype)
-        if isinstance(rank, int):
-            r = check_positive_int(rank, "rank")
-            ranks = (min(r, num_classes), r, r)
-        else:
-            ranks = tuple(check_positive_int(v, "rank") for v in rank)  # type: ignore[assignment]
-            if len(ranks) != 3:
-                raise ValueError(f"rank: expected an int or (R_K, R_a, R_c), got {rank!r}")
-        self.ranks = ranks
-        self.path = check_choice(path, "path", ("auto", "factorized", "dense"))
-        self.core = self._param(*ranks)
-        self.U = self._param(num_classes, ranks[0])
-        self.A = self._param(in_channels, ranks[1])
-        self.C = self._param(in_channels, ranks[2])
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+        self.ranks = check_tucker_ranks(rank, num_classes, in_channels)
+        self.path = check_choice(path, "path", PATHS)
+        self.core = self._param(*self.ranks)
+        self.U = self._param(num_classes, self.ranks[0])
+        self.A = self._param(in_channels, self.ranks[1])
+        self.C = self._param(in_channels, self.ranks[2])
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        self._init_(self.core, math.prod(self.ranks[1:]), generator)
-        self._init_(self.U, self.ranks[0], generator)
-        self._init_(self.A, self.in_channels, generator)
-        self._init_(self.C, self.in_channels, generator)
+        self._init_(self.core, fan_std(self.ranks[1] * self.ranks[2]), generator)
+        self._init_(self.U, fan_std(self.ranks[0]), generator)
+        self._init_(self.A, fan_std(self.in_channels), generator)
+        self._init_(self.C, fan_std(self.in_channels), generator)
         self._reset_bias()
 
     @classmethod
     def from_factors(cls, tucker: Any, **kwargs: Any) -> TuckerPool:
         """A layer holding a TuckerTensor / (core, [U, A, C]), validated like :func:`lowrank_pool.tucker_pool`'s."""
-        _, core, factors, _ = parse_tucker(tucker)
-        core, u, a, c = (torch.as_tensor(t).detach() for t in (core, *factors))
-        ranks = (int(core.shape[0]), int(core.shape[1]), int(core.shape[2]))
-        layer = cls(a.shape[0], u.shape[0], ranks, dtype=u.dtype, device=u.device, **kwargs)
+        core, factors = as_tucker(tucker)
+        core, u, a, c = _as_tensors(core, *factors)
+        opts = {"dtype": u.dtype, "device": u.device, **kwargs}
+        layer = cls(a.shape[0], u.shape[0], (int(core.shape[0]), int(core.shape[1]), int(core.shape[2])), **opts)
         with torch.no_grad():
             layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
         return layer
 
     @classmethod
     def from_dense(
-        cls, W: torch.Tensor, rank: int | tuple[int, int, int], *, fit: dict[str, Any] | None = None, **kwargs: Any
+        cls, W: Any, rank: int | tuple[int, int, int], *, fit: dict[str, Any] | None = None, **kwargs: Any
     ) -> TuckerPool:
-        """Fit :func:`lowrank_pool.tucker_approx` (options in ``fit``) to W (K, f, f); ``kwargs`` go to the layer."""
-        return cls.from_factors(lp.tucker_approx(torch.as_tensor(W).detach(), rank, **(fit or {})), **kwargs)
+        """Fit :func:`lowrank_pool.tucker_approx` (options in ``fit``) to W (K, f, f) or a :class:`BilinearPool`.
+
+        From a head, its bias, channel_axis and 1×1 reduction carry over (see
+        :meth:`CPPool.from_dense`). ``kwargs`` go to the layer.
+        """
+        w, opts, red = _dense_source(W)
+        core, (u, a, c) = lp.tucker_approx(w, rank, **(fit or {}))
+        if red is not None:
+            a, c = red @ a, red @ c
+        layer = _build(cls, opts, kwargs, a.shape[0], u.shape[0], tuple(int(r) for r in core.shape))
+        with torch.no_grad():
+            layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         tk = (self.core, [self.U, self.A, self.C])
-        s = lp.tucker_pool(x, tk, path=self.path, channel_axis=self._channel_axis(x))
-        return self._add_bias(s)
+        return self._add_bias(lp.tucker_pool(x, tk, path=self.path, channel_axis=self.channel_axis))
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.num_classes}, rank={self.ranks}, path={self.path!r}"
+        return f"{self.in_channels}, {self.num_classes}, rank={self.ranks}, path={self.path!r}, {self._common_repr()}"
+
+
+class EigPool(PoolingHead):
+    r"""Bilinear pooling with the eigen form of W: :math:`s_k = \frac1n \sum_p \mu_{kp} \lVert X v_{kp}\rVert^2 + c_k`.
+
+    ``eigenvalues`` (K, P) and ``eigenvectors`` (f, K, P) (columns need not stay
+    orthonormal while training: the score is that of W_k = Σ_p μ_kp v_kp v_kpᵀ). The
+    Frobenius-optimal rank-P head of a trained W is :meth:`from_dense`. Scores by
+    :func:`lowrank_pool.eig_pool`: one GEMM of width K·P, half of a rank-P head's.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rank : int
+        P, eigenpairs per class.
+    path : {"auto", "factorized", "dense"}
+    bias : bool
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        μ ~ N(0, 1/P), v ~ N(0, 1/f).
+    device, dtype
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import EigPool
+    >>> EigPool(32, 10, rank=4)(torch.randn(2, 32, 7, 7)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rank: int,
+        *,
+        path: Literal["auto", "factorized", "dense"] = "auto",
+        bias: bool = True,
+        channel_axis: int | None = None,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+        self.rank = check_positive_int(rank, "rank")
+        if self.rank > in_channels:
+            raise lp.ArgumentError(f"rank: expected at most f = {in_channels} eigenpairs per class, got {rank}")
+        self.path = check_choice(path, "path", PATHS)
+        self.eigenvalues = self._param(num_classes, rank)
+        self.eigenvectors = self._param(in_channels, num_classes, rank)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        self._init_(self.eigenvalues, fan_std(self.rank), generator)
+        self._init_(self.eigenvectors, fan_std(self.in_channels), generator)
+        self._reset_bias()
+
+    @classmethod
+    def from_factors(cls, eig: Any, **kwargs: Any) -> EigPool:
+        """A layer holding an :class:`lowrank_pool.EigTensor` / (eigenvalues (K, P), eigenvectors (f, K, P))."""
+        mu, v = _as_tensors(*as_eig(eig))
+        opts = {"dtype": v.dtype, "device": v.device, **kwargs}
+        layer = cls(v.shape[0], v.shape[1], v.shape[2], **opts)
+        with torch.no_grad():
+            layer.eigenvalues.copy_(mu), layer.eigenvectors.copy_(v)
+        return layer
+
+    @classmethod
+    def from_dense(cls, W: Any, rank: int, **kwargs: Any) -> EigPool:
+        """The P largest-magnitude eigenpairs per class (:func:`lowrank_pool.eig_approx`) of W or a head.
+
+        From a head, its bias, channel_axis and 1×1 reduction carry over; at P = f the
+        scores are the head's exactly. ``kwargs`` go to the layer.
+        """
+        w, opts, red = _dense_source(W)
+        mu, v = lp.eig_approx(w, rank)
+        if red is not None:  # Σ μ (R v)(R v)ᵀ = R W_k Rᵀ: exact, though R v is not orthonormal
+            v = (red @ v.flatten(1)).unflatten(1, v.shape[1:])
+        layer = _build(cls, opts, kwargs, v.shape[0], v.shape[1], v.shape[2])
+        with torch.no_grad():
+            layer.eigenvalues.copy_(mu), layer.eigenvectors.copy_(v)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        eig = lp.EigTensor(self.eigenvalues, self.eigenvectors)
+        return self._add_bias(lp.eig_pool(x, eig, path=self.path, channel_axis=self.channel_axis))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}, {self._common_repr()}"

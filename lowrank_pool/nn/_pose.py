@@ -8,11 +8,9 @@ import torch
 from torch import nn
 
 import lowrank_pool as lp
+from lowrank_pool.validation import ATTENTIONS, check_choice, check_flag, check_positive_int
 
-from .._checks import ShapeError, check_choice, check_positive_int
-from .._xp import features, namespace, project
-from ..attention import ATTENTIONS, activate
-from ._base import PoolingHead
+from ._base import PoolingHead, fan_std
 
 __all__ = ["PoseAttentionalPool", "PoseOutput", "keypoint_heatmaps", "pose_loss"]
 
@@ -23,7 +21,7 @@ class PoseOutput(NamedTuple):
     scores: torch.Tensor  # (B, K)
     keypoint_maps: torch.Tensor  # (B, J, *grid): logits of the J keypoint heat maps
     top_down: torch.Tensor | None  # (B, K, *grid) with return_maps
-    bottom_up: torch.Tensor | None  # (B, *grid) with return_maps
+    bottom_up: torch.Tensor | None  # (B, *grid) with return_maps: σ(u), averaging 1 for softmax
 
 
 class PoseAttentionalPool(PoolingHead):
@@ -32,12 +30,31 @@ class PoseAttentionalPool(PoolingHead):
     A 1×1-convolution head h (one layer, or two with a ReLU between when ``hidden``
     is given) maps X to J + 1 channels: J keypoint heat maps, trained with an auxiliary
     loss against :func:`keypoint_heatmaps`, and one bottom-up saliency map u. The class
-    scores combine u with the top-down maps X a_k:
+    scores combine σ(u) with the top-down maps X a_k, on the package's mean scale:
 
-    .. math:: s_k = (X a_k)^\top \sigma(u), \qquad [P_1, \dots, P_J, u] = h(X)
+    .. math:: s_k = \tfrac1n (X a_k)^\top \sigma(u) + c_k, \qquad [P_1, \dots, P_J, u] = h(X)
 
-    computed as first-order pooling weighted by σ(u) (no (B, n, K) map is formed).
-    Without ``hidden``, u = X b + c is exactly the rank-1 bottom-up map.
+    computed as first-order pooling weighted by σ(u) (:func:`lowrank_pool.first_order_pool`
+    with ``weights``; no (B, n, K) map is formed). Without ``hidden``, u = X b + c₀ is
+    exactly the rank-1 bottom-up map. The projections are
+    :func:`lowrank_pool.project_channels`, σ is :func:`lowrank_pool.attention_weights`.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    num_keypoints : int
+        J.
+    hidden : int, optional
+        Width of a hidden 1×1 layer of the keypoint head.
+    attention : {"linear", "softmax", "relu"}
+    return_maps : bool
+        Default of ``forward``'s ``return_maps``: also return the top-down maps and σ(u).
+    bias : bool
+        A class bias c_k (the keypoint head always has its own).
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        Weights ~ N(0, 1/fan_in), biases 0.
+    device, dtype
 
     Examples
     --------
@@ -57,15 +74,17 @@ class PoseAttentionalPool(PoolingHead):
         hidden: int | None = None,
         attention: Literal["linear", "softmax", "relu"] = "linear",
         return_maps: bool = False,
+        bias: bool = True,
+        channel_axis: int | None = None,
         generator: torch.Generator | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_channels, num_classes, bias=False, device=device, dtype=dtype)
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.num_keypoints = check_positive_int(num_keypoints, "num_keypoints")
         self.hidden = None if hidden is None else check_positive_int(hidden, "hidden")
         self.attention = check_choice(attention, "attention", ATTENTIONS)
-        self.return_maps = bool(return_maps)
+        self.return_maps = check_flag(return_maps, "return_maps")
         width = self.hidden or in_channels
         self.hidden_weight = self._param(in_channels, width) if hidden else None
         self.hidden_bias = self._param(width) if hidden else None
@@ -76,42 +95,34 @@ class PoseAttentionalPool(PoolingHead):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         if self.hidden_weight is not None and self.hidden_bias is not None:
-            self._init_(self.hidden_weight, self.in_channels, generator)
+            self._init_(self.hidden_weight, fan_std(self.in_channels), generator)
             nn.init.zeros_(self.hidden_bias)
-        self._init_(self.head_weight, self.head_weight.shape[0], generator)
+        self._init_(self.head_weight, fan_std(self.head_weight.shape[0]), generator)
         nn.init.zeros_(self.head_bias)
-        self._init_(self.A, self.in_channels, generator)
+        self._init_(self.A, fan_std(self.in_channels), generator)
+        self._reset_bias()
 
     def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> PoseOutput:
-        axis = self._channel_axis(x)
-        grid = self._spatial(x, axis)
-        batch = x.shape[0]
-        # (B, n, f) view of the features for the 1x1 convolutions, (B, f, n) for NCHW
-        flat = x.reshape(batch, -1, self.in_channels) if axis == -1 else x.reshape(batch, self.in_channels, -1)
-
-        def conv1x1(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # -> (B, n, d)
-            return torch.matmul(t, w) + b if axis == -1 else torch.matmul(w.mT, t).mT + b
-
+        self._check_input(x)
+        axis = self.channel_axis
         if self.hidden_weight is not None and self.hidden_bias is not None:
-            h = torch.relu(conv1x1(flat, self.hidden_weight, self.hidden_bias))  # (B, n, hidden)
-            out = torch.matmul(h, self.head_weight) + self.head_bias
-        else:
-            out = conv1x1(flat, self.head_weight, self.head_bias)  # (B, n, J + 1)
-        keypoints, u = out[:, :, : self.num_keypoints], out[:, :, self.num_keypoints]  # (B, n, J), (B, n)
-        xp = namespace(u=u)
-        u = activate(xp, u[:, :, None], self.attention)[:, :, 0]
-        scores = lp.first_order_pool(x, self.A, weights=u, channel_axis=axis)
-        keypoint_maps = keypoints.mT.reshape(batch, self.num_keypoints, *grid)
-        if not (self.return_maps if return_maps is None else return_maps):
-            return PoseOutput(scores, keypoint_maps, None, None)
-        # the top-down maps X a_k: one GEMM on the (B, f, n) / (B, n, f) view, as attention_maps does
-        top = project(xp, features(xp, x, axis), self.A).mT.reshape(batch, self.num_classes, *grid)
-        return PoseOutput(scores, keypoint_maps, top, u.reshape(batch, *grid))
+            h = lp.project_channels(x, self.hidden_weight, bias=self.hidden_bias, channel_axis=axis, keep_spatial=True)
+            out = lp.project_channels(torch.relu(h), self.head_weight, bias=self.head_bias, keep_spatial=True)
+        else:  # (B, J + 1, *grid)
+            out = lp.project_channels(x, self.head_weight, bias=self.head_bias, channel_axis=axis, keep_spatial=True)
+        j = self.num_keypoints
+        saliency = out[:, j]  # (B, *grid)
+        u = lp.attention_weights(saliency.reshape(saliency.shape[0], -1), attention=self.attention, axis=1)
+        scores = self._add_bias(lp.first_order_pool(x, self.A, weights=u, reduce="mean", channel_axis=axis))
+        if not (self.return_maps if return_maps is None else check_flag(return_maps, "return_maps")):
+            return PoseOutput(scores, out[:, :j], None, None)
+        top = lp.project_channels(x, self.A, channel_axis=axis, keep_spatial=True)  # (B, K, *grid)
+        return PoseOutput(scores, out[:, :j], top, u.reshape(saliency.shape))
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.num_classes}, num_keypoints={self.num_keypoints}, hidden={self.hidden}, "
-            f"attention={self.attention!r}"
+            f"attention={self.attention!r}, {self._common_repr()}"
         )
 
 
@@ -143,20 +154,20 @@ def keypoint_heatmaps(
         1.0 for visible keypoints: weights of :func:`pose_loss`.
     """
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-        raise ShapeError(f"keypoints: expected shape (B, J, 2), got {tuple(keypoints.shape)}")
+        raise lp.ShapeError(f"keypoints: expected shape (B, J, 2), got {tuple(keypoints.shape)}")
     h, w = (check_positive_int(s, "size") for s in size)
     if not sigma > 0:
-        raise ValueError(f"sigma: expected a number > 0, got {sigma!r}")
+        raise lp.ArgumentError(f"sigma: expected a number > 0, got {sigma!r}")
     if visible is None:
         visible = torch.ones(keypoints.shape[:2], dtype=torch.bool, device=keypoints.device)
     if tuple(visible.shape) != tuple(keypoints.shape[:2]):
-        raise ShapeError(f"visible: expected shape {tuple(keypoints.shape[:2])} (B, J), got {tuple(visible.shape)}")
+        raise lp.ShapeError(f"visible: expected shape {tuple(keypoints.shape[:2])} (B, J), got {tuple(visible.shape)}")
     visible = visible.bool()
     kx, ky = keypoints[..., 0], keypoints[..., 1]
     outside = visible & ((kx < 0) | (kx > w - 1) | (ky < 0) | (ky > h - 1) | ~torch.isfinite(keypoints).all(-1))
     if bool(outside.any()):
         b, j = (int(i) for i in outside.nonzero()[0])
-        raise ValueError(
+        raise lp.ArgumentError(
             f"keypoints: visible keypoint ({b}, {j}) at (x, y) = ({float(kx[b, j])}, {float(ky[b, j])}) is outside "
             f"the {h}x{w} grid (0 <= x <= {w - 1}, 0 <= y <= {h - 1}); mark it invisible or clip it"
         )
@@ -173,6 +184,6 @@ def keypoint_heatmaps(
 def pose_loss(keypoint_maps: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the visible keypoints' heat maps (0 when none is visible)."""
     if keypoint_maps.shape != targets.shape:
-        raise ShapeError(f"targets: expected shape {tuple(keypoint_maps.shape)}, got {tuple(targets.shape)}")
+        raise lp.ShapeError(f"targets: expected shape {tuple(keypoint_maps.shape)}, got {tuple(targets.shape)}")
     per_map = ((keypoint_maps - targets) ** 2).flatten(2).mean(-1)  # (B, J)
     return (per_map * mask).sum() / mask.sum().clamp_min(1.0)

@@ -1,0 +1,55 @@
+"""Public validators: the checks the functions use, for code built on the package (its layers included).
+
+Each raises a :class:`lowrank_pool.LowRankPoolError` subclass that names the argument,
+what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._checks import check_choice, check_flag, check_positive_int, check_tucker_ranks, parse_cp, parse_eig, parse_tucker
+from .attention import ATTENTIONS
+from .second_order import NORMALIZATIONS
+
+__all__ = [
+    "ATTENTIONS",
+    "NORMALIZATIONS",
+    "PATHS",
+    "as_cp",
+    "as_eig",
+    "as_tucker",
+    "check_choice",
+    "check_flag",
+    "check_positive_int",
+    "check_tucker_ranks",
+]
+
+PATHS = ("auto", "factorized", "dense")
+
+
+def as_cp(cp: Any, /) -> tuple[Any, list[Any]]:
+    """``(weights (R,), [U (K, R), A (f, R), C (f, R)])`` of a validated CP form (weights None become ones).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.validation import as_cp
+    >>> w, (U, A, C) = as_cp((None, [np.ones((3, 2)), np.ones((4, 2)), np.ones((4, 2))]))
+    >>> w
+    array([1., 1.])
+    """
+    _, weights, factors, _ = parse_cp(cp)
+    return weights, factors
+
+
+def as_tucker(tucker: Any, /) -> tuple[Any, list[Any]]:
+    """``(core (R_K, R_a, R_c), [U, A, C])`` of a validated Tucker form."""
+    _, core, factors, _ = parse_tucker(tucker)
+    return core, factors
+
+
+def as_eig(eig: Any, /) -> tuple[Any, Any]:
+    """``(eigenvalues (K, P), eigenvectors (f, K, P))`` of a validated eigen form."""
+    _, mu, v, _ = parse_eig(eig)
+    return mu, v
