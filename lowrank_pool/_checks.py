@@ -36,6 +36,7 @@ __all__ = [
     "ShapeError",
     "check_channels",
     "check_choice",
+    "check_factor",
     "check_finite",
     "check_positive_int",
     "check_shape",
@@ -112,9 +113,12 @@ def check_shape(name: str, x: Any, dims: Sequence[str], **known: int) -> dict[st
     return sizes
 
 
-def check_channels(feats: Features, name: str, size: int, channel_axis: int | None) -> None:
-    """Raise, naming X's layout, when the factor ``name`` has ``size`` rows but X has another channel count."""
-    if size == feats.channels:
+def check_channels(
+    feats: Features, name: str, x: Any, dims: Sequence[str], channel_axis: int | None, f_axis: int = 0
+) -> None:
+    """Check that factor ``name`` (shape ``dims``) has X's channel count on ``f_axis``, naming X's layout if not."""
+    shape = shape_of(x)
+    if shape[f_axis] == feats.channels:
         return
     hint = (
         "pass channel_axis=-1 if the channels are last"
@@ -122,10 +126,20 @@ def check_channels(feats: Features, name: str, size: int, channel_axis: int | No
         else "pass channel_axis=1 if the channels come first"
     )
     how = "by the default rule (channel_axis=None)" if channel_axis is None else f"with channel_axis={channel_axis}"
+    pattern = "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
     raise ShapeError(
-        f"X: expected f = {size} channels (the rows of {name}), got {feats.channels}: X was read {how} as a "
-        f"{feats.describe()}; {hint}"
+        f"{name}: expected shape {pattern} with f = {feats.channels}, got {shape}; f is the channel count of X, "
+        f"read {how} as a {feats.describe()}; {hint}"
     )
+
+
+def check_factor(
+    feats: Features, name: str, x: Any, dims: Sequence[str], channel_axis: int | None, f_axis: int = 0
+) -> dict[str, int]:
+    """check_shape of a factor whose ``dims`` hold f, with a layout-naming error when only f differs."""
+    if hasattr(x, "shape") and len(shape_of(x)) == len(dims):
+        check_channels(feats, name, x, dims, channel_axis, f_axis)
+    return check_shape(name, x, dims, f=feats.channels)
 
 
 def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[int, int, int]:
@@ -145,7 +159,7 @@ def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[i
         raise ArgumentError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {rank!r}")
     out = tuple(check_positive_int(r, name) for r in rank)
     if out[0] > k or out[1] > f or out[2] > f:
-        raise ArgumentError(f"{name}: expected (R_K, R_a, R_c) <= {(k, f, f)} for W of shape {(k, f, f)}, got {out}")
+        raise ArgumentError(f"{name}: expected (R_K, R_f, R_f) <= {(k, f, f)} for W of shape {(k, f, f)}, got {out}")
     for i in range(3):
         others = math.prod(out) // out[i]
         if out[i] > others:
@@ -237,7 +251,7 @@ def _factor_namespace(name: str, **arrays: Array) -> Namespace:
 def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
     """Validated (xp, weights, [U, A, C], sizes) of a CP form; weights None become ones."""
     if form_kind(cp) != "cp":
-        raise ArgumentTypeError(f"{name}: expected a CPTensor or a (weights, [U, A, C]) pair, got {describe(cp)}")
+        raise ArgumentTypeError(f"{name}: expected a CPTensor or a (weights, [U, A, C]) tuple, got {describe(cp)}")
     weights, factors = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
     factors = _factor_list(factors, name, "[U (K, R), A (f, R), C (f, R)]")
     for k, v in zip("UAC", factors, strict=True):
@@ -256,9 +270,13 @@ def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], 
 
 
 def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
-    """Validated (xp, core, [U, A, C], sizes) of a Tucker form, with valid multilinear ranks."""
+    """Validated (xp, core, [U, A, C], sizes) of a Tucker form.
+
+    Any ranks that multiply out are accepted here (a redundant form still defines W);
+    :func:`check_tucker_ranks` is what a fit or a layer of given ranks must pass.
+    """
     if form_kind(tk) != "tucker":
-        raise ArgumentTypeError(f"{name}: expected a TuckerTensor or a (core, [U, A, C]) pair, got {describe(tk)}")
+        raise ArgumentTypeError(f"{name}: expected a TuckerTensor or a (core, [U, A, C]) tuple, got {describe(tk)}")
     core, factors = (tk.core, tk.factors) if hasattr(tk, "core") else tk
     factors = _factor_list(factors, name, "[U (K, R_K), A (f, R_a), C (f, R_c)]")
     for k, v in zip("UAC", factors, strict=True):
@@ -267,7 +285,6 @@ def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[
     sizes = _check_factors(factors, name, ("R_K", "R_a", "R_c"))
     check_shape(f"{name} core", core, ("R_K", "R_a", "R_c"), R_K=sizes["R_K"], R_a=sizes["R_a"], R_c=sizes["R_c"])
     xp = _factor_namespace(name, core=core, **{f"factor {k}": v for k, v in zip("UAC", factors, strict=True)})
-    check_tucker_ranks((sizes["R_K"], sizes["R_a"], sizes["R_c"]), sizes["K"], sizes["f"], f"{name} core shape")
     return xp, core, factors, sizes
 
 

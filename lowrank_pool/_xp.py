@@ -180,7 +180,9 @@ def resolve_channel_axis(ndim: int, channel_axis: int | None) -> int:
     if channel_axis is None:
         return ndim - 1 if ndim == 3 else 1
     if not isinstance(channel_axis, int) or isinstance(channel_axis, bool):
-        raise ArgumentTypeError(f"channel_axis: expected an int or None, got {type(channel_axis).__name__}")
+        raise ArgumentTypeError(
+            f"channel_axis: expected an int, got {type(channel_axis).__name__} (None selects the default rule)"
+        )
     return channel_axis
 
 

@@ -26,8 +26,8 @@ from typing import Literal, NamedTuple
 from ._checks import (
     ArgumentError,
     ShapeError,
-    check_channels,
     check_choice,
+    check_factor,
     check_flag,
     check_shape,
     parse_rankp,
@@ -128,16 +128,16 @@ def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, atten
 
 
 def _rank1_factors(feats: Features, a: Array, b: Array, channel_axis: int | None) -> None:
-    check_shape("A", a, ("f", "K"))
-    check_channels(feats, "A", shape_of(a)[0], channel_axis)
+    check_factor(feats, "A", a, ("f", "K"), channel_axis)
     check_shape("b", b, ("f",), f=feats.channels)
 
 
 def _rankp_factors(feats: Features, a: Array, bm: Array, channel_axis: int | None) -> tuple[int, int, bool]:
+    check_factor(feats, "A", a, ("f", "K", "P"), channel_axis)
     if getattr(bm, "ndim", 0) not in (2, 3):
-        raise ShapeError(f"B: expected shape (f, P) (shared) or (f, K, P) (per class), got {shape_of(bm)}")
-    check_shape("A", a, ("f", "K", "P"))
-    check_channels(feats, "A", shape_of(a)[0], channel_axis)
+        raise ShapeError(
+            f"B: expected 2 dimensions (f, P) (shared) or 3 dimensions (f, K, P) (per class), got shape {shape_of(bm)}"
+        )
     _, sizes, shared = parse_rankp(a, bm)
     return sizes["K"], sizes["P"], shared
 

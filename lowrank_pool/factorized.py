@@ -229,7 +229,7 @@ def cp_pool(
     _, weights, factors, sizes = parse_cp(cp)
     u, a, c = factors
     xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, weights=weights)
-    check_channels(feats, "cp factor A", sizes["f"], channel_axis)
+    check_channels(feats, "cp factor A", a, ("f", "R"), channel_axis)
     u, a, c, w = fac["U"], fac["A"], fac["C"], fac["weights"]
     k, r = sizes["K"], sizes["R"]
     if _choose(path, _cost("cp", feats, k, r, feats.data.dtype)) == "dense":
@@ -284,7 +284,7 @@ def tucker_pool(
     _, core, factors, sizes = parse_tucker(tucker)
     u, a, c = factors
     xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, core=core)
-    check_channels(feats, "tucker factor A", sizes["f"], channel_axis)
+    check_channels(feats, "tucker factor A", a, ("f", "R_a"), channel_axis)
     u, a, c, g = fac["U"], fac["A"], fac["C"], fac["core"]
     k, rk, ra, rc = sizes["K"], sizes["R_K"], sizes["R_a"], sizes["R_c"]
     if _choose(path, _cost("tucker", feats, k, (rk, ra, rc), feats.data.dtype)) == "dense":
@@ -334,7 +334,7 @@ def eig_pool(
     check_choice(path, "path", ("auto", "factorized", "dense"))
     _, mu, v, sizes = parse_eig(eig)
     xp, feats, fac = prepare(X, channel_axis, check_finite, eigenvalues=mu, eigenvectors=v)
-    check_channels(feats, "eigenvectors", sizes["f"], channel_axis)
+    check_channels(feats, "eigenvectors", v, ("f", "K", "P"), channel_axis)
     mu, v = fac["eigenvalues"], fac["eigenvectors"]
     k, p = sizes["K"], sizes["P"]
     if _choose(path, _cost("eig", feats, k, p, feats.data.dtype)) == "dense":

@@ -7,8 +7,8 @@ from typing import Literal
 from ._checks import (
     ArgumentError,
     ShapeError,
-    check_channels,
     check_choice,
+    check_factor,
     check_flag,
     check_shape,
     prepare,
@@ -84,8 +84,7 @@ def first_order_pool(
         if reduce == "max":
             raise ArgumentError("weights: a spatial weighting needs reduce='sum' or 'mean', got reduce='max'")
         xp, feats, fac = prepare(X, channel_axis, check_finite, W=W, weights=weights)
-    check_shape("W", fac["W"], ("f", "K"))
-    check_channels(feats, "W", shape_of(fac["W"])[0], channel_axis)
+    check_factor(feats, "W", fac["W"], ("f", "K"), channel_axis)
     pos_axis = 1 if feats.layout == "bnf" else 2
     if weights is not None:
         u = fac["weights"]
@@ -150,8 +149,7 @@ def project_channels(
     extra = {} if bias is None else {"bias": bias}
     xp, feats, fac = prepare(X, channel_axis, check_finite, M=M, **extra)
     m = fac["M"]
-    check_shape("M", m, ("f", "d"))
-    check_channels(feats, "M", shape_of(m)[0], channel_axis)
+    check_factor(feats, "M", m, ("f", "d"), channel_axis)
     z = project(xp, feats, m)  # (B, n, d)
     if bias is not None:
         check_shape("bias", fac["bias"], ("d",), d=shape_of(m)[1])

@@ -186,7 +186,7 @@ def rank_profile(
     check_finite(xp, W, "W")
     k, f = sizes["K"], sizes["f"]
     if isinstance(ranks, str | bytes) or not isinstance(ranks, Sequence) or not len(ranks):
-        raise ArgumentError(f"ranks: expected a non-empty sequence of ranks, got {ranks!r}")
+        raise ArgumentError(f"ranks: expected at least one rank (a non-empty sequence), got {ranks!r}")
     if (features is None) != (labels is None):
         raise ArgumentError("features, labels: pass both to measure accuracy, or neither")
     if parts["bias"] is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._checks import check_channels, check_choice, check_positive_int, check_shape, prepare, shape_of
+from ._checks import check_choice, check_factor, check_positive_int, prepare, shape_of
 from ._errors import ArgumentError
 from ._xp import Array, Features, Namespace, gram_product
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
@@ -144,8 +144,7 @@ def bilinear_pool(
         raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
     xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
     w = fac["W"]
-    check_shape("W", w, ("K", "f", "f"))
-    check_channels(feats, "W", shape_of(w)[1], channel_axis)
+    check_factor(feats, "W", w, ("K", "f", "f"), channel_axis, f_axis=1)
     m = normalized_descriptor(xp, second_moment(xp, feats), normalize, eps, num_iters)
     return descriptor_scores(xp, m, w)
 

@@ -38,6 +38,7 @@ def assert_close(
     scale: Any = None,
     dtype: Any = None,
     like: Any = None,
+    label: str = "",
 ) -> None:
     """Assert ``|actual - desired| <= terms · eps(dtype) · scale`` element-wise.
 
@@ -55,7 +56,18 @@ def assert_close(
     like : array, optional
         When given, ``actual`` must be of the same library, device and dtype as ``like``
         and have ``desired``'s shape: that is checked before the values.
+    label : str
+        Prefix of the failure message (e.g. which case of a loop failed).
     """
+    try:
+        _assert_close(actual, desired, terms=terms, scale=scale, dtype=dtype, like=like)
+    except AssertionError as err:
+        if not label:
+            raise
+        raise AssertionError(f"{label}: {err}") from None
+
+
+def _assert_close(actual: Any, desired: Any, *, terms: int, scale: Any, dtype: Any, like: Any) -> None:
     if like is not None:
         assert type(actual) is type(like), f"library: expected {type(like)}, got {type(actual)}"
         assert aac.device(actual) == aac.device(like), f"device: {aac.device(actual)} != {aac.device(like)}"

@@ -1,11 +1,21 @@
-"""Backends, dtypes and hypothesis profiles shared by the tests."""
+"""The one backend/dtype fixture pair, hypothesis profiles and thread settings shared by the tests.
+
+``bk`` runs a test once per array library (numpy, torch, array_api_strict) and
+``dtype`` once per float32/float64. Both are session-scoped, so hypothesis' ``@given``
+can draw many examples under one fixture value. A test that needs other dtypes
+parametrizes ``dtype`` itself, which overrides the fixture.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import BACKENDS, DTYPES  # noqa: E402
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -13,6 +23,18 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def bk(request: pytest.FixtureRequest):
+    """An array library (a ``helpers.Backend``): ``bk(numpy_array, dtype)`` converts test data into it."""
+    return request.param
+
+
+@pytest.fixture(scope="session", params=DTYPES)
+def dtype(request: pytest.FixtureRequest) -> str:
+    """A floating dtype name, float32 or float64."""
+    return request.param
 
 
 @pytest.fixture(autouse=True)

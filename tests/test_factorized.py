@@ -17,8 +17,6 @@ from hypothesis import strategies as st
 import lowrank_pool as lp
 from lowrank_pool.testing import assert_close, to_numpy
 
-backends = pytest.mark.parametrize("bk", BACKENDS)
-dtypes = pytest.mark.parametrize("dtype", ["float32", "float64"])
 PATHS = ["factorized", "dense", "auto"]
 
 
@@ -63,8 +61,6 @@ def _x(bk, dtype, s, rng):
     return x, bk(x, dtype), -1
 
 
-@backends
-@dtypes
 @given(s=sizes)
 def test_cp_pool_equals_dense_bilinear(bk, dtype, s):
     rng = np.random.default_rng(s["seed"])
@@ -80,8 +76,6 @@ def test_cp_pool_equals_dense_bilinear(bk, dtype, s):
         assert type(got) is type(X) and got.dtype == X.dtype
 
 
-@backends
-@dtypes
 @given(s=sizes, ranks=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
 def test_tucker_pool_equals_dense_bilinear(bk, dtype, s, ranks):
     rng = np.random.default_rng(s["seed"])
@@ -97,8 +91,6 @@ def test_tucker_pool_equals_dense_bilinear(bk, dtype, s, ranks):
         assert type(got) is type(X) and got.dtype == X.dtype
 
 
-@backends
-@dtypes
 @given(s=sizes)
 def test_eig_pool_equals_dense_bilinear(bk, dtype, s):
     rng = np.random.default_rng(s["seed"])
@@ -191,7 +183,6 @@ def test_symmetric_fit_ignores_the_antisymmetric_part():
     assert np.linalg.norm(lp.to_dense(tk) - S) < 1e-8 * np.linalg.norm(S)
 
 
-@backends
 @given(K=st.integers(1, 4), f=st.integers(1, 9), seed=st.integers(0, 999))
 def test_eig_approx_is_the_eckart_young_optimum(bk, K, f, seed):
     W = np.random.default_rng(seed).standard_normal((K, f, f))
@@ -227,7 +218,6 @@ def test_approximations_keep_the_torch_library_and_dtype():
 
 
 # ------------------------------------------------------------------ conversions
-@backends
 @given(K=st.integers(1, 3), f=st.integers(1, 6), P=st.integers(1, 3), shared=st.booleans(), seed=st.integers(0, 999))
 def test_rankp_and_cp_convert_both_ways(bk, K, f, P, shared, seed):
     rng = np.random.default_rng(seed)

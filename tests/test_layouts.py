@@ -12,14 +12,13 @@ import lowrank_pool as lp
 from lowrank_pool.testing import assert_close, to_numpy
 
 torch = pytest.importorskip("torch")
-backends = pytest.mark.parametrize("bk", BACKENDS)
-dtypes = pytest.mark.parametrize("dtype", ["float32", "float64"])
 
 
 def _all_pools(A, b, AP, BP, Bs, W):
     """name -> function of (X, channel_axis) for every pooling function."""
     return {
-        "first_sum": lambda x, ax: lp.first_order_pool(x, A, channel_axis=ax),
+        "first_mean": lambda x, ax: lp.first_order_pool(x, A, channel_axis=ax),
+        "first_sum": lambda x, ax: lp.first_order_pool(x, A, reduce="sum", channel_axis=ax),
         "first_max": lambda x, ax: lp.first_order_pool(x, A, reduce="max", channel_axis=ax),
         "gram": lambda x, ax: lp.gram(x, channel_axis=ax),
         "bilinear": lambda x, ax: lp.bilinear_pool(x, W, channel_axis=ax),
@@ -28,6 +27,10 @@ def _all_pools(A, b, AP, BP, Bs, W):
         "rankp_shared": lambda x, ax: lp.rankp_pool(x, AP, Bs, channel_axis=ax),
         "rankp_perclass": lambda x, ax: lp.rankp_pool(x, AP, BP, attention="relu", channel_axis=ax),
         "maps": lambda x, ax: lp.attention_maps(x, A, b, channel_axis=ax)[0],
+        "maps_rankp": lambda x, ax: lp.attention_maps(x, AP, Bs, attention="softmax", channel_axis=ax).bottom_up,
+        "cp": lambda x, ax: lp.cp_pool(x, (None, [AP[0, ...], AP[:, 0, :], Bs]), channel_axis=ax),
+        "eig": lambda x, ax: lp.eig_pool(x, (AP[0, ...], AP), path="factorized", channel_axis=ax),
+        "projection": lambda x, ax: lp.project_channels(x, AP[:, 0, :], channel_axis=ax),
     }
 
 
@@ -35,8 +38,6 @@ def _factors(rng, f, K=3, P=2):
     return [rng.standard_normal(s) for s in [(f, K), (f,), (f, K, P), (f, K, P), (f, P), (K, f, f)]]
 
 
-@backends
-@dtypes
 @given(
     B=st.integers(0, 2),
     f=st.integers(1, 6),
@@ -44,7 +45,7 @@ def _factors(rng, f, K=3, P=2):
     seed=st.integers(0, 99),
 )
 def test_channel_first_equals_channels_last(bk, dtype, B, f, spatial, seed):
-    """(B, f, *spatial) with channel_axis=1 gives the (B, n, f) result."""
+    """(B, f, *spatial) with channel_axis=1 (or, for 4-D/5-D input, by default) gives the (B, n, f) result."""
     rng = np.random.default_rng(seed)
     x_last = rng.standard_normal((B, *spatial, f))
     x_first = np.moveaxis(x_last, -1, 1).copy()  # C-contiguous NCHW / NCDHW
@@ -54,11 +55,11 @@ def test_channel_first_equals_channels_last(bk, dtype, B, f, spatial, seed):
     scale_terms = 4 * (f * f + n + 8)
     for name, fn in ref_pools.items():
         ref = fn(bk(x_last.reshape(B, n, f), dtype), -1)
-        for got in (fn(bk(x_first, dtype), 1), fn(bk(x_last, dtype), -1)):
-            (
-                assert_close(got, ref, terms=scale_terms, scale=np.abs(to_numpy(ref)).max(initial=0.0) + 1.0, like=ref),
-                name,
-            )
+        inputs = [(x_first, 1), (x_last, -1)] + ([(x_first, None)] if len(spatial) > 1 else [])
+        for x, ax in inputs:
+            got = fn(bk(x, dtype), ax)
+            scale = np.abs(to_numpy(ref)).max(initial=0.0) + 1.0
+            assert_close(got, ref, terms=scale_terms, scale=scale, like=ref, label=f"{name}, channel_axis={ax}")
 
 
 def test_nchw_is_read_without_a_copy():
@@ -83,7 +84,6 @@ def test_nchw_is_read_without_a_copy():
     assert vl.layout == "bnf" and np.shares_memory(vl.data, xl)
 
 
-@dtypes
 @given(B=st.integers(0, 3), f=st.integers(1, 6), n=st.integers(1, 8), seed=st.integers(0, 99))
 def test_torch_equals_numpy(dtype, B, f, n, seed):
     rng = np.random.default_rng(seed)
@@ -97,7 +97,6 @@ def test_torch_equals_numpy(dtype, B, f, n, seed):
         assert_close(a, e, terms=4 * (f * f + n + 8), scale=np.abs(e).max(initial=0.0) + 1.0)
 
 
-@backends
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_empty_batch_returns_empty_scores(bk, dtype):
     rng = np.random.default_rng(0)
@@ -127,22 +126,27 @@ def test_low_precision_accumulates_in_float32(half):
     """XᵀX of float16 data overflows float16 (max 65504); results come back in float32."""
     dt = getattr(torch, half)
     x = torch.full((1, 400, 4), 20.0, dtype=dt)  # Gram entries 400·400 = 160000 > 65504
-    g = lp.gram(x)
+    g = lp.gram(x, normalize=None)
     assert g.dtype == torch.float32 and torch.isfinite(g).all() and g[0, 0, 0].item() == 160000.0
-    s = lp.rank1_pool(x, torch.ones(4, 2, dtype=dt), torch.ones(4, dtype=dt))
-    assert s.dtype == torch.float32 and torch.allclose(s, torch.full((1, 2), 400 * 80.0 * 80.0))
+    assert lp.gram(x).dtype == torch.float32 and lp.gram(x)[0, 0, 0].item() == 400.0
+    s = lp.rank1_pool(x, torch.ones(4, 2, dtype=dt), torch.ones(4, dtype=dt))  # mean of (X a)(X b) = 80 · 80
+    assert s.dtype == torch.float32 and torch.allclose(s, torch.full((1, 2), 80.0 * 80.0))
 
 
 def test_attention_transforms():
     rng = np.random.default_rng(1)
     x, A, b = rng.standard_normal((2, 7, 3)), rng.standard_normal((3, 4)), rng.standard_normal(3)
     _, soft = lp.attention_maps(x, A, b, attention="softmax")
-    assert np.allclose(soft.sum(1), 1.0) and (soft > 0).all()
+    # softmax weights average 1 over the n = 7 positions: uniform logits give mean pooling
+    assert np.allclose(soft.mean(1), 1.0) and (soft > 0).all()
+    assert np.allclose(lp.attention_weights(x @ b, attention="softmax"), soft)
+    e = np.exp(x @ b - (x @ b).max(1, keepdims=True))
+    assert np.allclose(soft, 7 * e / e.sum(1, keepdims=True))
     _, relu = lp.attention_maps(x, A, b, attention="relu")
     assert np.array_equal(relu, np.maximum(x @ b, 0))
     for att in ("softmax", "relu"):
         top, bottom = lp.attention_maps(x, A, b, attention=att)
-        assert np.allclose(lp.rank1_pool(x, A, b, attention=att), (top * bottom[..., None]).sum(1))
+        assert np.allclose(lp.rank1_pool(x, A, b, attention=att), (top * bottom[..., None]).mean(1))
     # softmax is exactly weighted-average pooling: shifting X b by a constant changes nothing
     x1 = np.concatenate([x, np.ones((2, 7, 1))], axis=2)
     A1 = np.concatenate([A, np.zeros((1, 4))])

@@ -11,12 +11,8 @@ from hypothesis import strategies as st
 import lowrank_pool as lp
 from lowrank_pool.testing import assert_close, to_numpy
 
-backends = pytest.mark.parametrize("bk", BACKENDS)
-dtypes = pytest.mark.parametrize("dtype", ["float32", "float64"])
 
 
-@backends
-@dtypes
 @given(seed=st.integers(0, 999), eps=st.sampled_from([0.0, 1e-6, 1e-2]))
 def test_signed_sqrt_squares_back(bk, dtype, seed, eps):
     """s(x)·(|s(x)| + 2√ε) = x: the inverse of the ε-shifted signed root; odd; sqrt at ε=0."""
@@ -42,8 +38,6 @@ def test_signed_sqrt_gradient_is_bounded_at_zero():
         assert abs(x.grad[3].item() - 1 / (2 * (4 + eps) ** 0.5)) < 1e-12
 
 
-@backends
-@dtypes
 @given(seed=st.integers(0, 999))
 def test_l2_normalize(bk, dtype, seed):
     x = np.random.default_rng(seed).standard_normal((3, 5, 4))
@@ -68,8 +62,6 @@ def _spd(rng, batch, f, cond):
     return np.einsum("bij,bj,bkj->bik", q, mu, q), mu
 
 
-@backends
-@dtypes
 @given(seed=st.integers(0, 999), f=st.integers(1, 6))
 def test_matrix_sqrt_eigh_squares_back(bk, dtype, seed, f):
     g, mu = _spd(np.random.default_rng(seed), 2, f, cond=100.0)
@@ -82,7 +74,6 @@ def test_matrix_sqrt_eigh_squares_back(bk, dtype, seed, f):
     assert_close(r @ r, to_numpy(G), terms=200 * f, scale=mu.max(), dtype=dtype)
 
 
-@backends
 @given(seed=st.integers(0, 999), f=st.integers(1, 6))
 def test_matrix_sqrt_newton_schulz_converges_to_eigh(bk, seed, f):
     g, mu = _spd(np.random.default_rng(seed), 3, f, cond=10.0)
