@@ -107,7 +107,9 @@ class PoseAttentionalPool(PoolingHead):
         axis = self.channel_axis
         if self.hidden_weight is not None and self.hidden_bias is not None:
             h = lp.project_channels(x, self.hidden_weight, bias=self.hidden_bias, channel_axis=axis, keep_spatial=True)
-            out = lp.project_channels(torch.relu(h), self.head_weight, bias=self.head_bias, keep_spatial=True)
+            out = lp.project_channels(
+                torch.relu(h), self.head_weight, bias=self.head_bias, channel_axis=1, keep_spatial=True
+            )
         else:  # (B, J + 1, *grid)
             out = lp.project_channels(x, self.head_weight, bias=self.head_bias, channel_axis=axis, keep_spatial=True)
         j = self.num_keypoints
