@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import BACKENDS, DTYPES  # noqa: E402
+from helpers import BACKENDS, DTYPES
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -59,7 +59,6 @@ BACKENDS = _backends()
 DTYPES = ["float32", "float64"]
 
 
-
 # --------------------------------------------------------------------------- data
 @st.composite
 def sizes(draw: Any, *, batch_min: int = 0) -> dict[str, int]:

@@ -83,7 +83,11 @@ AP = np.ones((4, 3, 2))
             lp.ShapeError,
             r"B: expected shape \(f, K, P\) with f = 4, K = 3, P = 2, got \(4, 2, 2\)",
         ),
-        (lambda: lp.rankp_pool(X, AP, np.ones(4)), lp.ShapeError, r"B: expected 2 dimensions \(f, P\) \(shared\) or 3 dimensions \(f, K, P\)"),
+        (
+            lambda: lp.rankp_pool(X, AP, np.ones(4)),
+            lp.ShapeError,
+            r"B: expected 2 dimensions \(f, P\) \(shared\) or 3 dimensions \(f, K, P\)",
+        ),
         (
             lambda: lp.bilinear_pool(X, np.ones((3, 4, 5))),
             lp.ShapeError,

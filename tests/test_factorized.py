@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import BACKENDS, absolute, oracle_bilinear
+from helpers import absolute, oracle_bilinear
 from hypothesis import given
 from hypothesis import strategies as st
 

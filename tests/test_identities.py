@@ -7,14 +7,12 @@ exact value; Σ|terms| is the oracle evaluated on |inputs|.
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from helpers import BACKENDS, absolute, oracle_bilinear, oracle_rank1_trace, oracle_rankp, sizes
+from helpers import absolute, oracle_bilinear, oracle_rank1_trace, oracle_rankp, sizes
 from hypothesis import given
 from hypothesis import strategies as st
 
 import lowrank_pool as lp
 from lowrank_pool.testing import assert_close
-
 
 
 def _data(s: dict[str, int]) -> dict[str, np.ndarray]:
@@ -121,7 +119,8 @@ def test_invariant_to_permutation_of_positions(bk, dtype, s, data):
     AP, BP = bk(d["AP"], dtype), bk(d["BP"], dtype)
     terms = 4 * (2 * s["f"] + s["n"] + s["P"] + s["f"] ** 2 + 2)
     absx = np.abs(d["X"])
-    softmax_scale = (absx @ np.abs(d["A"])).max(1, initial=0.0) * (1 + (absx @ np.abs(d["b"])).max(1, initial=0.0))[:, None]
+    top_max = (absx @ np.abs(d["A"])).max(1, initial=0.0)
+    softmax_scale = top_max * (1 + (absx @ np.abs(d["b"])).max(1, initial=0.0))[:, None]
     cases = [
         (lambda x: lp.rank1_pool(x, A, b), oracle_rank1_trace(*absolute(X, A, b))),
         # a softmax-weighted average of X a: bounded by max_i |X||A|, its weights off by ~|X b|·eps

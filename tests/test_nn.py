@@ -439,9 +439,7 @@ def test_torch_func_grad_and_vmap():
     xn = torch.randn(3, F_IN, 2, 3, dtype=torch.float64)
     assert torch.allclose(torch.func.vmap(lambda xi: layer(xi[None])[0])(xn), layer(xn))
     # per-sample gradients of the loss with respect to A (vmap of grad)
-    grads = torch.func.vmap(torch.func.grad(lambda a, xi: lp.rankp_pool(xi[None], a, B).sum()), in_dims=(None, 0))(
-        A, x
-    )
+    grads = torch.func.vmap(torch.func.grad(lambda a, xi: lp.rankp_pool(xi[None], a, B).sum()), in_dims=(None, 0))(A, x)
     assert torch.allclose(grads.sum(0), ref)
 
 

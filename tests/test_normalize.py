@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import BACKENDS
 from hypothesis import given
 from hypothesis import strategies as st
 
 import lowrank_pool as lp
 from lowrank_pool.testing import assert_close, to_numpy
-
 
 
 @given(seed=st.integers(0, 999), eps=st.sampled_from([0.0, 1e-6, 1e-2]))
