@@ -37,10 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     top_down, bottom_up = lp.attention_maps(X, A, b)
     print(f"lowrank_pool {lp.__version__}: X {X.shape} float32, {K} classes")
     print(f"numpy  rank1_pool -> {scores.shape} in {1e3 * (t1 - t0):.2f} ms; maps {top_down.shape}, {bottom_up.shape}")
-    inner = (top_down * bottom_up[..., None]).sum(1)
-    print(f"       max |(Xa_k)ᵀ(Xb) - score| / max|score| = {np.abs(inner - scores).max() / np.abs(scores).max():.1e}")
+    inner = (top_down * bottom_up[..., None]).mean(1)
+    print(
+        f"       max |(Xa_k)ᵀ(Xb)/n - score| / max|score| = {np.abs(inner - scores).max() / np.abs(scores).max():.1e}"
+    )
     print(f"       sample 0, top-5 classes: {np.argsort(-scores[0])[:5].tolist()}")
-    print(f"       first-order (sum) scores[0, :3] = {np.array2string(lp.first_order_pool(X, A)[0, :3], precision=2)}")
+    print(f"       first-order (mean) scores[0, :3] = {np.array2string(lp.first_order_pool(X, A)[0, :3], precision=2)}")
 
     try:
         import torch
@@ -57,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"       differentiable: grads of X, A, b have shapes {grad_shapes}")
     nchw = Xt.detach().transpose(1, 2).reshape(B, f, 14, n // 14) if n % 14 == 0 else None
     if nchw is not None:
-        same = torch.allclose(lp.rank1_pool(nchw, At, bt, channel_axis=1), st, rtol=1e-4, atol=1e-4)
-        print(f"       NCHW input {tuple(nchw.shape)} with channel_axis=1 gives the same scores: {same}")
+        same = torch.allclose(lp.rank1_pool(nchw, At, bt), st, rtol=1e-4, atol=1e-4)
+        print(f"       NCHW input {tuple(nchw.shape)} (read channels-first by default) gives the same scores: {same}")
     return 0
 
 

@@ -147,18 +147,135 @@ AP = np.ones((4, 3, 2))
             lp.ShapeError,
             r"axis: expected axes of x with shape \(2, 3\), got 2",
         ),
+        (lambda: lp.l2_normalize(np.ones((2, 3)), axis="x"), lp.ShapeError, r"axis: expected axes of x"),
+        # layouts: a channel count that does not match names X's layout and suggests channel_axis
+        (
+            lambda: lp.rank1_pool(np.ones((2, 7, 7, 16)), np.ones((16, 5)), np.ones(16)),
+            lp.ShapeError,
+            r"A: expected shape \(f, K\) with f = 7, got \(16, 5\); f is the channel count of X, read by the "
+            r"default rule \(channel_axis=None\) as a \(B, f, H, W\) input of shape \(2, 7, 7, 16\), channels on "
+            r"axis 1; pass channel_axis=-1 if the channels are last",
+        ),
+        (
+            lambda: lp.cp_pool(np.ones((2, 9, 3)), (None, [np.ones((2, 1)), np.ones((9, 1)), np.ones((9, 1))])),
+            lp.ShapeError,
+            r"cp factor A: .*f = 3, got \(9, 1\); .*\(B, n, f\) input.*pass channel_axis=1 if the channels come first",
+        ),
+        (
+            lambda: lp.bilinear_pool(np.ones((2, 3, 5, 5)), np.ones((2, 5, 5)), channel_axis=1),
+            lp.ShapeError,
+            r"W: expected shape \(K, f, f\) with f = 3, got \(2, 5, 5\); .* with channel_axis=1 as",
+        ),
+        # factor forms: what was given is named
+        (
+            lambda: lp.cp_pool(X, lp.EigTensor(np.ones((3, 2)), np.ones((4, 3, 2)))),
+            lp.ArgumentTypeError,
+            r"cp: expected a CPTensor or a \(weights, \[U, A, C\]\) tuple, got an eigen form .*\(use eig_pool\)",
+        ),
+        (
+            lambda: lp.tucker_pool(X, (None, [A, A, A])),
+            lp.ArgumentTypeError,
+            r"tucker: expected a TuckerTensor .*got a CP form",
+        ),
+        (lambda: lp.eig_pool(X, np.ones((3, 4, 4))), lp.ArgumentTypeError, r"eig: expected an EigTensor.*dense W"),
+        (
+            lambda: lp.cp_pool(X, (None, [None, A, A])),
+            lp.BackendError,
+            r"cp factor U: expected an array, got NoneType",
+        ),
+        (
+            lambda: lp.cp_pool(X, (None, [A, A])),
+            lp.ShapeError,
+            r"cp: expected 3 factor matrices \[U \(K, R\), A \(f, R\), C \(f, R\)\], got 2 items",
+        ),
+        (lambda: lp.to_dense("W"), lp.ArgumentTypeError, r"obj: expected a CPTensor.*got str"),
+        (lambda: lp.rankp_to_cp(np.ones((4, 3, 2))), lp.ArgumentTypeError, r"A: expected a RankP"),
+        (lambda: lp.eig_pool(X, lp.eig_approx(np.ones((2, 4, 4)), 1), path="fast"), lp.ArgumentError, r"path:"),
+        # sizes and ranks
+        (
+            lambda: lp.pool_cost("cp", batch=1, positions=1, channels=0, classes=1, ranks=1),
+            lp.ArgumentError,
+            r"channels: expected a positive int, got 0",
+        ),
+        (
+            lambda: lp.pool_cost("tucker", batch=1, positions=1, channels=2, classes=1, ranks=2),
+            lp.ArgumentTypeError,
+            r"ranks: expected a tuple \(R_K, R_a, R_c\) for kind='tucker'",
+        ),
+        (lambda: lp.eig_approx(np.ones((2, 4, 4)), 5), lp.ArgumentError, r"rank: expected at most f = 4"),
+        (lambda: lp.cp_approx(np.ones((2, 4, 4)), 0), lp.ArgumentError, r"rank: expected a positive int, got 0"),
+        (lambda: lp.tucker_approx(np.ones((2, 4, 4)), "2"), lp.ArgumentTypeError, r"rank: expected an int or a tuple"),
+        (lambda: lp.rank_profile(np.ones((2, 4, 4)), []), lp.ArgumentError, r"ranks: expected at least one rank"),
+        (
+            lambda: lp.rank_profile(np.ones((2, 4, 4)), [1], features=np.ones((3, 5, 4))),
+            lp.ArgumentError,
+            r"features, labels: pass both",
+        ),
+        (
+            lambda: lp.rank_profile(np.ones((2, 4, 4)), [1], bias=np.ones(3)),
+            lp.ShapeError,
+            r"bias: expected shape \(K,\) with K = 2, got \(3,\)",
+        ),
+        # flags and the scalar options of the functions
+        (lambda: lp.rank1_pool(X, A, b, check_finite="yes"), lp.ArgumentTypeError, r"check_finite: expected True"),
+        (lambda: lp.attention_maps(X, A, b, keep_spatial=1), lp.ArgumentTypeError, r"keep_spatial: expected True"),
+        (lambda: lp.bilinear_pool(X, np.ones((2, 4, 4)), normalize="power"), lp.ArgumentError, r"normalize:"),
+        (lambda: lp.attention_weights(np.ones((2, 3)), axis=5), lp.ArgumentError, r"axis: expected an axis of U"),
+        (
+            lambda: lp.first_order_pool(X, A, reduce="max", weights=np.ones((2, 5))),
+            lp.ArgumentError,
+            r"weights: a spatial weighting needs reduce='sum' or 'mean'",
+        ),
+        # files
+        (
+            lambda: lp.load_factors(1),
+            lp.ArgumentTypeError,
+            r"path: expected a file path \(str or os.PathLike\), got int",
+        ),
+        (lambda: lp.save_factors("x", object()), lp.ArgumentTypeError, r"obj: expected a CPTensor.*got object"),
+        (lambda: lp.load_factors("/nonexistent/head"), lp.FactorFileNotFoundError, r"no such factor file"),
     ],
 )
 def test_bad_input_is_named(call, exc, pattern):
-    with pytest.raises(exc, match=pattern):
+    """Each bad call raises the named type, which is also a LowRankPoolError and a ValueError/TypeError."""
+    with pytest.raises(exc, match=pattern) as info:
         call()
+    err = info.value
+    assert isinstance(err, lp.LowRankPoolError), type(err)
+    assert isinstance(err, ValueError | TypeError), type(err)
 
 
 def test_errors_are_standard_exception_types():
     assert issubclass(lp.ShapeError, ValueError) and issubclass(lp.DTypeError, TypeError)
     assert issubclass(lp.BackendError, TypeError)
-    for e in (lp.ShapeError, lp.DTypeError, lp.BackendError):
+    assert issubclass(lp.ArgumentError, ValueError) and issubclass(lp.ArgumentTypeError, TypeError)
+    assert issubclass(lp.FactorFileError, ValueError)
+    assert issubclass(lp.FactorFileNotFoundError, FileNotFoundError)
+    for e in (
+        lp.ShapeError,
+        lp.DTypeError,
+        lp.BackendError,
+        lp.ArgumentError,
+        lp.ArgumentTypeError,
+        lp.FactorFileError,
+        lp.FactorFileNotFoundError,
+    ):
         assert issubclass(e, lp.LowRankPoolError)
+
+
+def test_no_bare_builtin_raise_in_the_package():
+    """Every ``raise`` of a bad-input error uses a package error type (scanned from the source)."""
+    import pathlib
+
+    root = pathlib.Path(lp.__file__).parent
+    offenders = [
+        f"{path.relative_to(root)}:{i}: {line.strip()}"
+        for path in root.rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"raise (ValueError|TypeError|KeyError|IndexError|FileNotFoundError)\(", line)
+        and not path.name == "io.py"  # io's private validator raises builtins that load_factors wraps
+    ]
+    assert not offenders, offenders
 
 
 def test_mixed_torch_devices_are_named():

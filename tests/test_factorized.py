@@ -232,6 +232,54 @@ def test_rankp_and_cp_convert_both_ways(bk, K, f, P, shared, seed):
     assert np.allclose(to_numpy(lp.rankp_pool(x, back.A, back.B)), ref)
 
 
+def test_factor_forms_round_trip_through_each_other(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 4))
+    cp = _cp(rng, 3, 4, 2)
+    ref = lp.cp_pool(x, cp)
+    rp = lp.cp_to_rankp(cp)
+    assert isinstance(rp, lp.RankP)
+    again = lp.rankp_to_cp(rp)  # a RankP goes back without unpacking
+    assert np.allclose(lp.cp_pool(x, again), ref) and np.allclose(lp.cp_pool(x, lp.rankp_to_cp(*rp)), ref)
+    assert np.allclose(lp.cp_pool(x, lp.rankp_to_cp(lp.cp_to_rankp(again))), ref)
+    # files: the suffix numpy appends is found again, and the path written is returned
+    written = lp.save_factors(tmp_path / "head", rp)
+    assert written == str(tmp_path / "head.npz")
+    for name in ("head", "head.npz"):
+        back = lp.load_factors(tmp_path / name)
+        assert isinstance(back, lp.RankP) and np.allclose(lp.rankp_pool(x, *back), ref)
+    # eig_pool has the three paths of the other forms, with the same scores
+    eig = lp.eig_approx(rng.standard_normal((3, 4, 4)), 3)
+    scores = [lp.eig_pool(x, eig, path=p) for p in PATHS]
+    assert all(np.allclose(s, scores[0]) for s in scores)
+    assert np.allclose(scores[0], lp.bilinear_pool(x, lp.to_dense(eig)))
+
+
+def test_inconsistent_factor_files_are_refused(tmp_path):
+    tags = {"__format__": np.array("lowrank_pool.factors"), "__version__": np.array(1)}
+    bad = {
+        "eig_shapes": {"kind": np.array("eig"), "eigenvalues": np.ones((3, 2)), "eigenvectors": np.ones((4, 3, 1))},
+        "non_square": {"kind": np.array("dense"), "W": np.ones((2, 3, 4))},
+        "int_dtype": {"kind": np.array("dense"), "W": np.ones((2, 3, 3), int)},
+        "complex": {"kind": np.array("dense"), "W": np.ones((2, 3, 3), complex)},
+        "cp_f": {
+            "kind": np.array("cp"),
+            "factor_0": np.ones((3, 2)),
+            "factor_1": np.ones((4, 2)),
+            "factor_2": np.ones((5, 2)),
+        },
+        "unknown": {"kind": np.array("magic")},
+    }
+    for name, arrays in bad.items():
+        np.savez(tmp_path / name, **tags, **arrays)
+        with pytest.raises(lp.FactorFileError, match=name):
+            lp.load_factors(tmp_path / name)
+    for version in (np.array("abc"), np.array(True), np.array(1.7)):
+        np.savez(tmp_path / "v", **{**tags, "__version__": version}, kind=np.array("dense"), W=np.ones((1, 2, 2)))
+        with pytest.raises(lp.FactorFileError, match="format version"):
+            lp.load_factors(tmp_path / "v")
+
+
 # ------------------------------------------------------------------ cost model
 def test_auto_path_follows_the_measured_crossover():
     big_f = lp.pool_cost("cp", batch=32, positions=196, channels=512, classes=100, ranks=(16, 16, 16))
@@ -255,6 +303,8 @@ def test_rank_profile_reports_error_size_and_accuracy(tmp_path):
     assert prof.params == [r * K * (f + 1) for r in (1, 2, 4, 8)] and prof.dense_accuracy == 1.0
     assert prof.accuracy is not None and prof.accuracy[-1] == 1.0
     assert "rel. error" in str(prof) and len(prof.rows()) == 4
+    # the rank-8 eigen form holds more numbers than W (8·4·9 = 288 > 256): it must not print "1.0x"
+    assert prof.compression[-1] < 1 and "0.889x" in str(prof)
     for method, ranks in (("cp", [1, 3]), ("tucker", [2, (4, 8, 8)])):
         p = lp.rank_profile(W, ranks, method=method, features=x, labels=labels, progress=True)
         assert len(p.errors) == 2 and p.errors[-1] <= p.errors[0] + 1e-12
