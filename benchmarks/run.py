@@ -118,7 +118,11 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
 
 
 def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[float, float]:
-    """(FLOPs, bytes) lower bounds of the cheapest known algorithm, for the roofline."""
+    """(FLOPs, bytes) of the cheapest known algorithm, for the roofline.
+
+    CP and Tucker take both from the package's own cost model (:func:`lowrank_pool.pool_cost`,
+    the path ``path="auto"`` picks), so the benchmark and the library share one model.
+    """
     x = batch * n * f * item
     if method == "first_order":
         return 2 * batch * n * f + 2 * batch * f * k, x
@@ -129,145 +133,228 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
     if method == "rankp":
         return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x
     kind = "cp" if method.startswith("cp") else "tucker"
-    ranks = (r, r, r) if kind == "cp" else (min(r, k), r, r)
-    cost = lp.pool_cost(kind, batch=batch, positions=n, channels=f, classes=k, ranks=ranks, itemsize=item)
-    # roofline of the cheaper path, from the same FLOP/byte model as path="auto"
-    fact_flops = 4 * batch * n * f * r + 2 * batch * n * r * r + 2 * batch * r * k
-    dense_flops = 2 * k * f * f * r + 2 * batch * n * f * f + 2 * batch * k * f * f
-    if cost["factorized"] <= cost["dense"]:
-        return fact_flops, x
-    return dense_flops, x + 2 * k * f * f * item
+    kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
+    kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)
+    seconds = lp.pool_cost(kind, **kw)
+    path = "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
+    return lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """The sizes of one (backend, dtype, shape, mode) group."""
+
+    backend: str
+    batch: int
+    n: int
+    f: int
+    k: int
+    item: int
+    grad: bool
+
+
+Maker = Callable[[dict[str, Any], str], Callable[[], Any]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One family of rows: what to run (``make(data, path)`` returns the timed callable), where, and its roofline.
+
+    ``needs(ctx)`` gives the bytes a call needs and what for: the row is reported as skipped
+    when they exceed ``limit`` times the memory budget. ``unavailable()`` names a missing
+    optional library. Baselines carry the method they compete with (``baseline_of``).
+    """
+
+    method: str
+    make: Maker
+    roofline: str
+    rank: int = 0
+    paths: tuple[str, ...] = ("",)
+    layouts: tuple[str, ...] = ("bnf", "nchw")
+    backends: tuple[str, ...] = ("numpy", "torch")
+    baseline_of: str = ""
+    needs: Callable[[Ctx, str], tuple[float, str]] | None = None
+    limit: float = 1.0
+    unavailable: Callable[[], str] | None = None
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def _dense_w(c: Ctx, path: str) -> tuple[float, str]:
+    nbytes = c.k * c.f * c.f * c.item if path == "dense" else 0.0
+    return nbytes * 2, f"dense W needs {_gib(nbytes)}"
+
+
+def _bilinear_needs(c: Ctx, _path: str) -> tuple[float, str]:
+    total = (c.k * c.f * c.f + c.batch * c.f * c.f) * c.item
+    return max(4 * c.k * c.f * c.f * c.item, c.batch * c.f * c.f * c.item * (3 if c.grad else 1)), (
+        f"W and Gram need {_gib(total)}"
+    )
+
+
+def _broadcast(d: dict[str, Any], _path: str) -> Callable[[], Any]:
+    X, A, b = d["X"], d["A"], d["b"]
+    batch, f = X.shape[:2]
+    n, k = X[0, 0].numel(), A.shape[1]
+
+    def seed() -> Any:
+        xb = X.permute(0, 2, 3, 1).reshape(batch, 1, n, f)
+        top = (xb @ A.T.reshape(1, k, f, 1))[..., 0]  # (B, K, n): the (B·K, n, f) broadcast
+        return (top * (xb[:, 0] @ b)[:, None, :]).mean(-1)
+
+    return seed
+
+
+def _autograd_gemm(d: dict[str, Any], _path: str) -> Callable[[], Any]:
+    X, A, b = d["X"], d["A"], d["b"]
+    batch, f, k = X.shape[0], X.shape[1], A.shape[1]
+
+    def gemm() -> Any:
+        z = torch.cat([A, b[:, None]], 1).T @ X.reshape(batch, f, -1)
+        return (z[:, :k] * z[:, k:]).mean(-1)
+
+    return gemm
+
+
+def _tensorly_cp(r: int) -> Maker:
+    def make(d: dict[str, Any], _path: str) -> Callable[[], Any]:
+        import tensorly as tl
+
+        X, cp, backend = d["X"], d["cp"][r], "pytorch" if isinstance(d["X"], torch.Tensor) else "numpy"
+
+        def tl_cp() -> Any:
+            with tl.backend_context(backend):
+                W = tl.cp_to_tensor(cp)
+            return lp.bilinear_pool(X, W)
+
+        return tl_cp
+
+    return make
+
+
+def _trl(r: int) -> Maker:
+    def make(d: dict[str, Any], _path: str) -> Callable[[], Any]:
+        import tltorch
+
+        X, (k, f) = d["X"], (d["A"].shape[1], d["A"].shape[0])
+        trl = tltorch.TRL(input_shape=(f, f), output_shape=(k,), rank=r, factorization="cp", dtype=X.dtype)
+        return lambda: trl(lp.gram(X))
+
+    return make
+
+
+def _tltorch_missing() -> str:
+    try:
+        import tltorch  # noqa: F401
+    except ImportError as err:
+        return f"tensorly-torch not installed ({err})"
+    return ""
+
+
+PATHS = ("auto", "factorized", "dense")
+CASES: list[Case] = [
+    Case("first_order", lambda d, _: lambda: lp.first_order_pool(d["X"], d["A"]), "first_order"),
+    Case("bilinear", lambda d, _: lambda: lp.bilinear_pool(d["X"], d["W"]), "bilinear", needs=_bilinear_needs),
+    Case("rank1", lambda d, _: lambda: lp.rank1_pool(d["X"], d["A"], d["b"]), "rank1"),
+    Case("rankp", lambda d, _: lambda: lp.rankp_pool(d["X"], d["AP"], d["BP"]), "rankp"),
+    *(
+        Case(f"{kind}{r}", make, kind, r, PATHS, needs=_dense_w, limit=0.5)
+        for r in (16, 64)
+        for kind, make in (
+            ("cp", lambda d, p, r=r: lambda: lp.cp_pool(d["X"], d["cp"][r], path=p)),
+            ("tucker", lambda d, p, r=r: lambda: lp.tucker_pool(d["X"], d["tucker"][r], path=p)),
+        )
+    ),
+    # ---------------------------------------------------------------- baselines (NCHW input)
+    Case(
+        "(a) broadcast",
+        _broadcast,
+        "rank1",
+        layouts=("nchw",),
+        backends=("torch",),
+        baseline_of="rank1",
+        needs=lambda c, _: (c.batch * c.k * c.n * c.f * c.item * (3 if c.grad else 1), "needs {size}"),
+    ),
+    Case("(b) autograd GEMM", _autograd_gemm, "rank1", layouts=("nchw",), backends=("torch",), baseline_of="rank1"),
+    *(
+        Case(
+            f"(c) tensorly cp{r}",
+            _tensorly_cp(r),
+            "cp",
+            r,
+            layouts=("nchw",),
+            baseline_of=f"cp{r}",
+            needs=lambda c, _, r=r: ((c.f * c.f * r + c.k * c.f * c.f) * c.item, "cp_to_tensor needs {size}"),
+            limit=0.5,
+        )
+        for r in (16, 64)
+    ),
+    *(
+        Case(
+            f"(d) tltorch.TRL cp{r}",
+            _trl(r),
+            "cp",
+            r,
+            layouts=("nchw",),
+            backends=("torch",),
+            baseline_of=f"cp{r}",
+            needs=lambda c, _: (
+                (c.batch * c.f * c.f + c.k * c.f * c.f) * c.item * (3 if c.grad else 1),
+                "needs {size}",
+            ),
+            unavailable=_tltorch_missing,
+        )
+        for r in (16, 64)
+    ),
+]
 
 
 def build(
     backend: str, dtype: str, batch: int, shape: tuple[int, int, int], mode: str
 ) -> list[tuple[Result, Callable[[], Any] | None]]:
-    """Every (result slot, callable) of one (backend, dtype, shape, mode) group."""
+    """Every (result slot, callable) of one (backend, dtype, shape, mode) group, from :data:`CASES`."""
     n, f, k = shape
-    item = np.dtype(dtype).itemsize
-    grad = mode == "fwd+bwd"
+    ctx = Ctx(backend, batch, n, f, k, np.dtype(dtype).itemsize, mode == "fwd+bwd")
     groups: list[tuple[Result, Callable[[], Any] | None]] = []
-
-    def add(
-        method: str, variant: str, fn: Callable[[], Any] | None, r: int = 0, skip: str = "", baseline_of: str = ""
-    ) -> None:
-        flops, nbytes = _costs(baseline_of or method, batch, n, f, k, r, item)
-        if grad:
-            flops, nbytes = 3 * flops, 2 * nbytes
-        res = Result(backend, dtype, shape, method, variant, mode, flops, nbytes, skipped=skip, baseline_of=baseline_of)
-        groups.append((res, None if skip else fn))
-
-    def run(fn: Callable[[], Any]) -> Callable[[], Any]:
-        if not grad:
-            return fn
-
-        def fwd_bwd() -> None:
-            out = fn()
-            out.sum().backward()
-
-        return fwd_bwd
-
     for layout in ("bnf", "nchw"):
-        d = _data(backend, dtype, batch, n, f, k, layout == "nchw", grad)
-        X, ax = d["X"], d["axis"]
-        add("first_order", layout, run(lambda X=X, d=d, ax=ax: lp.first_order_pool(X, d["A"], channel_axis=ax)))
-        gram_bytes = batch * f * f * item
-        if d["W"] is None or gram_bytes * (3 if grad else 1) > MEMORY_BUDGET:
-            add("bilinear", layout, None, skip=f"W and Gram need {(k * f * f + batch * f * f) * item / 2**30:.1f} GiB")
-        else:
-            add("bilinear", layout, run(lambda X=X, d=d, ax=ax: lp.bilinear_pool(X, d["W"], channel_axis=ax)))
-        add("rank1", layout, run(lambda X=X, d=d, ax=ax: lp.rank1_pool(X, d["A"], d["b"], channel_axis=ax)))
-        add("rankp", layout, run(lambda X=X, d=d, ax=ax: lp.rankp_pool(X, d["AP"], d["BP"], channel_axis=ax)))
-        for r in (16, 64):
-            cpf, tkf = d["cp"][r], d["tucker"][r]
-            dense_bytes = k * f * f * item
-            for path in ("auto", "factorized", "dense"):
-                variant = f"{layout} {path}"
-                if path == "dense" and dense_bytes > MEMORY_BUDGET / 2:
-                    add(f"cp{r}", variant, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
-                    add(f"tucker{r}", variant, None, r, skip=f"dense W needs {dense_bytes / 2**30:.1f} GiB")
-                    continue
-                cp_fn = run(lambda X=X, c=cpf, p=path, ax=ax: lp.cp_pool(X, c, path=p, channel_axis=ax))
-                tk_fn = run(lambda X=X, c=tkf, p=path, ax=ax: lp.tucker_pool(X, c, path=p, channel_axis=ax))
-                add(f"cp{r}", variant, cp_fn, r)
-                add(f"tucker{r}", variant, tk_fn, r)
-        if layout != "nchw":
-            continue
-        # ---------------------------------------------------------------- baselines (NCHW input)
-        A, b = d["A"], d["b"]
-        if backend == "torch":
-            seed_bytes = batch * k * n * f * item * (3 if grad else 1)
-            if seed_bytes > MEMORY_BUDGET:
-                add("(a) broadcast", "nchw", None, skip=f"needs {seed_bytes / 2**30:.0f} GiB", baseline_of="rank1")
-            else:
-
-                def seed(X=X, A=A, b=b) -> Any:
-                    xb = X.permute(0, 2, 3, 1).reshape(batch, 1, n, f)
-                    top = (xb @ A.T.reshape(1, k, f, 1))[..., 0]  # (B, K, n): the (B·K, n, f) broadcast
-                    return (top * (xb[:, 0] @ b)[:, None, :]).sum(-1)
-
-                add("(a) broadcast", "nchw", run(seed), baseline_of="rank1")
-
-            def gemm(X=X, A=A, b=b) -> Any:
-                z = torch.cat([A, b[:, None]], 1).T @ X.reshape(batch, f, n)
-                return (z[:, :k] * z[:, k:]).sum(-1)
-
-            add("(b) autograd GEMM", "nchw", run(gemm), baseline_of="rank1")
-        import tensorly as tl
-
-        for r in (16, 64):
-            cpf = d["cp"][r]
-            kr_bytes = (f * f * r + k * f * f) * item
-            if kr_bytes > MEMORY_BUDGET / 2:
-                add(
-                    f"(c) tensorly cp{r}",
-                    "nchw",
-                    None,
-                    r,
-                    skip=f"cp_to_tensor needs {kr_bytes / 2**30:.1f} GiB",
-                    baseline_of=f"cp{r}",
+        d = _data(backend, dtype, batch, n, f, k, layout == "nchw", ctx.grad)
+        for case in CASES:
+            if layout not in case.layouts or backend not in case.backends:
+                continue
+            for path in case.paths:
+                flops, nbytes = _costs(case.baseline_of or case.roofline, batch, n, f, k, case.rank, ctx.item)
+                if ctx.grad:
+                    flops, nbytes = 3 * flops, 2 * nbytes
+                variant = f"{layout} {path}".strip()
+                res = Result(
+                    backend, dtype, shape, case.method, variant, mode, flops, nbytes, baseline_of=case.baseline_of
                 )
-            else:
-
-                def tl_cp(X=X, c=cpf, ax=ax) -> Any:
-                    with tl.backend_context("pytorch" if backend == "torch" else "numpy"):
-                        W = tl.cp_to_tensor(c)
-                    return lp.bilinear_pool(X, W, channel_axis=ax)
-
-                add(f"(c) tensorly cp{r}", "nchw", run(tl_cp), r, baseline_of=f"cp{r}")
-            if backend == "torch":
-                trl_bytes = (batch * f * f + k * f * f) * item * (3 if grad else 1)
-                try:
-                    import tltorch
-                except ImportError as err:
-                    add(
-                        f"(d) tltorch.TRL cp{r}",
-                        "nchw",
-                        None,
-                        r,
-                        skip=f"tensorly-torch not installed ({err})",
-                        baseline_of=f"cp{r}",
-                    )
-                    continue
-                if trl_bytes > MEMORY_BUDGET:
-                    add(
-                        f"(d) tltorch.TRL cp{r}",
-                        "nchw",
-                        None,
-                        r,
-                        skip=f"needs {trl_bytes / 2**30:.1f} GiB",
-                        baseline_of=f"cp{r}",
-                    )
-                    continue
-                trl = tltorch.TRL(
-                    input_shape=(f, f), output_shape=(k,), rank=r, factorization="cp", dtype=getattr(torch, dtype)
-                )
-
-                def trl_fn(X=X, trl=trl, ax=ax) -> Any:
-                    return trl(lp.gram(X, channel_axis=ax))
-
-                add(f"(d) tltorch.TRL cp{r}", "nchw", run(trl_fn), r, baseline_of=f"cp{r}")
+                res.skipped = _skip(case, ctx, path, d)
+                groups.append((res, None if res.skipped else _timed(case.make(d, path), ctx.grad)))
     return groups
+
+
+def _skip(case: Case, ctx: Ctx, path: str, d: dict[str, Any]) -> str:
+    if case.unavailable is not None and (why := case.unavailable()):
+        return why
+    if case.method == "bilinear" and d["W"] is None:
+        return _bilinear_needs(ctx, path)[1]
+    if case.needs is None:
+        return ""
+    nbytes, why = case.needs(ctx, path)
+    return why.format(size=_gib(nbytes)) if nbytes > case.limit * MEMORY_BUDGET else ""
+
+
+def _timed(fn: Callable[[], Any], grad: bool) -> Callable[[], Any]:
+    if not grad:
+        return fn
+
+    def fwd_bwd() -> None:
+        fn().sum().backward()
+
+    return fwd_bwd
 
 
 def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int, budget_s: float) -> None:

@@ -85,13 +85,15 @@ def pool_cost(
     classes: int,
     ranks: int | tuple[int, ...],
     itemsize: int = 4,
+    measure: Literal["seconds", "flops", "bytes"] = "seconds",
 ) -> dict[str, float]:
-    """Estimated seconds of the factorised and the dense path, by FLOPs and bytes.
+    """Estimated seconds (or FLOPs, or bytes moved) of the factorised and the dense path.
 
     ``ranks`` is R (or (R, R, R)) for CP, (R_K, R_a, R_c) for Tucker and P for the
     eigen form. The estimate of each step is max(FLOPs / (PEAK·efficiency), bytes /
     BANDWIDTH), where a GEMM that writes m < SKINNY columns runs at efficiency
-    m / SKINNY. Used by ``path="auto"``.
+    m / SKINNY. Used by ``path="auto"``; ``measure="flops"`` / ``"bytes"`` return the
+    sums the estimate is made of (the benchmarks' roofline uses them).
 
     Examples
     --------
@@ -101,6 +103,7 @@ def pool_cost(
     True
     """
     check_choice(kind, "kind", ("cp", "tucker", "eig"))
+    check_choice(measure, "measure", ("seconds", "flops", "bytes"))
     b, n, f, k = (
         check_positive_int(v, name)
         for v, name in ((batch, "batch"), (positions, "positions"), (channels, "channels"), (classes, "classes"))
@@ -108,27 +111,39 @@ def pool_cost(
     itemsize = check_positive_int(itemsize, "itemsize")
     rk, ra, rc = _cost_ranks(kind, ranks)
 
-    def step(flops: float, nbytes: float, width: float = SKINNY) -> float:
-        eff = min(1.0, width / SKINNY)
-        return max(flops / (PEAK_FLOPS * eff), nbytes * itemsize / BANDWIDTH)
-
+    # each path is a list of steps (FLOPs, elements moved, output width of its GEMM)
     if kind == "eig":  # X V (width K·P), squares and a sum over positions
         width = k * ra
-        fact = step(2 * b * n * f * width, b * n * f + b * n * width, width) + step(2 * b * n * width, b * n * width)
-        dense_build = step(2 * k * f * f * ra, 2 * k * f * f)
+        fact = [(2 * b * n * f * width, b * n * f + b * n * width, width), (2 * b * n * width, b * n * width, SKINNY)]
+        build = [(2 * k * f * f * ra, 2 * k * f * f, SKINNY)]
     elif kind == "cp":  # X [A | C] (width 2R), products, a sum over positions, then U
         width = ra + rc
-        fact = step(2 * b * n * f * width, b * n * f + 2 * b * n * width, width)
-        fact += step(2 * b * n * ra + 2 * b * ra * k, 2 * b * n * width)
-        dense_build = step(2 * k * f * f * ra, 2 * k * f * f)
+        fact = [
+            (2 * b * n * f * width, b * n * f + 2 * b * n * width, width),
+            (2 * b * n * ra + 2 * b * ra * k, 2 * b * n * width, SKINNY),
+        ]
+        build = [(2 * k * f * f * ra, 2 * k * f * f, SKINNY)]
     else:  # X [A | C], (XA)ᵀ(XC), core, U
         width = ra + rc
-        fact = step(2 * b * n * f * width, b * n * f + 2 * b * n * width, width)
-        fact += step(2 * b * n * ra * rc + 2 * b * ra * rc * rk + 2 * b * rk * k, 2 * b * n * width)
-        dense_build = step(2 * k * f * ra * rc + 2 * k * f * f * ra, 2 * k * f * f)
-    dense = dense_build + step(2 * b * n * f * f, b * n * f + b * f * f, f)  # Gram
-    dense += step(2 * b * k * f * f, b * f * f + k * f * f, k)  # <G, W_k>
-    return {"factorized": fact, "dense": dense}
+        fact = [
+            (2 * b * n * f * width, b * n * f + 2 * b * n * width, width),
+            (2 * b * n * ra * rc + 2 * b * ra * rc * rk + 2 * b * rk * k, 2 * b * n * width, SKINNY),
+        ]
+        build = [(2 * k * f * ra * rc + 2 * k * f * f * ra, 2 * k * f * f, SKINNY)]
+    dense = [
+        *build,
+        (2 * b * n * f * f, b * n * f + b * f * f, f),  # second moments
+        (2 * b * k * f * f, b * f * f + k * f * f, k),  # <M, W_k>
+    ]
+
+    def total(steps: list[tuple[float, float, float]]) -> float:
+        if measure == "flops":
+            return float(sum(fl for fl, _, _ in steps))
+        if measure == "bytes":
+            return float(sum(nb * itemsize for _, nb, _ in steps))
+        return sum(max(fl / (PEAK_FLOPS * min(1.0, w / SKINNY)), nb * itemsize / BANDWIDTH) for fl, nb, w in steps)
+
+    return {"factorized": total(fact), "dense": total(dense)}
 
 
 def _cost_ranks(kind: str, ranks: Any) -> tuple[int, int, int]:
