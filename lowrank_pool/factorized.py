@@ -17,6 +17,7 @@ Every score is ⟨M_b, W_k⟩ with the package's scale M = XᵀX / n, the same a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import array_api_compat as aac
@@ -136,7 +137,7 @@ def pool_cost(
         (2 * b * k * f * f, b * f * f + k * f * f, k),  # <M, W_k>
     ]
 
-    def total(steps: list[tuple[float, float, float]]) -> float:
+    def total(steps: Sequence[tuple[float, float, float]]) -> float:
         if measure == "flops":
             return float(sum(fl for fl, _, _ in steps))
         if measure == "bytes":
