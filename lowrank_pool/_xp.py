@@ -38,6 +38,7 @@ __all__ = [
     "project",
     "random_normal",
     "tensorly_backend",
+    "top_eigh",
     "use_torch_kernel",
     "weighted_sum",
 ]
@@ -276,6 +277,28 @@ def use_torch_kernel(xp: Namespace, *arrays: Array) -> bool:
     import torch
 
     return torch.is_grad_enabled() and any(t.requires_grad for t in arrays)
+
+
+def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
+    """The p eigenpairs of the symmetric matrix s (f, f) of largest |μ|, sorted by |μ| descending.
+
+    numpy, when p is small next to f (32·p <= f): scipy's partial ``eigh`` (MRRR driver)
+    of the p largest and the p smallest eigenvalues, which hold the p of largest |μ|;
+    measured 1.3-1.5x faster than the full ``eigh`` at f = 512-1024, p <= 16, and slower
+    beyond p ≈ f/16. Otherwise (and for every other library) the full ``eigh``.
+    """
+    f = shape_of(s)[0]
+    if is_numpy(xp) and 32 * p <= f:
+        import numpy as np
+        import scipy.linalg
+
+        low = scipy.linalg.eigh(s, subset_by_index=[0, p - 1], driver="evr")
+        high = scipy.linalg.eigh(s, subset_by_index=[f - p, f - 1], driver="evr")
+        mu, v = np.concatenate([low[0], high[0]]), np.concatenate([low[1], high[1]], axis=1)
+    else:
+        mu, v = xp.linalg.eigh(s)
+    order = xp.argsort(-xp.abs(mu), stable=True)[:p]
+    return xp.take(mu, order), xp.take(v, order, axis=1)
 
 
 # ----------------------------------------------------------------------------- tensorly

@@ -25,7 +25,7 @@ from ._checks import (
     check_tucker_ranks,
     shape_of,
 )
-from ._xp import Array, Namespace, check_floating, detach, namespace, random_normal, tensorly_backend
+from ._xp import Array, Namespace, check_floating, detach, namespace, random_normal, tensorly_backend, top_eigh
 from .factorized import EigTensor, _cp_dense
 
 __all__ = ["cp_approx", "eig_approx", "eig_stream", "symmetric_part", "tucker_approx"]
@@ -242,26 +242,27 @@ def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
     return xp, sizes["K"], sizes["f"], (W[i, ...] for i in range(sizes["K"]))
 
 
-def eig_stream(W: Any, rank: int | None) -> tuple[Namespace, list[Array], list[Array], list[Array]]:
-    """Per class: eigenpairs of S_k sorted by |μ| descending (top ``rank`` vectors kept)."""
-    xp, k, f, mats = _class_matrices(W)
-    if rank is not None and rank > f:
+def eig_stream(W: Any, rank: int) -> tuple[Namespace, list[Array], list[Array], list[float]]:
+    """Per class: the ``rank`` eigenpairs of S_k of largest |μ| (sorted by |μ| descending), and ‖S_k‖_F².
+
+    ``‖S_k‖² − Σ_p μ_kp²`` is the squared error of the truncation (Eckart–Young), so the
+    rest of the spectrum is never needed.
+    """
+    xp, _, f, mats = _class_matrices(W)
+    if rank > f:
         raise ArgumentError(f"rank: expected at most f = {f} eigenpairs per class, got {rank}")
-    mus, vecs, spectra = [], [], []
+    mus, vecs, energies = [], [], []
     for i, wk in enumerate(mats):
         check_shape(f"W[{i}]", wk, ("f", "f"), f=f)
         check_floating(xp, wk, f"W[{i}]")
         check_finite(xp, wk, f"W[{i}]")
         wk = detach(wk)
-        mu, v = xp.linalg.eigh((wk + xp.matrix_transpose(wk)) / 2)
-        order = xp.argsort(-xp.abs(mu), stable=True)
-        mu = xp.take(mu, order)
-        spectra.append(mu)
-        if rank is not None:
-            mus.append(mu[:rank])
-            vecs.append(xp.take(v, order[:rank], axis=1))
-    del k
-    return xp, mus, vecs, spectra
+        sk = (wk + xp.matrix_transpose(wk)) / 2
+        mu, v = top_eigh(xp, sk, rank)
+        mus.append(mu)
+        vecs.append(v)
+        energies.append(float(xp.sum(sk * sk)))
+    return xp, mus, vecs, energies
 
 
 def eig_approx(W: Any, rank: int, /) -> EigTensor:

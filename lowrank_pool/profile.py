@@ -141,7 +141,7 @@ def rank_profile(
         approximation (and its ``channel_axis`` unless one is given here).
     ranks : sequence of int (or of (R_K, R_a, R_c) for Tucker)
     method : {"cp", "tucker", "eig"}
-        For "eig" the spectra are computed once and every rank is read off them.
+        For "eig" the top max(ranks) eigenpairs are computed once and every rank is read off them.
     features, labels : arrays, optional
         Feature maps (B, n, f) / (B, f, H, W) and integer class labels (B,): adds the
         top-1 accuracy of each approximation and of the dense W.
@@ -240,16 +240,19 @@ def rank_profile(
         # one streamed eigendecomposition for every rank: errors from the spectra, and the
         # top max(ranks) eigenpairs sliced per rank for the accuracy column
         top = max(check_positive_int(r, "rank") for r in ranks)
-        _, mus, vecs, spectra = eig_stream(W, top)
-        energy = xp.stack([sp * sp for sp in spectra], axis=0)  # (K, f), sorted by |μ| descending
-        total = float(xp.sum(energy))
+        _, mus, vecs, energies = eig_stream(W, top)
+        sq = xp.stack(mus, axis=0) ** 2  # (K, top), by |μ| descending
+        total = sum(energies)
+        # energy beyond the top eigenpairs: ‖S‖² − Σ_{p<=top} μ² (exactly 0 when top = f, where the
+        # subtraction would only leave rounding of ‖S‖²)
+        beyond = 0.0 if top == f else max(total - float(xp.sum(sq)), 0.0)
         largest = EigTensor(xp.stack(mus, axis=0), xp.stack(vecs, axis=1))
     else:
         target = symmetric_part(xp, detach(W)) if fit_kwargs.get("symmetric", True) else detach(W)
         norm = float(xp.linalg.vector_norm(target))
     for r in iterator:
         if method == "eig":
-            tail = float(xp.sum(energy[:, r:]))
+            tail = float(xp.sum(sq[:, r:])) + beyond  # ‖S − Ŝ_r‖² = Σ_{p>r} μ²
             errors.append(math.sqrt(tail / total) if total > 0 else 0.0)
             approx: Any = EigTensor(largest.eigenvalues[:, :r], largest.eigenvectors[:, :, :r])
         else:

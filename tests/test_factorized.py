@@ -200,6 +200,23 @@ def test_eig_approx_is_the_eckart_young_optimum(bk, K, f, seed):
     assert errors[-1] <= 1e-12 * f * np.linalg.norm(S)
 
 
+@pytest.mark.parametrize("P", [1, 2, 3])
+def test_eig_approx_partial_decomposition_matches_the_full_one(P):
+    """numpy at 32·P <= f takes scipy's partial eigh (largest and smallest P): same truncation as the full eigh."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(P)
+    W = rng.standard_normal((3, 96, 96))
+    W[1] -= 8 * np.eye(96)[None, 0]  # a dominant negative eigenvalue in class 1
+    part = lp.eig_approx(W, P)  # numpy: partial path
+    full = lp.eig_approx(torch.from_numpy(W), P)  # torch: full eigh
+    assert np.allclose(part.eigenvalues, full.eigenvalues.numpy(), atol=1e-10)
+    assert np.allclose(lp.to_dense(part), lp.to_dense(full).numpy(), atol=1e-9)
+    prof = lp.rank_profile(W, [P], progress=False)
+    S = (W + W.transpose(0, 2, 1)) / 2
+    err = np.linalg.norm(lp.to_dense(part) - S) / np.linalg.norm(S)
+    assert abs(prof.errors[0] - err) < 1e-9
+
+
 def test_eig_approx_streams_a_sequence_of_classes():
     W = np.random.default_rng(0).standard_normal((3, 5, 5))
     a, b = lp.eig_approx(W, 2), lp.eig_approx([W[0], W[1], W[2]], 2)
