@@ -1,7 +1,7 @@
 """Speed and memory of every lowrank_pool primitive, as ratios measured in one run.
 
 ``make bench`` (or ``python benchmarks/run.py``) times each primitive at the reference
-shapes of DESIGN.md, against (a) the literal broadcasting form, (b) plain autograd of
+shapes (docs/benchmarks.md), against (a) the literal broadcasting form, (b) plain autograd of
 the one-GEMM form, (c) tensorly reconstruction then the dense contraction, (d)
 ``tltorch.TRL`` on the Gram matrix, and (e) this machine's own GEMM throughput and
 memory bandwidth, measured in the same run. Callables of one case are timed round-robin

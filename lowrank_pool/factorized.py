@@ -54,7 +54,7 @@ __all__ = [
 Path = Literal["auto", "factorized", "dense"]
 
 # Cost-model constants: float32 GEMM throughput and DRAM bandwidth of the 2-core machines
-# this was measured on (DESIGN.md section 3: 180-430 GF/s, 26-33 GB/s). Only their ratio
+# this was measured on (docs/benchmarks.md: 180-430 GF/s, 26-33 GB/s). Only their ratio
 # matters for the choice of path; GEMMs whose output has fewer than ~SKINNY columns run
 # far below peak, which is what makes the dense path win at n=4096, f=128.
 PEAK_FLOPS = 250e9

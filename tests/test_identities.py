@@ -1,4 +1,4 @@
-"""Property tests: the identities of DESIGN.md section 1, on every backend and dtype.
+"""Property tests: the identities of the pooling family (docs/conventions.md), on every backend and dtype.
 
 Tolerances: a result that chains m sums of products is within m·eps·Σ|terms| of the
 exact value; Σ|terms| is the oracle evaluated on |inputs|.
