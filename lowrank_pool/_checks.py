@@ -229,9 +229,13 @@ def describe(obj: Any) -> str:
 
 
 def _factor_list(factors: Any, name: str, expected: str) -> list[Array]:
+    """The three factor matrices [U, A, C] of a CP/Tucker form, each an array."""
     if not isinstance(factors, tuple | list) or len(factors) != 3:
         got = f"{len(factors)} items" if isinstance(factors, tuple | list) else type(factors).__name__
         raise ShapeError(f"{name}: expected 3 factor matrices {expected}, got {got}")
+    for k, v in zip("UAC", factors, strict=True):
+        if not hasattr(v, "shape"):
+            raise BackendError(f"{name} factor {k}: expected an array, got {type(v).__name__}")
     return list(factors)
 
 
@@ -254,9 +258,6 @@ def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], 
         raise ArgumentTypeError(f"{name}: expected a CPTensor or a (weights, [U, A, C]) tuple, got {describe(cp)}")
     weights, factors = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
     factors = _factor_list(factors, name, "[U (K, R), A (f, R), C (f, R)]")
-    for k, v in zip("UAC", factors, strict=True):
-        if not hasattr(v, "shape"):
-            raise BackendError(f"{name} factor {k}: expected an array, got {type(v).__name__}")
     sizes = _check_factors(factors, name, ("R", "R", "R"))
     arrays = dict(zip(("factor U", "factor A", "factor C"), factors, strict=True))
     if weights is not None:
@@ -279,9 +280,6 @@ def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[
         raise ArgumentTypeError(f"{name}: expected a TuckerTensor or a (core, [U, A, C]) tuple, got {describe(tk)}")
     core, factors = (tk.core, tk.factors) if hasattr(tk, "core") else tk
     factors = _factor_list(factors, name, "[U (K, R_K), A (f, R_a), C (f, R_c)]")
-    for k, v in zip("UAC", factors, strict=True):
-        if not hasattr(v, "shape"):
-            raise BackendError(f"{name} factor {k}: expected an array, got {type(v).__name__}")
     sizes = _check_factors(factors, name, ("R_K", "R_a", "R_c"))
     check_shape(f"{name} core", core, ("R_K", "R_a", "R_c"), R_K=sizes["R_K"], R_a=sizes["R_a"], R_c=sizes["R_c"])
     xp = _factor_namespace(name, core=core, **{f"factor {k}": v for k, v in zip("UAC", factors, strict=True)})

@@ -309,7 +309,37 @@ def _as_tensors(*arrays: Any) -> list[torch.Tensor]:
     return [torch.as_tensor(a).detach() for a in arrays]
 
 
-class CPPool(PoolingHead):
+class _FactorizedHead(PoolingHead):
+    """The constructor shared by the factorised heads: sizes, rank, ``path``, then ``_build`` and the init."""
+
+    path: Literal["auto", "factorized", "dense"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        rank: Any,
+        *,
+        path: Literal["auto", "factorized", "dense"] = "auto",
+        bias: bool = True,
+        channel_axis: int | None = None,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+        self.path = check_choice(path, "path", PATHS)
+        self._build(rank)
+        self.reset_parameters(generator)
+
+    def _build(self, rank: Any) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class CPPool(_FactorizedHead):
     r"""Bilinear pooling with a CP-factorised weight, :math:`W = \sum_r u_r \circ a_r \circ c_r`.
 
     Parameters ``U`` (K, R) (λ folded in), ``A`` and ``C`` (f, R). Scores by
@@ -337,26 +367,11 @@ class CPPool(PoolingHead):
     torch.Size([2, 10])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        rank: int,
-        *,
-        path: Literal["auto", "factorized", "dense"] = "auto",
-        bias: bool = True,
-        channel_axis: int | None = None,
-        generator: torch.Generator | None = None,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+    def _build(self, rank: Any) -> None:
         self.rank = check_positive_int(rank, "rank")
-        self.path = check_choice(path, "path", PATHS)
-        self.U = self._param(num_classes, rank)
-        self.A = self._param(in_channels, rank)
-        self.C = self._param(in_channels, rank)
-        self.reset_parameters(generator)
+        self.U = self._param(self.num_classes, self.rank)
+        self.A = self._param(self.in_channels, self.rank)
+        self.C = self._param(self.in_channels, self.rank)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.U, fan_std(self.rank), generator)
@@ -407,7 +422,7 @@ class CPPool(PoolingHead):
         return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}, {self._common_repr()}"
 
 
-class TuckerPool(PoolingHead):
+class TuckerPool(_FactorizedHead):
     r"""Bilinear pooling with a Tucker-factorised weight, :math:`W = G \times_1 U \times_2 A \times_3 C`.
 
     Scores by :func:`lowrank_pool.tucker_pool`.
@@ -432,27 +447,12 @@ class TuckerPool(PoolingHead):
     torch.Size([2, 10])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        rank: int | tuple[int, int, int],
-        *,
-        path: Literal["auto", "factorized", "dense"] = "auto",
-        bias: bool = True,
-        channel_axis: int | None = None,
-        generator: torch.Generator | None = None,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
-        self.ranks = check_tucker_ranks(rank, num_classes, in_channels)
-        self.path = check_choice(path, "path", PATHS)
+    def _build(self, rank: Any) -> None:
+        self.ranks = check_tucker_ranks(rank, self.num_classes, self.in_channels)
         self.core = self._param(*self.ranks)
-        self.U = self._param(num_classes, self.ranks[0])
-        self.A = self._param(in_channels, self.ranks[1])
-        self.C = self._param(in_channels, self.ranks[2])
-        self.reset_parameters(generator)
+        self.U = self._param(self.num_classes, self.ranks[0])
+        self.A = self._param(self.in_channels, self.ranks[1])
+        self.C = self._param(self.in_channels, self.ranks[2])
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.core, fan_std(self.ranks[1] * self.ranks[2]), generator)
@@ -499,7 +499,7 @@ class TuckerPool(PoolingHead):
         return f"{self.in_channels}, {self.num_classes}, rank={self.ranks}, path={self.path!r}, {self._common_repr()}"
 
 
-class EigPool(PoolingHead):
+class EigPool(_FactorizedHead):
     r"""Bilinear pooling with the eigen form of W: :math:`s_k = \frac1n \sum_p \mu_{kp} \lVert X v_{kp}\rVert^2 + c_k`.
 
     ``eigenvalues`` (K, P) and ``eigenvectors`` (f, K, P) (columns need not stay
@@ -527,27 +527,12 @@ class EigPool(PoolingHead):
     torch.Size([2, 10])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        rank: int,
-        *,
-        path: Literal["auto", "factorized", "dense"] = "auto",
-        bias: bool = True,
-        channel_axis: int | None = None,
-        generator: torch.Generator | None = None,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+    def _build(self, rank: Any) -> None:
         self.rank = check_positive_int(rank, "rank")
-        if self.rank > in_channels:
-            raise lp.ArgumentError(f"rank: expected at most f = {in_channels} eigenpairs per class, got {rank}")
-        self.path = check_choice(path, "path", PATHS)
-        self.eigenvalues = self._param(num_classes, rank)
-        self.eigenvectors = self._param(in_channels, num_classes, rank)
-        self.reset_parameters(generator)
+        if self.rank > self.in_channels:
+            raise lp.ArgumentError(f"rank: expected at most f = {self.in_channels} eigenpairs per class, got {rank}")
+        self.eigenvalues = self._param(self.num_classes, self.rank)
+        self.eigenvectors = self._param(self.in_channels, self.num_classes, self.rank)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.eigenvalues, fan_std(self.rank), generator)
