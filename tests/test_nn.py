@@ -45,6 +45,8 @@ CONFIGS = {
     "bilinear": (BilinearPool, {}),
     "bilinear_plain": (BilinearPool, {"normalize": None}),
     "bilinear_l2": (BilinearPool, {"normalize": "l2"}),
+    "bilinear_ssqrt": (BilinearPool, {"normalize": "signed_sqrt"}),
+    "bilinear_msqrt": (BilinearPool, {"normalize": "matrix_sqrt"}),
     "bilinear_msqrt_reduce": (BilinearPool, {"normalize": "matrix_sqrt+l2", "reduce_dim": 3}),
     "attn1": (AttentionalPool, {}),
     "attn3_softmax": (AttentionalPool, {"rank": 3, "attention": "softmax"}),
@@ -256,6 +258,18 @@ def test_layer_maps_are_the_functional_maps(name):
     if rank > 1:
         assert torch.equal(ref.top_down, top) and torch.equal(ref.bottom_up, bottom)
     assert torch.equal(layer(x, return_maps=False), s)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith(("attn", "pose"))])
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_layer_maps_follow_the_dtype_rule(name, half):
+    """Maps of half-precision input come back in float32, like the scores (no crash, no other path)."""
+    for head_dtype in (torch.float32, half):
+        layer = make(name, dtype=head_dtype, return_maps=True)
+        out = layer(_inputs("nchw").to(half))
+        tensors = [out.scores, out.top_down, out.bottom_up] if hasattr(out, "scores") else [out[0], *out[1]]
+        for t in tensors:
+            assert t.dtype == torch.float32 and torch.isfinite(t).all(), (name, head_dtype)
 
 
 # ----------------------------------------------------------------------------- conversions
