@@ -383,6 +383,12 @@ def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int
 MEMORY_METHODS = ("rank1", "rankp", "cp16", "cp64", "tucker16", "tucker64", "(b) autograd GEMM", "(a) broadcast")
 
 
+# A fixed mmap threshold: every buffer above it is a fresh mapping returned to the system when
+# freed. glibc's default threshold grows after the first large free, after which the measured
+# call reuses the warm-up's heap pages and its peak RSS no longer shows its own buffers.
+MEMORY_CHILD_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -428,7 +434,11 @@ def measure_memory(results: list[Result], batch: int) -> None:
         spec = {"dtype": res.dtype, "batch": batch, "shape": res.shape, "mode": res.mode, "method": res.method,
                 "variant": res.variant}  # fmt: skip
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", json.dumps(spec)], capture_output=True, text=True, check=False
+            [sys.executable, __file__, "--memory-child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=MEMORY_CHILD_ENV,
         )
         try:
             res.memory_mib = json.loads(out.stdout.strip().splitlines()[-1])["mib"]

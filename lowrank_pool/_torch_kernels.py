@@ -16,6 +16,14 @@ Backward, with g = ∂L/∂s:
 Only U and V (B·P·(n + f) numbers) are saved besides the inputs, and ∂X is written once
 in X's own layout: plain autograd of the same graph accumulates ∂X from two products,
 and that of the one-GEMM form saves the (B, n, K+1) projection.
+
+Higher derivatives. The backward is written in differentiable torch operations; when it
+runs under ``create_graph=True`` (a gradient penalty, a Hessian-vector product,
+``torch.func.grad`` of a gradient) it recomputes U and V from X and B, so that the second
+derivative sees their dependence on the inputs (the saved U and V are constants to
+autograd). Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) uses :meth:`jvp`:
+
+    ∂Z = ∂Bᵀ X + Bᵀ ∂X,  ∂U = σ'(Z)[∂Z],  ∂V = ∂U Xᵀ + U ∂Xᵀ,  ∂s = vec(∂V) A + vec(V) ∂A
 """
 
 from __future__ import annotations
@@ -30,6 +38,24 @@ from .attention import activate
 __all__ = ["shared_bottom_up_scores"]
 
 
+def _maps(x: torch.Tensor, bm: torch.Tensor, channels_first: bool, attention: str) -> tuple[torch.Tensor, ...]:
+    """(X as (B, f, n), Z, U, V) of the forward pass."""
+    xt = x if channels_first else x.mT  # (B, f, n)
+    z = torch.matmul(bm.mT, xt)  # (B, P, n)
+    u = activate(xp, z, attention, axis=-1)
+    return xt, z, u, torch.matmul(u, xt.mT)  # V (B, P, f)
+
+
+def _activation_derivative(u: torch.Tensor, dz: torch.Tensor, attention: str) -> torch.Tensor:
+    """σ'(Z) applied to dZ (the same operator is its own transpose: ReLU masks, softmax is symmetric)."""
+    if attention == "linear":
+        return dz
+    if attention == "relu":
+        return dz * (u > 0)
+    # u = n · softmax(z): ∂u = u ⊙ (∂z − Σ_i ∂z_i u_i / n)
+    return u * (dz - (dz * u).sum(-1, keepdim=True) / u.shape[-1])
+
+
 class _SharedBottomUp(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -37,9 +63,7 @@ class _SharedBottomUp(torch.autograd.Function):
     def forward(
         x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, channels_first: bool, attention: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xt = x if channels_first else x.mT  # (B, f, n)
-        u = activate(xp, torch.matmul(bm.mT, xt), attention, axis=-1)  # (B, P, n)
-        v = torch.matmul(u, xt.mT)  # (B, P, f)
+        _, _, u, v = _maps(x, bm, channels_first, attention)
         s = torch.matmul(v.flatten(1), a_pf)  # (B, K)
         return s, u, v
 
@@ -48,6 +72,7 @@ class _SharedBottomUp(torch.autograd.Function):
         x, bm, a_pf, channels_first, attention = inputs
         _, u, v = output
         ctx.save_for_backward(x, bm, a_pf, u, v)
+        ctx.save_for_forward(x, bm, a_pf, u, v)
         ctx.channels_first, ctx.attention = channels_first, attention
         ctx.mark_non_differentiable(u, v)
 
@@ -55,19 +80,15 @@ class _SharedBottomUp(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor, _gu: Any, _gv: Any) -> tuple[Any, ...]:
         x, bm, a_pf, u, v = ctx.saved_tensors
         xt = x if ctx.channels_first else x.mT
+        if torch.is_grad_enabled():  # create_graph: U and V must carry their dependence on X and B
+            xt, _, u, v = _maps(x, bm, ctx.channels_first, ctx.attention)
         batch, p, f = v.shape
         gx = gbm = ga = None
         gv = torch.matmul(g, a_pf.mT).view(batch, p, f)
         if ctx.needs_input_grad[2]:
             ga = torch.matmul(v.flatten(1).mT, g)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gu = torch.matmul(gv, xt)  # (B, P, n)
-            if ctx.attention == "linear":
-                gz = gu
-            elif ctx.attention == "relu":
-                gz = gu * (u > 0)
-            else:  # u = n · softmax(z): ∂z = u ⊙ (∂u − Σ_i ∂u_i u_i / n)
-                gz = u * (gu - (gu * u).sum(-1, keepdim=True) / u.shape[-1])
+            gz = _activation_derivative(u, torch.matmul(gv, xt), ctx.attention)  # (B, P, n)
             if ctx.needs_input_grad[1]:
                 gbm = torch.matmul(xt, gz.mT).sum(0)
             if ctx.needs_input_grad[0]:
@@ -77,9 +98,47 @@ class _SharedBottomUp(torch.autograd.Function):
         return gx, gbm, ga, None, None
 
 
+class _SharedBottomUpForwardMode(_SharedBottomUp):
+    """The same Function with forward-mode AD (a ``jvp``), outside ``torch.compile``.
+
+    Dynamo cannot trace an autograd Function that defines ``jvp`` (torch 2.13 refuses with
+    "Unsupported custom jvp"), so compiled code runs :class:`_SharedBottomUp`; forward-mode
+    AD through *compiled* code then raises torch's own NotImplementedError.
+    """
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Any, dbm: Any, da: Any, _dc: Any, _datt: Any) -> tuple[Any, ...]:
+        x, bm, a_pf, u, v = ctx.saved_tensors
+        xt = x if ctx.channels_first else x.mT
+        dxt = None if dx is None else (dx if ctx.channels_first else dx.mT)
+        ds = None if da is None else torch.matmul(v.flatten(1), da)
+        if dxt is not None or dbm is not None:
+            dz = torch.zeros_like(u)
+            if dbm is not None:
+                dz = dz + torch.matmul(dbm.mT, xt)
+            if dxt is not None:
+                dz = dz + torch.matmul(bm.mT, dxt)
+            dv = torch.matmul(_activation_derivative(u, dz, ctx.attention), xt.mT)
+            if dxt is not None:
+                dv = dv + torch.matmul(u, dxt.mT)
+            term = torch.matmul(dv.flatten(1), a_pf)
+            ds = term if ds is None else ds + term
+        if ds is None:
+            ds = torch.zeros(x.shape[0], a_pf.shape[1], dtype=v.dtype, device=v.device)
+        return ds, None, None
+
+
 def shared_bottom_up_scores(
     x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, *, channels_first: bool, attention: str
 ) -> torch.Tensor:
-    """Scores (B, K) of :class:`_SharedBottomUp`; x is (B, f, n) if ``channels_first`` else (B, n, f)."""
-    s, _, _ = _SharedBottomUp.apply(x, bm, a_pf, channels_first, attention)
+    """Scores (B, K) of the kernel; x is (B, f, n) if ``channels_first`` else (B, n, f)."""
+    fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
+    s, _, _ = fn.apply(x, bm, a_pf, channels_first, attention)
     return s
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())  # torch < 2.3
