@@ -56,6 +56,20 @@ def _activation_derivative(u: torch.Tensor, dz: torch.Tensor, attention: str) ->
     return u * (dz - (dz * u).sum(-1, keepdim=True) / u.shape[-1])
 
 
+def _common_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors in their promoted dtype.
+
+    Under ``torch.autocast`` the forward's products run in bfloat16/float16 (U and V are
+    saved so) while ``backward()`` usually runs after the autocast block, on float32 X and
+    parameters: the backward computes in the promoted dtype, and autograd casts each
+    gradient back to its input's dtype.
+    """
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
 class _SharedBottomUp(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -78,7 +92,7 @@ class _SharedBottomUp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, _gu: Any, _gv: Any) -> tuple[Any, ...]:
-        x, bm, a_pf, u, v = ctx.saved_tensors
+        g, x, bm, a_pf, u, v = _common_dtype(g, *ctx.saved_tensors)
         xt = x if ctx.channels_first else x.mT
         if torch.is_grad_enabled():  # create_graph: U and V must carry their dependence on X and B
             xt, _, u, v = _maps(x, bm, ctx.channels_first, ctx.attention)
@@ -108,7 +122,8 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
 
     @staticmethod
     def jvp(ctx: Any, dx: Any, dbm: Any, da: Any, _dc: Any, _datt: Any) -> tuple[Any, ...]:
-        x, bm, a_pf, u, v = ctx.saved_tensors
+        x, bm, a_pf, u, v = _common_dtype(*ctx.saved_tensors)
+        dx, dbm, da = (None if t is None else t.to(x.dtype) for t in (dx, dbm, da))
         xt = x if ctx.channels_first else x.mT
         dxt = None if dx is None else (dx if ctx.channels_first else dx.mT)
         ds = None if da is None else torch.matmul(v.flatten(1), da)

@@ -424,6 +424,26 @@ def test_autocast_bfloat16():
         assert (got.float() - ref).abs().max() <= 0.1 * (ref.abs().max() + 1), name
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_training_under_autocast_with_backward_outside_the_block(name):
+    """The usual bfloat16 loop: forward under autocast, loss and backward() after it; gradients close to float32."""
+    layer = make(name, dtype=torch.float32)
+    x = torch.randn(4, F_IN, 5, 5, generator=gen(7))
+    w = torch.randn(4, K, generator=gen(8))
+    grads = []
+    for amp in (False, True):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            s = scores(layer, xi)
+        (s.float() * w).sum().backward()
+        grads.append([xi.grad, *(p.grad for p in layer.parameters())])
+    for ref, got in zip(*grads, strict=True):
+        assert got is not None and got.dtype == ref.dtype and torch.isfinite(got).all(), name
+        # bfloat16 keeps 8 significant bits: every product is off by a few 2^-8 of its scale
+        assert (got - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-6, (name, (got - ref).abs().max())
+
+
 # torch 2.13's dynamo instantiates autograd.Function classes while tracing them and warns about it
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 def test_compile_has_no_graph_breaks():
