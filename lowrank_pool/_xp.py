@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import array_api_compat as aac
@@ -38,6 +40,7 @@ __all__ = [
     "project",
     "random_normal",
     "tensorly_backend",
+    "tensorly_context",
     "top_eigh",
     "use_torch_kernel",
     "weighted_sum",
@@ -122,9 +125,20 @@ def check_floating(xp: Namespace, x: Array, name: str) -> None:
 
 
 def acc_dtype(xp: Namespace, dtype: Any) -> Any:
-    """The dtype sums are accumulated in: float32 for float16/bfloat16, else ``dtype``."""
+    """The dtype results are computed in: float32 for float16/bfloat16, float64 for wider floats.
+
+    float32/float64 stay as they are (in native byte order: a big-endian numpy array is
+    computed in the native dtype of its width). numpy's longdouble (80/128-bit) is
+    computed in float64: the BLAS products the package relies on exist in 32 and 64 bits
+    only, so float64 is the most precision available, and it is not silently float32.
+    """
     if dtype == xp.float32 or dtype == xp.float64:
         return dtype
+    if is_numpy(xp):
+        import numpy as np
+
+        width = np.dtype(dtype).itemsize
+        return xp.float64 if width >= 8 else xp.float32
     return xp.float32
 
 
@@ -302,6 +316,33 @@ def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
 
 
 # ----------------------------------------------------------------------------- tensorly
+@contextmanager
+def tensorly_context(xp: Namespace, name: str = "W") -> Iterator[None]:
+    """tensorly's backend set to ``xp``'s for this thread only, and restored on exit.
+
+    tensorly's own ``backend_context`` writes the *global* default backend on exit, so
+    two fits in two threads (numpy and torch) could swap each other's backend, and a
+    user's ``tl.set_backend`` would be overwritten. This sets the thread-local backend
+    alone and puts back exactly what the thread had (nothing, or its own choice).
+    """
+    import tensorly as tl
+
+    backend = tensorly_backend(xp, name)
+    local = getattr(sys.modules.get("tensorly.backend"), "_THREAD_LOCAL_DATA", None)
+    had = local is not None and "backend" in vars(local)
+    old = vars(local).get("backend") if local is not None else tl.get_backend()
+    tl.set_backend(backend, local_threadsafe=True)
+    try:
+        yield
+    finally:
+        if local is None:  # another tensorly layout: restore by name, thread-locally
+            tl.set_backend(old, local_threadsafe=True)
+        elif had:
+            local.backend = old
+        else:
+            vars(local).pop("backend", None)
+
+
 def tensorly_backend(xp: Namespace, name: str = "W") -> str:
     """tensorly's backend name for arrays of ``xp`` (used inside ``tl.backend_context``)."""
     if aac.is_numpy_namespace(xp):

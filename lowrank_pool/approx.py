@@ -17,6 +17,7 @@ import array_api_compat as aac
 
 from ._checks import (
     ArgumentError,
+    ArgumentTypeError,
     ShapeError,
     check_choice,
     check_finite,
@@ -25,18 +26,63 @@ from ._checks import (
     check_tucker_ranks,
     shape_of,
 )
-from ._xp import Array, Namespace, check_floating, detach, namespace, random_normal, tensorly_backend, top_eigh
+from ._xp import (
+    Array,
+    Namespace,
+    acc_dtype,
+    check_floating,
+    detach,
+    namespace,
+    random_normal,
+    tensorly_context,
+    top_eigh,
+)
 from .factorized import EigTensor, _cp_dense
 
 __all__ = ["cp_approx", "eig_approx", "eig_stream", "symmetric_part", "tucker_approx"]
 
 
-def _check_w(W: Any, name: str = "W") -> tuple[Namespace, dict[str, int]]:
+def _check_w(W: Any, name: str = "W") -> tuple[Namespace, Array, dict[str, int]]:
+    """(xp, W detached in its compute dtype, sizes): float16/bfloat16 fit in float32 (no half eigh)."""
     xp = namespace(**{name: W})
     check_floating(xp, W, name)
     sizes = check_shape(name, W, ("K", "f", "f"))
     check_finite(xp, W, name)
-    return xp, sizes
+    W = detach(W)
+    dt = acc_dtype(xp, W.dtype)
+    return xp, (W if W.dtype == dt else xp.astype(W, dt)), sizes
+
+
+def _check_fit_options(n_iter_max: Any, tol: Any, random_state: Any, stall: Any = 0.0) -> None:
+    check_positive_int(n_iter_max, "n_iter_max")
+    for value, name in ((tol, "tol"), (stall, "stall")):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise ArgumentError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int)):
+        raise ArgumentTypeError(f"random_state: expected an int or None, got {type(random_state).__name__}")
+
+
+def _zero_cp(xp: Namespace, like: Array, k: int, f: int, rank: int) -> Any:
+    """The exact CP form of W = 0: zero weights on unit-norm (seeded) factors."""
+    from tensorly.cp_tensor import CPTensor
+
+    factors = []
+    for i, rows in enumerate((k, f, f)):
+        m = random_normal(xp, (rows, rank), like, i)
+        factors.append(m / xp.linalg.vector_norm(m, axis=0, keepdims=True))
+    with tensorly_context(xp):
+        return CPTensor((xp.zeros(rank, dtype=like.dtype, device=aac.device(like)), factors))
+
+
+def _zero_tucker(xp: Namespace, like: Array, ranks: tuple[int, int, int]) -> Any:
+    """The exact Tucker form of W = 0: a zero core on orthonormal (identity) factors."""
+    from tensorly.tucker_tensor import TuckerTensor
+
+    k, f = shape_of(like)[0], shape_of(like)[1]
+    dev = aac.device(like)
+    factors = [xp.eye(rows, r, dtype=like.dtype, device=dev) for rows, r in zip((k, f, f), ranks, strict=True)]
+    with tensorly_context(xp):
+        return TuckerTensor((xp.zeros(ranks, dtype=like.dtype, device=dev), factors))
 
 
 def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int | None) -> list[Array]:
@@ -49,7 +95,9 @@ def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int 
     """
     k, f = shape_of(T)[0], shape_of(T)[1]
     flat = xp.reshape(T, (k, f * f))
-    grams = [xp.matmul(flat, xp.matrix_transpose(flat))]
+    # mode 0 (classes): the K×K Gram matrix when K <= f², else its f²×f² twin, never more
+    # memory than T itself (W (20000, 3, 3) would otherwise ask for a 3 GiB K×K matrix)
+    grams = [xp.matmul(flat, xp.matrix_transpose(flat)) if k <= f * f else None]
     rows = xp.zeros((f, f), dtype=T.dtype, device=aac.device(T))
     cols = xp.zeros((f, f), dtype=T.dtype, device=aac.device(T))
     for i in range(k):
@@ -58,14 +106,31 @@ def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int 
     grams += [rows, cols]
     out = []
     for mode, (g, r) in enumerate(zip(grams, ranks, strict=True)):
-        dim = shape_of(g)[0]
-        _, vecs = xp.linalg.eigh(g)
-        lead = xp.flip(vecs[:, max(dim - r, 0) :], axis=1)  # largest eigenvalues first
+        if g is None:
+            lead, dim = _left_singular_vectors(xp, flat, r), k
+        else:
+            dim = shape_of(g)[0]
+            _, vecs = xp.linalg.eigh(g)
+            lead = xp.flip(vecs[:, max(dim - r, 0) :], axis=1)  # largest eigenvalues first
         if r > dim:
             extra = random_normal(xp, (dim, r - dim), T, None if seed is None else seed + mode)
             lead = xp.concat([lead, extra], axis=1)
         out.append(lead)
     return out
+
+
+def _left_singular_vectors(xp: Namespace, m: Array, r: int) -> Array:
+    """The min(r, cols) leading left singular vectors of a tall m (rows > cols), by eigh of mᵀm.
+
+    u_i = m v_i / σ_i; a zero singular value's u_i is left 0 (only the subspace matters to ALS).
+    """
+    cols = shape_of(m)[1]
+    mu, v = xp.linalg.eigh(xp.matmul(xp.matrix_transpose(m), m))
+    keep = min(r, cols)
+    v, mu = xp.flip(v[:, cols - keep :], axis=1), xp.flip(mu[cols - keep :], axis=0)
+    sigma = xp.sqrt(xp.clip(mu, min=0.0))
+    safe = xp.where(sigma > 0, sigma, xp.ones_like(sigma))
+    return xp.where(sigma > 0, xp.matmul(m, v) / safe, xp.zeros_like(xp.matmul(m, v)))
 
 
 def symmetric_part(xp: Namespace, W: Array) -> Array:
@@ -123,21 +188,23 @@ def cp_approx(
     >>> bool(np.linalg.norm(lp.to_dense(cp) - W) < 1e-6 * np.linalg.norm(W))
     True
     """
-    import tensorly as tl
     from tensorly.cp_tensor import cp_normalize
     from tensorly.decomposition import parafac
 
-    xp, sizes = _check_w(W)
+    xp, W, sizes = _check_w(W)
     k, f = sizes["K"], sizes["f"]
     rank = check_positive_int(rank, "rank")
+    _check_fit_options(n_iter_max, tol, random_state, stall)
     if rank > min(k * f, f * f):
         raise ArgumentError(
             f"rank: expected at most min(K·f, f²) = {min(k * f, f * f)} for W of shape {(k, f, f)}, got {rank}"
         )
     check_choice(init, "init", ("svd", "random"))
     target = detach(symmetric_part(xp, W) if symmetric else W)
-    norm = float(xp.linalg.vector_norm(target)) or 1.0
     restarts = check_positive_int(n_restarts, "n_restarts")
+    norm = float(xp.linalg.vector_norm(target))
+    if norm == 0.0:  # W = 0 (or antisymmetric with symmetric=True): ALS would divide by zero
+        return _zero_cp(xp, target, k, f, rank)
     best: tuple[float, Any] = (math.inf, None)
     for attempt in range(restarts):
         history: list[float] = []
@@ -153,12 +220,12 @@ def cp_approx(
 
         seed = None if random_state is None else random_state + attempt
         start: Any = init if attempt == 0 else "random"
-        if start == "svd":
-            from tensorly.cp_tensor import CPTensor
+        with tensorly_context(xp):
+            if start == "svd":
+                from tensorly.cp_tensor import CPTensor
 
-            factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
-            start = CPTensor((xp.ones(rank, dtype=target.dtype, device=aac.device(target)), factors))
-        with tl.backend_context(tensorly_backend(xp)):
+                factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
+                start = CPTensor((xp.ones(rank, dtype=target.dtype, device=aac.device(target)), factors))
             cp = parafac(
                 target,
                 rank,
@@ -217,15 +284,17 @@ def tucker_approx(
     >>> bool(np.allclose(lp.to_dense((core, [U, A, C])), (W + W.transpose(0, 2, 1)) / 2))
     True
     """
-    import tensorly as tl
     from tensorly.decomposition import tucker
 
-    xp, sizes = _check_w(W)
+    xp, W, sizes = _check_w(W)
     ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"])
+    _check_fit_options(n_iter_max, tol, random_state)
     check_choice(init, "init", ("svd", "random"))
     target = detach(symmetric_part(xp, W) if symmetric else W)
     start: Any = _leading_subspaces(xp, target, ranks, random_state) if init == "svd" else init
-    with tl.backend_context(tensorly_backend(xp)):
+    if float(xp.linalg.vector_norm(target)) == 0.0:  # W = 0 (or antisymmetric): the exact form is 0
+        return _zero_tucker(xp, target, ranks)
+    with tensorly_context(xp):
         return tucker(target, list(ranks), n_iter_max=n_iter_max, tol=tol, init=start, random_state=random_state)
 
 

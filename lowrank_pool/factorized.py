@@ -36,7 +36,7 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, Namespace, form_kind, project
+from ._xp import Array, Namespace, form_kind, project, tensorly_context
 from .second_order import bilinear_scores
 
 __all__ = [
@@ -435,7 +435,8 @@ def rankp_to_cp(A: Array | RankP, B: Array | None = None, /) -> Any:
     eye = xp.eye(k, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
     u = xp.reshape(xp.broadcast_to(eye[:, :, None], (k, k, p)), (k, k * p))
     weights = xp.ones(k * p, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
-    return CPTensor((weights, [u, xp.reshape(A, (f, k * p)), xp.reshape(B, (f, k * p))]))
+    with tensorly_context(xp, "A"):
+        return CPTensor((weights, [u, xp.reshape(A, (f, k * p)), xp.reshape(B, (f, k * p))]))
 
 
 def cp_to_rankp(cp: Any, /) -> RankP:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import ArgumentTypeError, LowRankPoolError, describe, parse_cp, parse_eig, parse_rankp, parse_tucker
-from ._xp import form_kind, host_copy
+from ._xp import form_kind, host_copy, tensorly_context
 from .factorized import EigTensor, RankP
 
 __all__ = ["FactorFileError", "load_factors", "save_factors"]
@@ -149,11 +149,13 @@ def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:
         weights = data.get("weights")
         if weights is None:
             weights = np.ones(factors[0].shape[1], dtype=factors[0].dtype)
-        parse_cp((weights, factors))
-        return CPTensor((weights, factors))
+        xp, *_ = parse_cp((weights, factors))
+        with tensorly_context(xp):
+            return CPTensor((weights, factors))
     if kind == "tucker":
         from tensorly.tucker_tensor import TuckerTensor
 
-        parse_tucker((data["core"], factors))
-        return TuckerTensor((data["core"], factors))
+        xp, *_ = parse_tucker((data["core"], factors))
+        with tensorly_context(xp):
+            return TuckerTensor((data["core"], factors))
     raise ValueError(f"unknown factor kind {kind!r}")

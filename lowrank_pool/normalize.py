@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import array_api_compat
 
 from ._checks import ArgumentError, ShapeError, check_choice, check_positive_int, shape_of
-from ._xp import Array, acc_dtype, check_floating, namespace
+from ._xp import Array, Namespace, acc_dtype, check_floating, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
+
+
+def _computed(xp: Namespace, x: Array) -> Array:
+    """``x`` in its compute dtype (float16/bfloat16 as float32)."""
+    dt = acc_dtype(xp, x.dtype)
+    return x if x.dtype == dt else xp.astype(x, dt)
+
+
+def _returned(xp: Namespace, y: Array, dtype: Any) -> Array:
+    return y if y.dtype == dtype else xp.astype(y, dtype)
 
 
 def signed_sqrt(G: Array, /, *, eps: float = 1e-6) -> Array:
@@ -44,10 +54,11 @@ def signed_sqrt(G: Array, /, *, eps: float = 1e-6) -> Array:
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0 or eps == float("inf"):
         raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
     root_eps = float(eps) ** 0.5
-    denom = xp.sqrt(xp.abs(G) + eps) + root_eps
+    g = _computed(xp, G)  # float16's ε = 1e-6 and √ε underflow: compute in float32
+    denom = xp.sqrt(xp.abs(g) + eps) + root_eps
     if eps == 0:  # x / √|x| is 0/0 at x = 0
         denom = xp.where(denom == 0, xp.ones_like(denom), denom)
-    return G / denom
+    return _returned(xp, g / denom, G.dtype)
 
 
 def l2_normalize(x: Array, /, *, axis: int | tuple[int, ...] = -1, eps: float = 1e-12) -> Array:
@@ -65,6 +76,8 @@ def l2_normalize(x: Array, /, *, axis: int | tuple[int, ...] = -1, eps: float = 
     Returns
     -------
     array, same shape, library and dtype as x
+        float16/bfloat16 are normalised in float32 (the norm of a long float16 vector
+        overflows) and returned in their own dtype.
 
     Examples
     --------
@@ -81,8 +94,9 @@ def l2_normalize(x: Array, /, *, axis: int | tuple[int, ...] = -1, eps: float = 
     for ax in axes:
         if not isinstance(ax, int) or isinstance(ax, bool) or not -x.ndim <= ax < x.ndim:
             raise ShapeError(f"axis: expected axes of x with shape {shape_of(x)}, got {axis!r}")
-    norm = xp.linalg.vector_norm(x, axis=axes, keepdims=True)
-    return x / xp.clip(norm, min=eps)
+    xa = _computed(xp, x)  # the norm of a long float16 vector overflows float16 (max 65504)
+    norm = xp.linalg.vector_norm(xa, axis=axes, keepdims=True)
+    return _returned(xp, xa / xp.clip(norm, min=eps), x.dtype)
 
 
 def matrix_sqrt(

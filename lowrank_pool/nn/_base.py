@@ -16,6 +16,7 @@ The conventions (the same for every head, and the same as the functions'):
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -57,6 +58,24 @@ class PoolingHead(nn.Module):
     def _param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(*shape, **self.factory))
 
+    def _reserve(self, **shapes: tuple[int, ...]) -> None:
+        """Refuse, before allocating anything, parameters that cannot fit in the device's memory.
+
+        ``CPPool(8, 3, rank=10**9)`` would otherwise start allocating tens of GB; the error
+        states what the parameters need and what the device has.
+        """
+        dtype = self.factory["dtype"] or torch.get_default_dtype()
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        need = sum(math.prod(s) for s in shapes.values()) * itemsize
+        device = torch.device(self.factory["device"] or "cpu")
+        have = _device_memory(device)
+        if need > have:
+            listed = ", ".join(f"{n} {s}" for n, s in shapes.items())
+            raise lp.ArgumentError(
+                f"{type(self).__name__}: its parameters ({listed}, {dtype}) need {need / 2**30:.3g} GiB, more than "
+                f"the {have / 2**30:.3g} GiB of memory available on {device}"
+            )
+
     def _reset_bias(self) -> None:
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -76,6 +95,26 @@ class PoolingHead(nn.Module):
     def _common_repr(self) -> str:
         axis = "" if self.channel_axis is None else f", channel_axis={self.channel_axis}"
         return f"bias={self.bias is not None}{axis}"
+
+
+def _device_memory(device: torch.device) -> float:
+    """Bytes of memory a new allocation can use on ``device`` (inf where unknown, e.g. meta)."""
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return float(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return math.inf
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free)
+    return math.inf
 
 
 def fan_std(fan_in: int) -> float:

@@ -77,6 +77,7 @@ class FirstOrderPool(PoolingHead):
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.reduce = check_choice(reduce, "reduce", ("mean", "sum", "max"))
+        self._reserve(weight=(in_channels, num_classes))
         self.weight = self._param(in_channels, num_classes)  # (f, K)
         self.reset_parameters(generator)
 
@@ -150,6 +151,7 @@ class BilinearPool(PoolingHead):
             raise lp.ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
         self.eps, self.num_iters = float(eps), check_positive_int(num_iters, "num_iters")
         d = self.reduce_dim or in_channels
+        self._reserve(weight=(num_classes, d, d), **({"reduction": (in_channels, d)} if reduce_dim else {}))
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
         self.weight = self._param(num_classes, d, d)  # (K, d, d)
         self.reset_parameters(generator)
@@ -239,6 +241,8 @@ class AttentionalPool(PoolingHead):
         self.bottom_up = check_choice(bottom_up, "bottom_up", ("shared", "per_class"))
         self.attention = check_choice(attention, "attention", ATTENTIONS)
         self.return_maps = check_flag(return_maps, "return_maps")
+        b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
+        self._reserve(A=(in_channels, num_classes, rank), B=b_shape)
         self.A = self._param(in_channels, num_classes, rank)
         b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self.B = self._param(*b_shape)
@@ -369,6 +373,7 @@ class CPPool(_FactorizedHead):
 
     def _build(self, rank: Any) -> None:
         self.rank = check_positive_int(rank, "rank")
+        self._reserve(U=(self.num_classes, self.rank), A=(self.in_channels, self.rank), C=(self.in_channels, self.rank))
         self.U = self._param(self.num_classes, self.rank)
         self.A = self._param(self.in_channels, self.rank)
         self.C = self._param(self.in_channels, self.rank)
@@ -449,6 +454,8 @@ class TuckerPool(_FactorizedHead):
 
     def _build(self, rank: Any) -> None:
         self.ranks = check_tucker_ranks(rank, self.num_classes, self.in_channels)
+        k, f, (rk, ra, rc) = self.num_classes, self.in_channels, self.ranks
+        self._reserve(core=self.ranks, U=(k, rk), A=(f, ra), C=(f, rc))
         self.core = self._param(*self.ranks)
         self.U = self._param(self.num_classes, self.ranks[0])
         self.A = self._param(self.in_channels, self.ranks[1])
@@ -531,6 +538,9 @@ class EigPool(_FactorizedHead):
         self.rank = check_positive_int(rank, "rank")
         if self.rank > self.in_channels:
             raise lp.ArgumentError(f"rank: expected at most f = {self.in_channels} eigenpairs per class, got {rank}")
+        self._reserve(
+            eigenvalues=(self.num_classes, self.rank), eigenvectors=(self.in_channels, self.num_classes, self.rank)
+        )
         self.eigenvalues = self._param(self.num_classes, self.rank)
         self.eigenvectors = self._param(self.in_channels, self.num_classes, self.rank)
 

@@ -86,6 +86,8 @@ class PoseAttentionalPool(PoolingHead):
         self.attention = check_choice(attention, "attention", ATTENTIONS)
         self.return_maps = check_flag(return_maps, "return_maps")
         width = self.hidden or in_channels
+        extra = {"hidden": (in_channels, width)} if hidden else {}
+        self._reserve(head=(width, num_keypoints + 1), A=(in_channels, num_classes), **extra)
         self.hidden_weight = self._param(in_channels, width) if hidden else None
         self.hidden_bias = self._param(width) if hidden else None
         self.head_weight = self._param(width, num_keypoints + 1)  # (d, J + 1)
