@@ -317,17 +317,24 @@ def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
 
 # ----------------------------------------------------------------------------- tensorly
 @contextmanager
-def tensorly_context(xp: Namespace, name: str = "W") -> Iterator[None]:
+def tensorly_context(xp: Namespace, name: str = "W", *, fit: bool = True) -> Iterator[None]:
     """tensorly's backend set to ``xp``'s for this thread only, and restored on exit.
 
     tensorly's own ``backend_context`` writes the *global* default backend on exit, so
     two fits in two threads (numpy and torch) could swap each other's backend, and a
     user's ``tl.set_backend`` would be overwritten. This sets the thread-local backend
     alone and puts back exactly what the thread had (nothing, or its own choice).
+    ``fit=False`` (only building a ``CPTensor``/``TuckerTensor``, which reads shapes)
+    falls back to tensorly's numpy backend for libraries tensorly has no backend for.
     """
     import tensorly as tl
 
-    backend = tensorly_backend(xp, name)
+    try:
+        backend = tensorly_backend(xp, name)
+    except BackendError:
+        if fit:
+            raise
+        backend = "numpy"
     local = getattr(sys.modules.get("tensorly.backend"), "_THREAD_LOCAL_DATA", None)
     had = local is not None and "backend" in vars(local)
     old = vars(local).get("backend") if local is not None else tl.get_backend()

@@ -435,7 +435,7 @@ def rankp_to_cp(A: Array | RankP, B: Array | None = None, /) -> Any:
     eye = xp.eye(k, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
     u = xp.reshape(xp.broadcast_to(eye[:, :, None], (k, k, p)), (k, k * p))
     weights = xp.ones(k * p, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
-    with tensorly_context(xp, "A"):
+    with tensorly_context(xp, "A", fit=False):
         return CPTensor((weights, [u, xp.reshape(A, (f, k * p)), xp.reshape(B, (f, k * p))]))
 
 

@@ -35,18 +35,19 @@ def _npz_path(path: str | os.PathLike[str], name: str = "path") -> str:
     return text if text.endswith(".npz") else text + ".npz"
 
 
-def save_factors(path: str | os.PathLike[str], obj: Any, /) -> str:
+def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     """Save a CP, Tucker, :class:`EigTensor`, :class:`RankP` form or a dense W to ``.npz``.
 
     The file holds plain numeric arrays plus a format tag and version; it is read back
     with ``allow_pickle=False``, so loading it can never execute code. ``.npz`` is
     appended to a path without it (as numpy does), and :func:`load_factors` finds the
-    file under either name. The form is validated first (the shapes must fit together).
+    file under either name; an open binary file object is written as it is. The form is
+    validated first (the shapes must fit together).
 
     Returns
     -------
-    str
-        The path written.
+    str or file object
+        The path written (or the file object).
 
     Examples
     --------
@@ -58,7 +59,7 @@ def save_factors(path: str | os.PathLike[str], obj: Any, /) -> str:
     >>> lp.load_factors(path).eigenvalues
     array([[1.]])
     """
-    target = _npz_path(path)
+    target = path if _is_file_object(path) else _npz_path(path)
     kind = form_kind(obj)
     arrays: dict[str, np.ndarray]
     if kind == "eig":
@@ -88,47 +89,155 @@ def save_factors(path: str | os.PathLike[str], obj: Any, /) -> str:
     return target
 
 
-def load_factors(path: str | os.PathLike[str], /) -> Any:
+_MEMBERS = {
+    "eig": ({"eigenvalues", "eigenvectors"}, set()),
+    "rankp": ({"A", "B"}, set()),
+    "dense": ({"W"}, set()),
+    "cp": ({"factor_0", "factor_1", "factor_2"}, {"weights"}),
+    "tucker": ({"core", "factor_0", "factor_1", "factor_2"}, set()),
+}
+_TAGS = ("__format__", "__version__", "kind")
+_TAG_BYTES = 4096  # a tag member is a 0-d string or int: a few hundred bytes
+
+
+def _is_file_object(obj: Any) -> bool:
+    return hasattr(obj, "read") and hasattr(obj, "seek")
+
+
+def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """(shape, dtype, header length) of an .npy member, read without loading its data."""
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
+        del fortran
+        return tuple(int(d) for d in shape), dtype, fh.tell()
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with zf.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
+    """The kind and arrays of a factor file, every member checked before any is read.
+
+    Tags first (each a few bytes), then every data member's header: the member must be
+    expected for the kind, hold a real floating dtype, and its stored size must be exactly
+    what its header declares (a 1 KB file declaring 20000×20000 is refused before any
+    allocation); the declared shapes are validated as a form (zero-stride views stand in
+    for the data). Only then are the arrays read.
+    """
+    infos = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+    if len(infos) != len(zf.infolist()):
+        raise ValueError("duplicate members")
+    tags: dict[str, Any] = {}
+    for tag in _TAGS:
+        info = infos.get(tag)
+        if info is None:
+            if tag == "__format__":
+                raise ValueError(f"no {FORMAT!r} tag")
+            continue
+        if info.file_size > _TAG_BYTES:
+            raise ValueError(f"tag {tag!r} is {info.file_size} bytes, expected a small scalar")
+        tags[tag] = _member(zf, info)
+    if str(tags.get("__format__", "")) != FORMAT:
+        raise ValueError(f"no {FORMAT!r} tag")
+    raw = tags.get("__version__")
+    ok = raw is not None and raw.shape == () and raw.dtype.kind in "iu"
+    version = int(raw.item()) if ok and raw is not None else repr(raw)
+    if version != VERSION:
+        raise _VersionError(f"format version {version}, this lowrank_pool reads {VERSION}")
+    kind = str(tags.get("kind", ""))
+    if kind not in _MEMBERS:
+        raise ValueError(f"unknown factor kind {kind!r}")
+    try:
+        return kind, _read_members(zf, infos, kind)
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        raise _Inconsistent(f"{kind} factor file is incomplete or inconsistent ({err})") from err
+
+
+def _read_members(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], kind: str) -> dict[str, np.ndarray]:
+    required, optional = _MEMBERS[kind]
+    names = set(infos) - set(_TAGS)
+    if names - required - optional:
+        raise ValueError(f"unexpected members {sorted(names - required - optional)} in a {kind} file")
+    if required - names:
+        raise KeyError(f"missing members {sorted(required - names)}")
+    stand_ins = {}
+    for name in sorted(names):
+        shape, dtype, header = _header(zf, infos[name])
+        if dtype.kind != "f" or dtype.hasobject or dtype.fields is not None:
+            raise TypeError(f"array {name!r} has dtype {dtype}, expected a real floating dtype")
+        declared = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if declared != infos[name].file_size:
+            raise ValueError(
+                f"array {name!r} declares shape {shape} ({declared} bytes) but holds {infos[name].file_size} bytes"
+            )
+        stand_ins[name] = np.broadcast_to(np.zeros((), dtype), shape)
+    _validated(kind, stand_ins)  # the shapes fit together, before any data is read
+    return {name: _member(zf, infos[name]) for name in sorted(names)}
+
+
+class _VersionError(ValueError):
+    pass
+
+
+class _Inconsistent(ValueError):
+    pass
+
+
+def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
     """Load what :func:`save_factors` wrote, as numpy arrays in the same form.
 
-    CP and Tucker forms come back as tensorly ``CPTensor`` / ``TuckerTensor``; the
-    shapes inside the file are validated like the pooling functions' arguments.
-    Anything else — a pickle, an object array, a foreign ``.npz``, a newer format
-    version, a truncated or inconsistent file — raises :class:`FactorFileError` naming
-    the path (:class:`FactorFileNotFoundError`, also a FileNotFoundError, when there is
-    no file at ``path`` nor at ``path + ".npz"``).
+    ``path`` is a file path (``.npz`` is appended when the path itself does not exist) or
+    an open binary file object. CP and Tucker forms come back as tensorly ``CPTensor`` /
+    ``TuckerTensor``. Nothing is allocated before the file's headers are validated: the
+    members must be those of the form (no others), each a real floating array whose
+    stored size matches its declared shape, the shapes must fit together as the pooling
+    functions require, and nothing in the file is unpickled. Anything else — a pickle, an
+    object array, a foreign ``.npz``, a newer format version, a truncated, inconsistent or
+    oversized file — raises :class:`FactorFileError` naming the path
+    (:class:`FactorFileNotFoundError`, also a FileNotFoundError, when there is no file at
+    ``path`` nor at ``path + ".npz"``).
     """
-    if not isinstance(path, str | os.PathLike):
-        raise ArgumentTypeError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__}")
-    if not os.path.exists(path) and os.path.exists(_npz_path(path)):
-        path = _npz_path(path)
+    if _is_file_object(path):
+        where, source = repr(getattr(path, "name", path)), path
+    else:
+        if not isinstance(path, str | os.PathLike):
+            raise ArgumentTypeError(
+                f"path: expected a file path (str or os.PathLike) or a binary file object, got {type(path).__name__}"
+            )
+        if not os.path.exists(path) and os.path.exists(_npz_path(path)):
+            path = _npz_path(path)
+        where, source = os.fspath(path), path
+        if not os.path.exists(path):
+            raise FactorFileNotFoundError(2, f"{where}: no such factor file (nor {_npz_path(path)})")
     try:
-        # our own handle: np.load leaks its file when a truncated zip fails to open
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except FileNotFoundError as err:
-        raise FactorFileNotFoundError(
-            err.errno, f"{os.fspath(path)}: no such factor file (nor {_npz_path(path)})"
-        ) from err
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        raise FactorFileError(f"{os.fspath(path)}: not a readable lowrank_pool factor file ({err})") from err
-    if not isinstance(data, dict) or str(data.get("__format__", "")) != FORMAT:
-        raise FactorFileError(f"{os.fspath(path)}: not a lowrank_pool factor file (no {FORMAT!r} tag)")
-    tag = data.get("__version__")
-    version = tag.item() if tag is not None and tag.shape == () and tag.dtype.kind in "iu" else repr(tag)
-    if version != VERSION:
-        raise FactorFileError(f"{os.fspath(path)}: format version {version}, this lowrank_pool reads {VERSION}")
-    kind = str(data.get("kind", ""))
+        with zipfile.ZipFile(source) as zf:
+            kind, data = _read(zf)
+    except (_VersionError, _Inconsistent) as err:
+        raise FactorFileError(f"{where}: {err}") from err
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        if "tag" in str(err) and "no" in str(err):
+            raise FactorFileError(f"{where}: not a lowrank_pool factor file ({err})") from err
+        raise FactorFileError(f"{where}: factor file is incomplete or inconsistent ({err})") from err
+    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as err:
+        raise FactorFileError(f"{where}: not a readable lowrank_pool factor file ({err})") from err
     try:
         return _validated(kind, data)
-    except (KeyError, ValueError, IndexError, TypeError) as err:
-        raise FactorFileError(f"{os.fspath(path)}: {kind} factor file is incomplete or inconsistent ({err})") from err
+    except (KeyError, ValueError, IndexError, TypeError) as err:  # pragma: no cover - checked on the headers
+        raise FactorFileError(f"{where}: {kind} factor file is incomplete or inconsistent ({err})") from err
 
 
 def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:
     """The form stored in ``data``, checked by the same validators as the pooling functions'."""
     for name, a in data.items():
-        if name not in ("__format__", "__version__", "kind") and a.dtype.kind != "f":
+        if a.dtype.kind != "f":
             raise TypeError(f"array {name!r} has dtype {a.dtype}, expected a real floating dtype")
     if kind == "eig":
         eig = EigTensor(data["eigenvalues"], data["eigenvectors"])
@@ -139,7 +248,7 @@ def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:
         return RankP(data["A"], data["B"])
     if kind == "dense":
         w = data["W"]
-        if w.ndim != 3 or w.shape[1] != w.shape[2]:
+        if w.ndim != 3 or w.shape[1] != w.shape[2] or 0 in w.shape:
             raise ValueError(f"W: expected shape (K, f, f), got {w.shape}")
         return w
     factors = [data[f"factor_{i}"] for i in range(3)]
@@ -152,10 +261,8 @@ def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:
         xp, *_ = parse_cp((weights, factors))
         with tensorly_context(xp):
             return CPTensor((weights, factors))
-    if kind == "tucker":
-        from tensorly.tucker_tensor import TuckerTensor
+    from tensorly.tucker_tensor import TuckerTensor
 
-        xp, *_ = parse_tucker((data["core"], factors))
-        with tensorly_context(xp):
-            return TuckerTensor((data["core"], factors))
-    raise ValueError(f"unknown factor kind {kind!r}")
+    xp, *_ = parse_tucker((data["core"], factors))
+    with tensorly_context(xp):
+        return TuckerTensor((data["core"], factors))

@@ -10,7 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
-from lowrank_pool.nn import AttentionalPool, BilinearPool, CPPool  # noqa: E402
+from lowrank_pool.nn import (  # noqa: E402
+    AttentionalPool,
+    BilinearPool,
+    CPPool,
+    EigPool,
+    FirstOrderPool,
+    PoseAttentionalPool,
+    TuckerPool,
+)
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
@@ -18,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 
 class _Heads(torch.nn.Module):
-    """Three heads whose logits are summed, so that one DDP forward covers all of them."""
+    """Every head, logits summed, so that one DDP forward covers all of them."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,11 +36,16 @@ class _Heads(torch.nn.Module):
                 AttentionalPool(6, 4, 2, attention="softmax", generator=g, dtype=torch.float64),
                 CPPool(6, 4, 3, generator=g, dtype=torch.float64),
                 BilinearPool(6, 4, reduce_dim=3, generator=g, dtype=torch.float64),
+                TuckerPool(6, 4, (2, 3, 3), generator=g, dtype=torch.float64),
+                EigPool(6, 4, 2, generator=g, dtype=torch.float64),
+                FirstOrderPool(6, 4, generator=g, dtype=torch.float64),
+                PoseAttentionalPool(6, 4, num_keypoints=2, hidden=3, generator=g, dtype=torch.float64),
             ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(h(x) for h in self.heads)  # type: ignore[return-value]
+        outs = [h(x) for h in self.heads]
+        return sum(o.scores if hasattr(o, "scores") else o for o in outs)  # type: ignore[return-value]
 
 
 def _model() -> torch.nn.Module:

@@ -230,7 +230,7 @@ AP = np.ones((4, 3, 2))
         (
             lambda: lp.load_factors(1),
             lp.ArgumentTypeError,
-            r"path: expected a file path \(str or os.PathLike\), got int",
+            r"path: expected a file path \(str or os.PathLike\) or a binary file object, got int",
         ),
         (lambda: lp.save_factors("x", object()), lp.ArgumentTypeError, r"obj: expected a CPTensor.*got object"),
         (lambda: lp.load_factors("/nonexistent/head"), lp.FactorFileNotFoundError, r"no such factor file"),

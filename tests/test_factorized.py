@@ -272,6 +272,45 @@ def test_factor_forms_round_trip_through_each_other(tmp_path):
     assert np.allclose(scores[0], lp.bilinear_pool(x, lp.to_dense(eig)))
 
 
+def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
+    """Headers are read first: a file that declares more than it holds, or holds what no form has, is refused."""
+    import resource
+    import zipfile
+
+    tags = {"__format__": np.array("lowrank_pool.factors"), "__version__": np.array(1), "kind": np.array("dense")}
+    good = tmp_path / "good.npz"
+    np.savez(good, **tags, W=np.ones((1, 2, 2)))
+    # a 1 KB file whose W declares (20000, 20000, 20000) float64
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(liar, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "W.npy":
+                data = data.replace(b"(1, 2, 2)", b"(20000, 20000, 20000)")
+            dst.writestr(info.filename, data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(lp.FactorFileError, match=r"declares shape \(20000, 20000, 20000\)"):
+        lp.load_factors(liar)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing allocated
+    # an extra member, a tag that inflates to 1 MiB, a deflated data member that lies about its size
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, **tags, W=np.ones((1, 2, 2)), payload=np.ones(3))
+    with pytest.raises(lp.FactorFileError, match=r"unexpected members \['payload'\]"):
+        lp.load_factors(extra)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("__format__.npy", b"\x93NUMPY" + b"\0" * 2**20)
+    with pytest.raises(lp.FactorFileError, match=r"tag '__format__' is 1048\d+ bytes"):
+        lp.load_factors(bomb)
+    # file objects, both ways
+    import io
+
+    buf = io.BytesIO()
+    lp.save_factors(buf, lp.RankP(np.ones((3, 2, 1)), np.ones((3, 1))))
+    buf.seek(0)
+    assert isinstance(lp.load_factors(buf), lp.RankP)
+
+
 def test_inconsistent_factor_files_are_refused(tmp_path):
     tags = {"__format__": np.array("lowrank_pool.factors"), "__version__": np.array(1)}
     bad = {
@@ -381,7 +420,7 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path, capsys):
     obj = tmp_path / "obj.npz"
     np.savez(obj, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("dense"),
              W=np.array([{"a": 1}], dtype=object))  # fmt: skip
-    with pytest.raises(lp.FactorFileError, match="not a readable"):
+    with pytest.raises(lp.FactorFileError, match="array 'W' has dtype object, expected a real floating dtype"):
         lp.load_factors(obj)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x=np.ones(3))
