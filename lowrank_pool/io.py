@@ -144,6 +144,9 @@ def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
             continue
         if info.file_size > _TAG_BYTES:
             raise ValueError(f"tag {tag!r} is {info.file_size} bytes, expected a small scalar")
+        shape, dtype, _ = _header(zf, info)
+        if shape != () or dtype.hasobject:  # read_array would allocate a declared shape first
+            raise ValueError(f"tag {tag!r} has shape {shape} and dtype {dtype}, expected a scalar")
         tags[tag] = _member(zf, info)
     if str(tags.get("__format__", "")) != FORMAT:
         raise ValueError(f"no {FORMAT!r} tag")

@@ -302,6 +302,16 @@ def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
         z.writestr("__format__.npy", b"\x93NUMPY" + b"\0" * 2**20)
     with pytest.raises(lp.FactorFileError, match=r"tag '__format__' is 1048\d+ bytes"):
         lp.load_factors(bomb)
+    # a tag whose header declares a billion elements in a few bytes
+    big_tag = tmp_path / "big_tag.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(big_tag, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "__version__.npy":
+                data = data.replace(b"'shape': ()", b"'shape': (1000000000,)")
+            dst.writestr(info.filename, data)
+    with pytest.raises(lp.FactorFileError, match=r"tag '__version__' has shape \(1000000000,\)"):
+        lp.load_factors(big_tag)
     # file objects, both ways
     import io
 
