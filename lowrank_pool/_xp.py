@@ -86,6 +86,12 @@ def _torch_namespace(arrays: dict[str, Array]) -> Namespace | None:
     torch = sys.modules.get("torch")
     if torch is None or not all(isinstance(a, torch.Tensor) for a in arrays.values()):
         return None
+    for name, a in arrays.items():
+        if a.layout != torch.strided or a.is_nested:
+            kind = "nested" if a.is_nested else str(a.layout).removeprefix("torch.")
+            raise BackendError(
+                f"{name}: expected a dense (strided) tensor, got a {kind} tensor; convert it with .to_dense()"
+            )
     _check_one_device({n: a.device for n, a in arrays.items()})
     if not _TORCH_XP:
         import array_api_compat.torch
@@ -107,6 +113,12 @@ def host_copy(x: Array) -> Any:
         if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
     return np.asarray(x if isinstance(x, np.ndarray) else np.from_dlpack(x))
+
+
+def check_has_values(x: Array, name: str) -> None:
+    """Raise for arrays without values (torch's meta device): a fit or a decomposition needs them."""
+    if str(getattr(x, "device", "")) == "meta":
+        raise BackendError(f"{name}: expected an array with values, got a tensor on the meta device")
 
 
 def is_torch(xp: Namespace) -> bool:

@@ -31,6 +31,7 @@ from ._xp import (
     Namespace,
     acc_dtype,
     check_floating,
+    check_has_values,
     detach,
     namespace,
     random_normal,
@@ -46,6 +47,7 @@ def _check_w(W: Any, name: str = "W") -> tuple[Namespace, Array, dict[str, int]]
     """(xp, W detached in its compute dtype, sizes): float16/bfloat16 fit in float32 (no half eigh)."""
     xp = namespace(**{name: W})
     check_floating(xp, W, name)
+    check_has_values(W, name)
     sizes = check_shape(name, W, ("K", "f", "f"))
     check_finite(xp, W, name)
     W = detach(W)
@@ -304,9 +306,11 @@ def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
         if not W:
             raise ShapeError("W: expected (K, f, f) or a non-empty sequence of (f, f) matrices, got an empty sequence")
         xp = namespace(**{"W[0]": W[0]})
+        check_has_values(W[0], "W[0]")
         f = check_shape("W[0]", W[0], ("f", "f"))["f"]
         return xp, len(W), f, iter(W)
     xp = namespace(W=W)
+    check_has_values(W, "W")
     sizes = check_shape("W", W, ("K", "f", "f"))
     return xp, sizes["K"], sizes["f"], (W[i, ...] for i in range(sizes["K"]))
 
@@ -326,6 +330,8 @@ def eig_stream(W: Any, rank: int) -> tuple[Namespace, list[Array], list[Array], 
         check_floating(xp, wk, f"W[{i}]")
         check_finite(xp, wk, f"W[{i}]")
         wk = detach(wk)
+        dt = acc_dtype(xp, wk.dtype)  # no half (or longdouble) eigh: float32 / float64
+        wk = wk if wk.dtype == dt else xp.astype(wk, dt)
         sk = (wk + xp.matrix_transpose(wk)) / 2
         mu, v = top_eigh(xp, sk, rank)
         mus.append(mu)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import array_api_compat
 
-from ._checks import ArgumentError, ShapeError, check_choice, check_positive_int, shape_of
+from ._checks import ArgumentError, ShapeError, check_choice, check_finite, check_positive_int, shape_of
 from ._xp import Array, Namespace, acc_dtype, check_floating, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
@@ -149,6 +149,8 @@ def matrix_sqrt(
     dt = acc_dtype(xp, G.dtype)
     g = G if G.dtype == dt else xp.astype(G, dt)
     if method == "eigh":
+        # LAPACK's eigh fails on NaN/inf (numpy: "did not converge"): name the argument instead
+        check_finite(xp, g, "G")
         mu, v = xp.linalg.eigh(g)
         root = xp.sqrt(xp.clip(mu, min=0.0))
         return xp.matmul(v * root[..., None, :], xp.matrix_transpose(v))

@@ -45,3 +45,14 @@ def _torch_threads() -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     except ImportError:  # pragma: no cover
         pass
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report how many hostile-input cases the generated suite tried, and how they ended."""
+    module = sys.modules.get("test_hostile")
+    counts = getattr(module, "COUNTS", None)
+    if counts:
+        terminalreporter.write_line(
+            f"hostile-input cases: {counts['cases']} tried, {counts['results']} answered (checked against float64), "
+            f"{counts['named errors']} refused with a LowRankPoolError naming the argument"
+        )

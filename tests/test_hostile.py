@@ -1,0 +1,368 @@
+"""Hostile input, generated: every public function and layer, called with arguments drawn from pools of
+valid and hostile values, must return the float64 answer or raise a LowRankPoolError naming an argument.
+
+Pools: zero and one sizes, mismatched dimensions, wrong ranks, integer/bool/complex/float16/longdouble/
+big-endian dtypes, NaN/Inf, non-contiguous, negative-stride, broadcast and channels-last views, mixed
+libraries and devices, sparse/nested/meta tensors, None, Python and numpy scalars, lists. The number of
+cases tried is reported at the end of the run (``hostile-input cases``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lowrank_pool as lp
+from lowrank_pool.testing import to_numpy
+
+torch = pytest.importorskip("torch")
+
+COUNTS: Counter[str] = Counter()  # read by conftest's terminal summary
+F, K, P = 4, 3, 2
+RNG = np.random.default_rng(0)
+
+
+def _f64(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape)
+
+
+def _variants(a: np.ndarray, name: str) -> dict[str, Any]:
+    """A valid float64 array and its hostile relatives (same values where the dtype allows)."""
+    nan = a.copy()
+    if nan.size:
+        nan.flat[0] = np.nan
+    out: dict[str, Any] = {
+        f"{name}": a,
+        f"{name} float32": a.astype(np.float32),
+        f"{name} float16": a.astype(np.float16),
+        f"{name} longdouble": a.astype(np.longdouble),
+        f"{name} big-endian": a.astype(">f8"),
+        f"{name} int": np.round(a).astype(np.int64),
+        f"{name} bool": a > 0,
+        f"{name} complex": a.astype(np.complex128),
+        f"{name} NaN": nan,
+        f"{name} torch": torch.from_numpy(a.copy()),
+        f"{name} torch float32": torch.from_numpy(a.astype(np.float32)),
+        f"{name} torch bfloat16": torch.from_numpy(a.copy()).to(torch.bfloat16),
+        f"{name} torch meta": torch.from_numpy(a.copy()).to("meta"),
+        f"{name} list": a.tolist(),
+    }
+    if a.ndim >= 1 and a.shape[-1] > 1:
+        out[f"{name} negative stride"] = a[..., ::-1]
+        out[f"{name} strided"] = np.repeat(a, 2, axis=-1)[..., ::2]
+        out[f"{name} torch sparse"] = torch.from_numpy(a.copy()).to_sparse()
+    if a.ndim >= 1:
+        out[f"{name} broadcast"] = np.broadcast_to(a[..., :1], a.shape)
+    return out
+
+
+X_POOL: dict[str, Any] = {
+    **_variants(_f64(2, 5, F), "X bnf"),
+    **_variants(_f64(2, F, 2, 3), "X nchw"),
+    "X channels_last": torch.from_numpy(_f64(2, F, 2, 3)).to(memory_format=torch.channels_last),
+    "X video": _f64(1, F, 2, 2, 2),
+    "X empty batch": _f64(0, 5, F),
+    "X no positions": _f64(2, 0, F),
+    "X no channels": _f64(2, 5, 0),
+    "X one": _f64(1, 1, F),
+    "X 2-D": _f64(5, F),
+    "X wrong f": _f64(2, 5, F + 1),
+    "X inf": np.full((1, 2, F), np.inf),
+    "X None": None,
+    "X scalar": 1.0,
+    "X numpy scalar": np.float64(1.0),
+    "X string": "X",
+}
+A_POOL: dict[str, Any] = {
+    **_variants(_f64(F, K), "A"),
+    "A wrong f": _f64(F + 1, K),
+    "A 1-D": _f64(F),
+    "A 3-D": _f64(F, K, P),
+    "A no classes": _f64(F, 0),
+    "A None": None,
+}
+B_POOL: dict[str, Any] = {
+    **_variants(_f64(F), "b"),
+    "b 2-D": _f64(F, P),
+    "b wrong f": _f64(F + 1),
+    "b scalar": 1.0,
+    "b None": None,
+}
+AP_POOL: dict[str, Any] = {**_variants(_f64(F, K, P), "AP"), "AP 2-D": _f64(F, K), "AP wrong f": _f64(F + 1, K, P)}
+BP_POOL: dict[str, Any] = {
+    **_variants(_f64(F, P), "BP shared"),
+    "BP per class": _f64(F, K, P),
+    "BP wrong P": _f64(F, P + 1),
+    "BP 1-D": _f64(F),
+    "BP 4-D": _f64(F, K, P, 1),
+}
+W_POOL: dict[str, Any] = {
+    **_variants(_f64(K, F, F), "W"),
+    "W non-square": _f64(K, F, F + 1),
+    "W 2-D": _f64(F, F),
+    "W wrong f": _f64(K, F + 1, F + 1),
+}
+OPTIONS: dict[str, list[Any]] = {
+    "attention": ["linear", "softmax", "relu", "sigmoid", None, 1],
+    "channel_axis": [None, None, -1, 1, 0, 3, 7, -9, 1.0, "1", True],
+    "check_finite": [False, True, "yes"],
+    "reduce": ["mean", "sum", "max", "min"],
+    "path": ["auto", "factorized", "dense", "fast"],
+    "normalize": [None, "signed_sqrt+l2", "matrix_sqrt", "l2", "power"],
+    "rank": [1, 2, 0, -1, 2.5, np.int64(2), 10**6, None, True],
+}
+
+
+def _cp_pool() -> dict[str, Any]:
+    u, a, c = _f64(K, P), _f64(F, P), _f64(F, P)
+    return {
+        "cp": (_f64(P), [u, a, c]),
+        "cp no weights": (None, [u, a, c]),
+        "cp torch": (None, [torch.from_numpy(m) for m in (u, a, c)]),
+        "cp None entry": (None, [None, a, c]),
+        "cp two factors": (None, [u, a]),
+        "cp rank mismatch": (None, [u, _f64(F, P + 1), c]),
+        "cp wrong f": (None, [u, _f64(F + 1, P), _f64(F + 1, P)]),
+        "cp int": (None, [u.astype(int), a, c]),
+        "cp is eig": lp.EigTensor(_f64(K, P), _f64(F, K, P)),
+        "cp is int": 3,
+        "cp NaN weights": (np.array([np.nan, 1.0]), [u, a, c]),
+    }
+
+
+def _tucker_pool() -> dict[str, Any]:
+    core, u, a, c = _f64(2, P, P), _f64(K, 2), _f64(F, P), _f64(F, P)
+    return {
+        "tucker": (core, [u, a, c]),
+        "tucker core mismatch": (_f64(2, P, P + 1), [u, a, c]),
+        "tucker is cp": (None, [u, a, c]),
+        "tucker list": [core, [u, a, c]],
+        "tucker None": None,
+    }
+
+
+def _eig_pool() -> dict[str, Any]:
+    return {
+        "eig": lp.EigTensor(_f64(K, P), _f64(F, K, P)),
+        "eig tuple": (_f64(K, P), _f64(F, K, P)),
+        "eig mismatch": lp.EigTensor(_f64(K, P + 1), _f64(F, K, P)),
+        "eig dense": _f64(K, F, F),
+        "eig torch/numpy": lp.EigTensor(torch.from_numpy(_f64(K, P)), _f64(F, K, P)),
+    }
+
+
+def _float64(value: Any) -> Any:
+    """The float64 numpy twin of an argument (arrays and nested factor forms), or the value itself."""
+    if isinstance(value, tuple | list) and not isinstance(value, str):
+        return (
+            type(value)(_float64(v) for v in value)
+            if not hasattr(value, "_fields")
+            else type(value)(*(_float64(v) for v in value))
+        )
+    if hasattr(value, "shape") and not isinstance(value, str):
+        try:
+            return to_numpy(value.to_dense() if hasattr(value, "to_dense") and value.layout != torch.strided else value)
+        except Exception:
+            return value
+    return value
+
+
+ARGUMENTS = (
+    "X A b B W U M G x bias weights cp tucker eig eigenvalues eigenvectors obj channel_axis attention reduce path "
+    "normalize check_finite rank axis eps num_iters keep_spatial kind ranks batch positions channels classes "
+    "labels features method in_channels num_classes"
+).split()
+NAMES = "(" + "|".join(ARGUMENTS) + ")"
+
+
+def _check(name: str, fn: Any, kwargs: dict[str, Any], labels: dict[str, str]) -> None:
+    COUNTS["cases"] += 1
+    desc = ", ".join(f"{k}={labels.get(k, repr(v)[:30])}" for k, v in kwargs.items())
+    try:
+        out = fn(**kwargs)
+    except lp.LowRankPoolError as err:
+        COUNTS["named errors"] += 1
+        assert isinstance(err, ValueError | TypeError), (name, desc, err)
+        msg = str(err)
+        assert re.match(
+            rf"({NAMES}(\[\d+\])?( factor \w| \w+)?: |arrays (of different libraries|must be on one device)|\w+Pool: )",
+            msg,
+        ), f"{name}({desc}): the message does not start with an argument: {msg}"
+        return
+    except Exception as err:  # anything else is a defect
+        pytest.fail(f"{name}({desc}) raised {type(err).__name__}: {err}")
+    COUNTS["results"] += 1
+    twin = {k: _float64(v) for k, v in kwargs.items()}
+    try:
+        ref = fn(**twin)
+    except lp.LowRankPoolError:
+        return  # e.g. float64 twin of a list: nothing to compare with
+    got_parts = out if isinstance(out, tuple) else (out,)
+    ref_parts = ref if isinstance(ref, tuple) else (ref,)
+    for got, want in zip(got_parts, ref_parts, strict=True):
+        if str(getattr(got, "device", "cpu")) == "meta":
+            assert tuple(got.shape) == tuple(want.shape), (name, desc)
+            continue
+        g, w = to_numpy(got), to_numpy(want)
+        assert g.shape == w.shape, (name, desc, g.shape, w.shape)
+        dt = str(getattr(got, "dtype", "float64"))
+        tol = {"float64": 1e-9}.get(dt.rsplit(".", 1)[-1], 1e-1 if "16" in dt else 1e-4)
+        inputs_have_nan = any(
+            np.isnan(_float64(v)).any() for v in kwargs.values() if isinstance(_float64(v), np.ndarray)
+        )
+        if not inputs_have_nan:
+            assert np.isfinite(g).all() == np.isfinite(w).all(), (name, desc)
+        both = np.isfinite(g) & np.isfinite(w)
+        scale = np.abs(w[both]).max(initial=0.0) + 1.0
+        assert np.all(np.abs(g[both] - w[both]) <= tol * scale), (name, desc, np.abs(g - w).max())
+        assert np.array_equal(np.isnan(g), np.isnan(w)) or "16" in dt, (name, desc, "NaN where float64 has none")
+
+
+def _pick(data: Any, pool: dict[str, Any], label: str, labels: dict[str, str]) -> Any:
+    key = data.draw(st.sampled_from(sorted(pool)), label=label)
+    labels[label] = key
+    return pool[key]
+
+
+def _opts(data: Any, names: list[str], labels: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for n in names:
+        if data.draw(st.booleans(), label=f"set {n}"):
+            out[n] = data.draw(st.sampled_from(OPTIONS[n]), label=n)
+    return out
+
+
+FUNCTIONS = {
+    "first_order_pool": (
+        lambda X, A, **kw: lp.first_order_pool(X, A, **kw),
+        ["X", "A"],
+        ["reduce", "channel_axis", "check_finite"],
+    ),
+    "gram": (lambda X, **kw: lp.gram(X, **kw), ["X"], ["channel_axis", "check_finite"]),
+    "bilinear_pool": (
+        lambda X, W, **kw: lp.bilinear_pool(X, W, **kw),
+        ["X", "W"],
+        ["normalize", "channel_axis", "check_finite"],
+    ),
+    "rank1_pool": (
+        lambda X, A, b, **kw: lp.rank1_pool(X, A, b, **kw),
+        ["X", "A", "b"],
+        ["attention", "channel_axis", "check_finite"],
+    ),
+    "rankp_pool": (
+        lambda X, AP, BP, **kw: lp.rankp_pool(X, AP, BP, **kw),
+        ["X", "AP", "BP"],
+        ["attention", "channel_axis", "check_finite"],
+    ),
+    "attention_maps rank 1": (
+        lambda X, A, b, **kw: lp.attention_maps(X, A, b, **kw),
+        ["X", "A", "b"],
+        ["attention", "channel_axis"],
+    ),
+    "attention_maps rank P": (
+        lambda X, AP, BP, **kw: lp.attention_maps(X, AP, BP, **kw),
+        ["X", "AP", "BP"],
+        ["attention", "channel_axis"],
+    ),
+    "project_channels": (
+        lambda X, A, **kw: lp.project_channels(X, A, **kw),
+        ["X", "A"],
+        ["channel_axis", "check_finite"],
+    ),
+    "cp_pool": (lambda X, cp, **kw: lp.cp_pool(X, cp, **kw), ["X", "cp"], ["path", "channel_axis", "check_finite"]),
+    "tucker_pool": (lambda X, tucker, **kw: lp.tucker_pool(X, tucker, **kw), ["X", "tucker"], ["path", "channel_axis"]),
+    "eig_pool": (lambda X, eig, **kw: lp.eig_pool(X, eig, **kw), ["X", "eig"], ["path", "channel_axis"]),
+    "signed_sqrt": (lambda W, **kw: lp.signed_sqrt(W), ["W"], []),
+    "l2_normalize": (lambda W, **kw: lp.l2_normalize(W), ["W"], []),
+    "matrix_sqrt": (lambda W, **kw: lp.matrix_sqrt(W), ["W"], []),
+    "to_dense": (lambda cp, **kw: lp.to_dense(cp), ["cp"], []),
+    # eigenvectors have arbitrary signs: compare the W they represent
+    "eig_approx": (lambda W, **kw: lp.to_dense(lp.eig_approx(W, kw.get("rank", 2))), ["W"], ["rank"]),
+}
+POOLS = {
+    "X": X_POOL,
+    "A": A_POOL,
+    "b": B_POOL,
+    "AP": AP_POOL,
+    "BP": BP_POOL,
+    "W": W_POOL,
+    "cp": _cp_pool(),
+    "tucker": _tucker_pool(),
+    "eig": _eig_pool(),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own overflow/invalid warnings on hostile values
+@pytest.mark.parametrize("name", FUNCTIONS)
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_functions_answer_or_name_the_argument(name, data):
+    fn, arrays, options = FUNCTIONS[name]
+    labels: dict[str, str] = {}
+    kwargs = {a: _pick(data, POOLS[a], a, labels) for a in arrays}
+    kwargs.update(_opts(data, options, labels))
+    _check(name, fn, kwargs, labels)
+
+
+def _layers() -> dict[str, Any]:
+    from lowrank_pool import nn as lnn
+
+    return {
+        "FirstOrderPool": lambda **kw: lnn.FirstOrderPool(F, K, **kw),
+        "BilinearPool": lambda **kw: lnn.BilinearPool(F, K, **kw),
+        "AttentionalPool": lambda **kw: lnn.AttentionalPool(F, K, kw.pop("rank", 2), **kw),
+        "CPPool": lambda **kw: lnn.CPPool(F, K, kw.pop("rank", 2), **kw),
+        "TuckerPool": lambda **kw: lnn.TuckerPool(F, K, kw.pop("rank", 2), **kw),
+        "EigPool": lambda **kw: lnn.EigPool(F, K, kw.pop("rank", 2), **kw),
+        "PoseAttentionalPool": lambda **kw: lnn.PoseAttentionalPool(F, K, 2, **kw),
+    }
+
+
+LAYER_OPTIONS = {
+    "FirstOrderPool": ["reduce", "channel_axis"],
+    "BilinearPool": ["normalize", "channel_axis"],
+    "AttentionalPool": ["attention", "rank", "channel_axis"],
+    "CPPool": ["path", "rank", "channel_axis"],
+    "TuckerPool": ["path", "rank", "channel_axis"],
+    "EigPool": ["path", "rank", "channel_axis"],
+    "PoseAttentionalPool": ["attention", "channel_axis"],
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", LAYER_OPTIONS)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_layers_answer_or_name_the_argument(name, data):
+    labels: dict[str, str] = {}
+    options = _opts(data, LAYER_OPTIONS[name], labels)
+    x = _pick(data, X_POOL, "X", labels)
+    COUNTS["cases"] += 1
+    try:
+        layer = _layers()[name](**options).double()
+        out = layer(x)
+    except lp.LowRankPoolError as err:
+        COUNTS["named errors"] += 1
+        msg = str(err)
+        assert re.match(rf"({NAMES}(\[\d+\])?( factor \w| \w+)?: |arrays |\w+Pool: )", msg), (name, labels, msg)
+        return
+    except Exception as err:
+        pytest.fail(f"{name}({options}) on {labels['X']} raised {type(err).__name__}: {err}")
+    COUNTS["results"] += 1
+    scores = out.scores if hasattr(out, "scores") else out
+    assert scores.shape[-1] == K and scores.dtype in (torch.float32, torch.float64)
+
+
+def test_the_generated_suite_ran_enough_cases():
+    """Runs last in this module: the counter of the two generated tests above."""
+    if COUNTS["cases"] == 0:
+        pytest.skip("run together with the generated tests")
+    assert COUNTS["cases"] >= len(FUNCTIONS) * 100 and COUNTS["named errors"] > 0 and COUNTS["results"] > 0
+    assert math.isfinite(COUNTS["cases"])
