@@ -174,11 +174,47 @@ def _float64(value: Any) -> Any:
     return value
 
 
-ARGUMENTS = (
-    "X A b B W U M G x bias weights cp tucker eig eigenvalues eigenvectors obj channel_axis attention reduce path "
-    "normalize check_finite rank axis eps num_iters keep_spatial kind ranks batch positions channels classes "
-    "labels features method in_channels num_classes"
-).split()
+ARGUMENTS = [
+    "X",
+    "A",
+    "b",
+    "B",
+    "W",
+    "U",
+    "M",
+    "G",
+    "x",
+    "bias",
+    "weights",
+    "cp",
+    "tucker",
+    "eig",
+    "eigenvalues",
+    "eigenvectors",
+    "obj",
+    "channel_axis",
+    "attention",
+    "reduce",
+    "path",
+    "normalize",
+    "check_finite",
+    "rank",
+    "axis",
+    "eps",
+    "num_iters",
+    "keep_spatial",
+    "kind",
+    "ranks",
+    "batch",
+    "positions",
+    "channels",
+    "classes",
+    "labels",
+    "features",
+    "method",
+    "in_channels",
+    "num_classes",
+]
 NAMES = "(" + "|".join(ARGUMENTS) + ")"
 
 
