@@ -193,7 +193,9 @@ def rank_profile(
         namespace(W=W, bias=parts["bias"])
         check_shape("bias", parts["bias"], ("K",), K=k)
     if labels is not None:
-        namespace(features=features, labels=labels)
+        fx = namespace(features=features, labels=labels)
+        check_floating(fx, features, "features")
+        check_finite(fx, features, "features")  # a NaN feature would report a meaningless accuracy
         if not xp.isdtype(labels.dtype, "integral"):
             raise DTypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
         if shape_of(labels) != (shape_of(features)[0],):

@@ -161,3 +161,29 @@ def test_nan_propagates_on_every_attention_path(attention, grad):
     assert torch.isnan(s[0]).all() and torch.isfinite(s[1]).all()
     with pytest.raises(lp.ArgumentError, match="X: expected finite values, got 1 NaN/inf"):
         lp.rank1_pool(x, A, b, attention=attention, check_finite=True)
+
+
+def test_rank_profile_refuses_non_finite_features():
+    W = np.random.default_rng(4).standard_normal((2, 3, 3))
+    x = np.ones((4, 5, 3))
+    x[0, 0, 0] = np.nan
+    with pytest.raises(lp.ArgumentError, match="features: expected finite values"):
+        lp.rank_profile(W, [1], features=x, labels=np.zeros(4, int))
+
+
+def test_empty_batches_through_every_layer():
+    from lowrank_pool import nn as lnn
+
+    x = torch.zeros(0, 4, 3, 3)
+    for layer in (
+        lnn.FirstOrderPool(4, 3),
+        lnn.BilinearPool(4, 3),
+        lnn.AttentionalPool(4, 3, 2, attention="softmax"),
+        lnn.CPPool(4, 3, 2),
+        lnn.TuckerPool(4, 3, 2),
+        lnn.EigPool(4, 3, 2),
+        lnn.PoseAttentionalPool(4, 3, 2, hidden=5, return_maps=True),
+    ):
+        out = layer(x)
+        s = out.scores if hasattr(out, "scores") else out
+        assert s.shape == (0, 3), type(layer).__name__

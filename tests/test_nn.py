@@ -612,6 +612,23 @@ def test_replace_head_timm_convention_trains():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_float16_autocast_training_with_a_grad_scaler_on_cuda():  # pragma: no cover - needs a GPU
+    x = torch.randn(4, F_IN, 5, 5, device="cuda")
+    y = torch.arange(4, device="cuda") % K
+    for name in CONFIGS:
+        layer = make(name, dtype=torch.float32).cuda()
+        scaler = torch.amp.GradScaler("cuda")
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        with torch.autocast("cuda", dtype=torch.float16):
+            s = scores(layer, x)
+        loss = torch.nn.functional.cross_entropy(s.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert all(torch.isfinite(p).all() for p in layer.parameters()), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_layers_on_cuda():  # pragma: no cover - needs a GPU
     x = torch.randn(2, F_IN, 4, 4, device="cuda")
     for name in CONFIGS:
