@@ -116,7 +116,7 @@ class PoseAttentionalPool(PoolingHead):
             out = lp.project_channels(x, self.head_weight, bias=self.head_bias, channel_axis=axis, keep_spatial=True)
         j = self.num_keypoints
         saliency = out[:, j]  # (B, *grid)
-        u = lp.attention_weights(saliency.reshape(saliency.shape[0], -1), attention=self.attention, axis=1)
+        u = lp.attention_weights(saliency.flatten(1), attention=self.attention, axis=1)  # (B, n)
         scores = self._add_bias(lp.first_order_pool(x, self.A, weights=u, reduce="mean", channel_axis=axis))
         if not (self.return_maps if return_maps is None else check_flag(return_maps, "return_maps")):
             return PoseOutput(scores, out[:, :j], None, None)
