@@ -402,3 +402,69 @@ def test_the_generated_suite_ran_enough_cases():
         pytest.skip("run together with the generated tests")
     assert COUNTS["cases"] >= len(FUNCTIONS) * 100 and COUNTS["named errors"] > 0 and COUNTS["results"] > 0
     assert math.isfinite(COUNTS["cases"])
+
+
+def _valid_files() -> dict[str, bytes]:
+    import io
+
+    out = {}
+    forms = {
+        "cp": (_f64(P), [_f64(K, P), _f64(F, P), _f64(F, P)]),
+        "tucker": (_f64(2, P, P), [_f64(K, 2), _f64(F, P), _f64(F, P)]),
+        "eig": lp.EigTensor(_f64(K, P), _f64(F, K, P)),
+        "rankp": lp.RankP(_f64(F, K, P), _f64(F, P)),
+        "dense": _f64(K, F, F),
+    }
+    for kind, form in forms.items():
+        buf = io.BytesIO()
+        lp.save_factors(buf, form)
+        out[kind] = buf.getvalue()
+    return out
+
+
+VALID_FILES = _valid_files()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_mutated_factor_files_load_or_are_refused(data):
+    """Truncated, bit-flipped and header-edited files: a valid form back, or a FactorFileError; nothing else."""
+    import io
+    import zipfile
+
+    kind = data.draw(st.sampled_from(sorted(VALID_FILES)), label="kind")
+    raw = bytearray(VALID_FILES[kind])
+    how = data.draw(st.sampled_from(["truncate", "flip", "header", "member"]), label="how")
+    if how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="at")]
+    elif how == "flip":
+        for _ in range(data.draw(st.integers(1, 4), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1), label="byte")
+            raw[i] ^= data.draw(st.integers(1, 255), label="mask")
+    else:  # rewrite one member: its shape in the header, or its whole content
+        src = zipfile.ZipFile(io.BytesIO(bytes(raw)))
+        names = src.namelist()
+        target = data.draw(st.sampled_from(names), label="member")
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as dst:
+            for name in names:
+                body = src.read(name)
+                if name == target and how == "header":
+                    new_shape = data.draw(st.sampled_from([b"()", b"(0,)", b"(1000000000,)", b"(3, 4, 4, 4)", b"(2,)"]))
+                    body = re.sub(rb"'shape': \([^)]*\)", b"'shape': " + new_shape, body, count=1)
+                elif name == target:
+                    body = data.draw(st.binary(max_size=64), label="content")
+                dst.writestr(name, body)
+        raw = bytearray(out.getvalue())
+    COUNTS["cases"] += 1
+    try:
+        form = lp.load_factors(io.BytesIO(bytes(raw)))
+    except lp.FactorFileError as err:
+        COUNTS["named errors"] += 1
+        assert "factor file" in str(err) or "format version" in str(err), str(err)
+        return
+    except Exception as err:
+        pytest.fail(f"{kind} file, {how}: {type(err).__name__}: {err}")
+    COUNTS["results"] += 1
+    dense = form if kind == "dense" else lp.to_dense(form)
+    assert np.asarray(dense).ndim == 3
