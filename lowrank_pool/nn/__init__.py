@@ -6,6 +6,7 @@ dtype and ``channel_axis`` rules, O(1) initial scores): see :class:`PoolingHead`
 """
 
 from ._base import PoolingHead
+from ._compress import MatchReport, compress, match_scores
 from ._head import replace_head
 from ._layers import AttentionalPool, BilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
@@ -16,11 +17,14 @@ __all__ = [
     "CPPool",
     "EigPool",
     "FirstOrderPool",
+    "MatchReport",
     "PoolingHead",
     "PoseAttentionalPool",
     "PoseOutput",
     "TuckerPool",
+    "compress",
     "keypoint_heatmaps",
+    "match_scores",
     "pose_loss",
     "replace_head",
 ]
