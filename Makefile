@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup test lint typecheck pytest demo bench clean
 
 help:
-	@echo "make demo    - run the demo (python -m lowrank_pool.demo \$$ARGS)"
+	@echo "make demo    - train every head on digits and textures, compress, write demo_out/ (ARGS=--quick: 1 min)"
 	@echo "make test    - ruff, mypy and pytest (derandomised hypothesis profile)"
 	@echo "make bench   - benchmarks/run.py \$$ARGS (--smoke for a quick check); writes benchmarks/results/"
 
@@ -24,13 +24,17 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e '.[torch,test]'
 	touch $@
 
+$(VENV)/.demo: $(VENV)/.core
+	$(PIP) -e '.[torch,demo]'
+	touch $@
+
 $(VENV)/.bench: $(VENV)/.test benchmarks/requirements.txt
 	$(PIP) -r benchmarks/requirements.txt
 	touch $@
 
 setup: $(VENV)/.test
 
-demo: $(VENV)/.core
+demo: $(VENV)/.demo
 	$(PY) -m lowrank_pool.demo $(ARGS)
 
 lint: $(VENV)/.test
