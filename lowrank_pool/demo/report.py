@@ -114,6 +114,7 @@ def write(
         "",
         compression_table(compression),
         "",
+        *_compression_summary(compression),
     ]
     if figures:
         lines += ["## Figures", "", *[f"![{name}]({name})" for name in figures], ""]
@@ -122,6 +123,20 @@ def write(
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write("\n".join(lines))
     return doc
+
+
+def _compression_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per rank: how many (dataset, form) pairs stay within 2 points of the dense head, matched vs Frobenius."""
+    out = []
+    for r in sorted({c["rank"] for c in rows}):
+        at = [c for c in rows if c["rank"] == r]
+        matched = sum(c["dense_accuracy"] - c["accuracy"] <= 0.02 for c in at)
+        frob = sum(c["dense_accuracy"] - c["accuracy_frobenius"] <= 0.02 for c in at)
+        out.append(
+            f"- rank {r}: {matched} of {len(at)} compressed heads keep the dense accuracy within 2 points with score "
+            f"matching, {frob} of {len(at)} with the Frobenius fit alone."
+        )
+    return [*out, ""] if out else []
 
 
 def _figures(
