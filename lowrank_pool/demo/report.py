@@ -102,8 +102,7 @@ def write(
             for c in claims
         ],
         "",
-        "The answer is mixed when the claims differ between the datasets: a claim holds here only where the per-seed",
-        "differences say so, not where the means alone would suggest it.",
+        _verdict(claims),
         "",
         "## Compressing the trained plain-bilinear head",
         "",
@@ -123,6 +122,22 @@ def write(
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write("\n".join(lines))
     return doc
+
+
+def _verdict(claims: list[dict[str, Any]]) -> str:
+    """One sentence: do the paper's claims hold on these data, all, none, or some (mixed)?"""
+    if not claims:
+        return "No claim could be judged (run the heads it compares: mean, rank1, rank5, bilinear_sqrt_l2)."
+    held = [c for c in claims if c["holds"]]
+    failed = sorted({f"{c['claim']} ({c['dataset']})" for c in claims if not c["holds"]})
+    if len(held) == len(claims):
+        return f"All {len(claims)} claim checks hold on these data (each judged from the per-seed differences)."
+    if not held:
+        return f"None of the {len(claims)} claim checks holds on these data."
+    return (
+        f"The answer is mixed: {len(held)} of {len(claims)} claim checks hold; not: {'; '.join(failed)}. A claim "
+        "holds here only where the per-seed differences say so, not where the means alone would suggest it."
+    )
 
 
 def _compression_summary(rows: list[dict[str, Any]]) -> list[str]:
