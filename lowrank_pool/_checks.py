@@ -63,10 +63,8 @@ def check_positive_int(value: Any, name: str) -> int:
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """Raise unless ``value`` is one of ``choices``."""
-    try:
-        ok = value in choices
-    except TypeError:  # unhashable or incomparable
-        ok = False
+    # only plain scalars can be a choice: an array's `in` would be ambiguous, a list unhashable
+    ok = isinstance(value, str | int | float | type(None)) and value in choices
     if not ok or (isinstance(value, bool) and not any(c is value for c in choices)):
         raise ArgumentError(f"{name}: expected one of {list(choices)!r}, got {value!r}")
     return value

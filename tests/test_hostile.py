@@ -468,3 +468,113 @@ def test_mutated_factor_files_load_or_are_refused(data):
     COUNTS["results"] += 1
     dense = form if kind == "dense" else lp.to_dense(form)
     assert np.asarray(dense).ndim == 3
+
+
+# ----------------------------------------------------------------------------- every other entry point
+def _option_probes() -> tuple[list[Any], dict[str, Any]]:
+    from lowrank_pool import nn as lnn
+
+    W = np.random.default_rng(5).random((2, 3, 3))
+    bad = [
+        None,
+        1,
+        1.5,
+        "x",
+        [1.0],
+        np.ones(3),
+        np.ones((2, 3, 3), int),
+        np.full((2, 3, 3), np.nan),
+        torch.ones(2, 3, 3),
+        np.ones((0, 3, 3)),
+        np.ones((2, 3, 4)),
+        -1,
+        0,
+        True,
+        np.int64(2),
+        float("inf"),
+    ]
+    W = np.random.default_rng(6).random((2, 3, 3))
+    calls = {
+        "cp_approx(W, r)": lambda v: lp.cp_approx(v, 2),
+        "cp_approx(W, rank=v)": lambda v: lp.cp_approx(W, v),
+        "tucker_approx(W, rank=v)": lambda v: lp.tucker_approx(W, v),
+        "tucker_approx(v,2)": lambda v: lp.tucker_approx(v, 2),
+        "eig_approx(v, 2)": lambda v: lp.eig_approx(v, 2),
+        "eig_approx(W, v)": lambda v: lp.eig_approx(W, v),
+        "rank_profile(v,[1])": lambda v: lp.rank_profile(v, [1], progress=False),
+        "rank_profile(W,v)": lambda v: lp.rank_profile(W, v, progress=False),
+        "rank_profile(W,[v])": lambda v: lp.rank_profile(W, [v], progress=False),
+        "rank_profile(W,[1],method=v)": lambda v: lp.rank_profile(W, [1], method=v),
+        "rank_profile feats": lambda v: lp.rank_profile(W, [1], features=v, labels=np.zeros(2, int), progress=False),
+        "rank_profile labels": lambda v: lp.rank_profile(W, [1], features=np.ones((2, 4, 3)), labels=v, progress=False),
+        "pool_cost kind": lambda v: lp.pool_cost(v, batch=1, positions=1, channels=1, classes=1, ranks=1),
+        "pool_cost batch": lambda v: lp.pool_cost("cp", batch=v, positions=1, channels=1, classes=1, ranks=1),
+        "pool_cost ranks": lambda v: lp.pool_cost("cp", batch=1, positions=1, channels=1, classes=1, ranks=v),
+        "save_factors(path,v)": lambda v: lp.save_factors("probe_x", v),
+        "save_factors(v,W)": lambda v: lp.save_factors(v, W),
+        "load_factors(v)": lambda v: lp.load_factors(v),
+        "to_dense(v)": lambda v: lp.to_dense(v),
+        "rankp_to_cp(v, B)": lambda v: lp.rankp_to_cp(v, np.ones((3, 1))),
+        "rankp_to_cp(A, v)": lambda v: lp.rankp_to_cp(np.ones((3, 2, 1)), v),
+        "cp_to_rankp(v)": lambda v: lp.cp_to_rankp(v),
+        "attention_weights(v)": lambda v: lp.attention_weights(v),
+        "attention_weights axis": lambda v: lp.attention_weights(np.ones((2, 3)), axis=v),
+        "gram normalize": lambda v: lp.gram(np.ones((2, 3, 3)), normalize=v),
+        "matrix_sqrt method": lambda v: lp.matrix_sqrt(np.eye(3), method=v),
+        "matrix_sqrt num_iters": lambda v: lp.matrix_sqrt(np.eye(3), method="newton_schulz", num_iters=v),
+        "signed_sqrt eps": lambda v: lp.signed_sqrt(np.ones(3), eps=v),
+        "l2 eps": lambda v: lp.l2_normalize(np.ones(3), eps=v),
+        "l2 axis": lambda v: lp.l2_normalize(np.ones((2, 3)), axis=v),
+        "first weights": lambda v: lp.first_order_pool(np.ones((2, 3, 4)), np.ones((4, 2)), weights=v),
+        "first reduce": lambda v: lp.first_order_pool(np.ones((2, 3, 4)), np.ones((4, 2)), reduce=v),
+        "project bias": lambda v: lp.project_channels(np.ones((2, 3, 4)), np.ones((4, 2)), bias=v),
+        "keep_spatial": lambda v: lp.project_channels(np.ones((2, 3, 4)), np.ones((4, 2)), keep_spatial=v),
+        "bilinear eps": lambda v: lp.bilinear_pool(
+            np.ones((2, 3, 4)), np.ones((2, 4, 4)), normalize="signed_sqrt", eps=v
+        ),
+        "bilinear num_iters": lambda v: lp.bilinear_pool(np.ones((2, 3, 4)), np.ones((2, 4, 4)), num_iters=v),
+        "layer in": lambda v: lnn.FirstOrderPool(v, 3),
+        "layer K": lambda v: lnn.CPPool(3, v, 2),
+        "layer generator": lambda v: lnn.CPPool(3, 2, 2, generator=v),
+        "layer device": lambda v: lnn.CPPool(3, 2, 2, device=v),
+        "layer dtype": lambda v: lnn.CPPool(3, 2, 2, dtype=v),
+        "bil reduce_dim": lambda v: lnn.BilinearPool(3, 2, reduce_dim=v),
+        "bil eps": lambda v: lnn.BilinearPool(3, 2, eps=v),
+        "pose J": lambda v: lnn.PoseAttentionalPool(3, 2, v),
+        "pose hidden": lambda v: lnn.PoseAttentionalPool(3, 2, 2, hidden=v),
+        "from_dense W": lambda v: lnn.CPPool.from_dense(v, 2),
+        "from_dense rank": lambda v: lnn.EigPool.from_dense(torch.ones(2, 3, 3), v),
+        "from_factors": lambda v: lnn.TuckerPool.from_factors(v),
+        "compress rank": lambda v: lnn.compress(lnn.BilinearPool(3, 2, normalize=None), v),
+        "compress feats": lambda v: lnn.compress(lnn.BilinearPool(3, 2, normalize=None), 2, features=v),
+        "match feats": lambda v: lnn.match_scores(lnn.EigPool(3, 2, 1), v, torch.ones(2, 2)),
+        "keypoints": lambda v: lnn.keypoint_heatmaps(v, (4, 4)),
+        "keypoints size": lambda v: lnn.keypoint_heatmaps(torch.ones(1, 1, 2), v),
+        "keypoints sigma": lambda v: lnn.keypoint_heatmaps(torch.ones(1, 1, 2), (4, 4), sigma=v),
+        "pose_loss": lambda v: lnn.pose_loss(v, torch.ones(1, 2, 3, 3), torch.ones(1, 2)),
+        "replace_head model": lambda v: lnn.replace_head(v, lnn.CPPool(3, 2, 2)),
+        "layer call": lambda v: lnn.CPPool(3, 2, 2)(v),
+        "attn return_maps": lambda v: lnn.AttentionalPool(3, 2)(torch.ones(1, 3, 2, 2), return_maps=v),
+    }
+    return bad, calls
+
+
+PROBE_VALUES, PROBES = _option_probes()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_helpers_and_options_answer_or_name_the_argument(name, tmp_path, monkeypatch):
+    """Every remaining entry point (fits, reports, files, layer options, pose helpers) with hostile values."""
+    monkeypatch.chdir(tmp_path)  # save_factors probes write here
+    for value in PROBE_VALUES:
+        COUNTS["cases"] += 1
+        try:
+            PROBES[name](value)
+        except lp.LowRankPoolError as err:
+            COUNTS["named errors"] += 1
+            assert isinstance(err, ValueError | TypeError)
+        except Exception as err:
+            pytest.fail(f"{name} with {value!r:.40}: {type(err).__name__}: {err}")
+        else:
+            COUNTS["results"] += 1

@@ -52,7 +52,7 @@ class PoolingHead(nn.Module):
         self.channel_axis = channel_axis
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise lp.DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
-        self.factory = {"device": device, "dtype": dtype}
+        self.factory = {"device": _check_device(device), "dtype": dtype}
         self.bias = nn.Parameter(torch.empty(num_classes, **self.factory)) if check_flag(bias, "bias") else None
 
     def _param(self, *shape: int) -> nn.Parameter:
@@ -90,11 +90,28 @@ class PoolingHead(nn.Module):
 
     @staticmethod
     def _init_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise lp.ArgumentTypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         nn.init.normal_(t, 0.0, std, generator=generator)
 
     def _common_repr(self) -> str:
         axis = "" if self.channel_axis is None else f", channel_axis={self.channel_axis}"
         return f"bias={self.bias is not None}{axis}"
+
+
+def _check_device(device: Any) -> Any:
+    """``device`` if torch can allocate there, else an ArgumentError naming it."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise lp.ArgumentError(
+            f"device: expected a torch device (e.g. 'cpu', 'cuda:0'), got {device!r} ({err})"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise lp.ArgumentError(f"device: {device!r} asks for CUDA, but torch sees no CUDA device on this machine")
+    return device
 
 
 def _device_memory(device: torch.device) -> float:

@@ -157,11 +157,15 @@ def keypoint_heatmaps(
     mask : tensor, (B, J)
         1.0 for visible keypoints: weights of :func:`pose_loss`.
     """
+    if not isinstance(keypoints, torch.Tensor):
+        raise lp.BackendError(f"keypoints: expected a torch.Tensor (B, J, 2), got {type(keypoints).__name__}")
+    if not isinstance(size, tuple | list) or len(size) != 2:
+        raise lp.ArgumentTypeError(f"size: expected (H, W), got {size!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma < float("inf"):
+        raise lp.ArgumentError(f"sigma: expected a finite number > 0, got {sigma!r}")
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise lp.ShapeError(f"keypoints: expected shape (B, J, 2), got {tuple(keypoints.shape)}")
     h, w = (check_positive_int(s, "size") for s in size)
-    if not sigma > 0:
-        raise lp.ArgumentError(f"sigma: expected a number > 0, got {sigma!r}")
     if visible is None:
         visible = torch.ones(keypoints.shape[:2], dtype=torch.bool, device=keypoints.device)
     if tuple(visible.shape) != tuple(keypoints.shape[:2]):
@@ -187,6 +191,11 @@ def keypoint_heatmaps(
 
 def pose_loss(keypoint_maps: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the visible keypoints' heat maps (0 when none is visible)."""
+    for name, t in (("keypoint_maps", keypoint_maps), ("targets", targets), ("mask", mask)):
+        if not isinstance(t, torch.Tensor):
+            raise lp.BackendError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if mask.shape != keypoint_maps.shape[:2]:
+        raise lp.ShapeError(f"mask: expected shape {tuple(keypoint_maps.shape[:2])} (B, J), got {tuple(mask.shape)}")
     if keypoint_maps.shape != targets.shape:
         raise lp.ShapeError(f"targets: expected shape {tuple(keypoint_maps.shape)}, got {tuple(targets.shape)}")
     per_map = ((keypoint_maps - targets) ** 2).flatten(2).mean(-1)  # (B, J)
