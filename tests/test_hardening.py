@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -64,16 +65,26 @@ def test_fits_in_two_threads_do_not_interfere():
 
 # ----------------------------------------------------------------------------- sizes
 def test_cp_init_grows_with_the_problem_not_with_k_squared():
-    """W (20000, 3, 3) is 1.4 MB; the init used to build a 20000x20000 matrix (3 GiB)."""
+    """W (20000, 3, 3) is 1.4 MB; the init used to build a 20000x20000 matrix (3 GiB).
+
+    The peak is read from /proc after a reset (ru_maxrss of a child started from a large
+    parent can report the parent's resident set, which made this test depend on what ran before).
+    """
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc to reset the peak RSS")
     code = (
-        "import resource, numpy as np, lowrank_pool as lp\n"
+        "import numpy as np, lowrank_pool as lp\n"
+        "def kib(field):\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1])\n"
         "W = np.random.default_rng(0).standard_normal((20000, 3, 3))\n"
+        "lp.cp_approx(np.ones((2, 3, 3)), 1, n_iter_max=2)  # imports and one-time buffers\n"
+        "open('/proc/self/clear_refs', 'w').write('5'); base = kib('VmRSS')\n"
         "lp.cp_approx(W, 2, n_iter_max=3); lp.tucker_approx(W, (3, 3, 3), n_iter_max=3)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(kib('VmHWM') - base)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     peak_mib = int(out.stdout.split()[-1]) / 1024
-    assert peak_mib < 600, peak_mib  # interpreter + numpy + tensorly + scipy: ~150 MiB
+    assert peak_mib < 100, peak_mib  # W is 1.4 MB; a K×K init would take 3 GiB
 
 
 def test_zero_and_antisymmetric_weights_fit_exactly():
