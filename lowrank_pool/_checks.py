@@ -81,7 +81,14 @@ def check_finite(xp: Namespace, x: Array, name: str) -> None:
     """Raise if ``x`` contains NaN or infinity (forces a device sync on GPUs; meta tensors have no values)."""
     if str(getattr(x, "device", "")) == "meta":
         return
-    if not bool(xp.all(xp.isfinite(x))):
+    try:
+        finite = bool(xp.all(xp.isfinite(x)))
+    except Exception as err:  # a traced value (jax.jit) has no truth value to check
+        raise ArgumentError(
+            f"check_finite: the values of {name} cannot be checked inside a traced function (jax.jit, vmap); "
+            "check them outside it, or pass check_finite=False"
+        ) from err
+    if not finite:
         bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int64)))
         raise ArgumentError(f"{name}: expected finite values, got {bad} NaN/inf entries of {math.prod(shape_of(x))}")
 

@@ -69,7 +69,8 @@ def namespace(**arrays: Array) -> Namespace:
 
 
 def _check_one_device(devices: dict[str, Any]) -> None:
-    if len({str(d) for d in devices.values()}) > 1:
+    # a traced array (jax.jit / vmap / grad) has no device (None): it follows the others
+    if len({str(d) for d in devices.values() if d is not None}) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise BackendError(f"arrays must be on one device, got {listed}")
 
