@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import array_api_compat as aac
 import numpy as np
 
 from ._errors import (
@@ -25,7 +24,7 @@ from ._errors import (
     ShapeError,
     shape_of,
 )
-from ._xp import Array, Features, Namespace, acc_dtype, check_floating, features, form_kind, namespace
+from ._xp import Array, Features, Namespace, acc_dtype, check_floating, device_of, features, form_kind, namespace
 
 __all__ = [
     "ArgumentError",
@@ -271,7 +270,7 @@ def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], 
         arrays["weights"] = weights
     xp = _factor_namespace(name, **arrays)
     if weights is None:
-        weights = xp.ones(sizes["R"], dtype=factors[0].dtype, device=aac.device(factors[0]))
+        weights = xp.ones(sizes["R"], dtype=factors[0].dtype, device=device_of(factors[0]))
     else:
         check_shape(f"{name} weights", weights, ("R",), R=sizes["R"])
     return xp, weights, factors, sizes

@@ -30,6 +30,7 @@ Namespace = Any
 __all__ = [
     "Features",
     "acc_dtype",
+    "device_of",
     "features",
     "form_kind",
     "gram_product",
@@ -99,6 +100,15 @@ def _torch_namespace(arrays: dict[str, Array]) -> Namespace | None:
 
         _TORCH_XP.append(array_api_compat.torch)
     return _TORCH_XP[0]
+
+
+def device_of(x: Array) -> Any:
+    """The device of an array; torch's by attribute, so that torch.compile traces it without
+    array-api-compat's lru_cache-wrapped type checks (dynamo warns about each of them)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.device
+    return aac.device(x)
 
 
 def host_copy(x: Array) -> Any:
@@ -414,9 +424,10 @@ def form_kind(obj: Any) -> FormKind | None:
     kind = type(obj).__name__
     if kind in ("CPTensor", "TuckerTensor", "EigTensor", "RankP"):
         return {"CPTensor": "cp", "TuckerTensor": "tucker", "EigTensor": "eig", "RankP": "rankp"}[kind]  # type: ignore[return-value]
-    if aac.is_array_api_obj(obj) and not isinstance(obj, int | float | complex):
-        return "dense" if getattr(obj, "ndim", 0) == 3 else None
-    if not isinstance(obj, tuple | list) or len(obj) != 2:
+    if not isinstance(obj, tuple | list):  # (tuples first: no array-api type checks under torch.compile)
+        is_array = hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, int | float | complex)
+        return "dense" if is_array and getattr(obj, "ndim", 0) == 3 else None
+    if len(obj) != 2:
         return None
     first, second = obj
     first_ndim = getattr(first, "ndim", None)

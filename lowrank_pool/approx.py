@@ -13,8 +13,6 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-import array_api_compat as aac
-
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
@@ -33,6 +31,7 @@ from ._xp import (
     check_floating,
     check_has_values,
     detach,
+    device_of,
     namespace,
     random_normal,
     tensorly_context,
@@ -73,7 +72,7 @@ def _zero_cp(xp: Namespace, like: Array, k: int, f: int, rank: int) -> Any:
         m = random_normal(xp, (rows, rank), like, i)
         factors.append(m / xp.linalg.vector_norm(m, axis=0, keepdims=True))
     with tensorly_context(xp):
-        return CPTensor((xp.zeros(rank, dtype=like.dtype, device=aac.device(like)), factors))
+        return CPTensor((xp.zeros(rank, dtype=like.dtype, device=device_of(like)), factors))
 
 
 def _zero_tucker(xp: Namespace, like: Array, ranks: tuple[int, int, int]) -> Any:
@@ -81,7 +80,7 @@ def _zero_tucker(xp: Namespace, like: Array, ranks: tuple[int, int, int]) -> Any
     from tensorly.tucker_tensor import TuckerTensor
 
     k, f = shape_of(like)[0], shape_of(like)[1]
-    dev = aac.device(like)
+    dev = device_of(like)
     factors = [xp.eye(rows, r, dtype=like.dtype, device=dev) for rows, r in zip((k, f, f), ranks, strict=True)]
     with tensorly_context(xp):
         return TuckerTensor((xp.zeros(ranks, dtype=like.dtype, device=dev), factors))
@@ -100,8 +99,8 @@ def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int 
     # mode 0 (classes): the K×K Gram matrix when K <= f², else its f²×f² twin, never more
     # memory than T itself (W (20000, 3, 3) would otherwise ask for a 3 GiB K×K matrix)
     grams = [xp.matmul(flat, xp.matrix_transpose(flat)) if k <= f * f else None]
-    rows = xp.zeros((f, f), dtype=T.dtype, device=aac.device(T))
-    cols = xp.zeros((f, f), dtype=T.dtype, device=aac.device(T))
+    rows = xp.zeros((f, f), dtype=T.dtype, device=device_of(T))
+    cols = xp.zeros((f, f), dtype=T.dtype, device=device_of(T))
     for i in range(k):
         rows = rows + xp.matmul(T[i, ...], xp.matrix_transpose(T[i, ...]))
         cols = cols + xp.matmul(xp.matrix_transpose(T[i, ...]), T[i, ...])
@@ -227,7 +226,7 @@ def cp_approx(
                 from tensorly.cp_tensor import CPTensor
 
                 factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
-                start = CPTensor((xp.ones(rank, dtype=target.dtype, device=aac.device(target)), factors))
+                start = CPTensor((xp.ones(rank, dtype=target.dtype, device=device_of(target)), factors))
             cp = parafac(
                 target,
                 rank,

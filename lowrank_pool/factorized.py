@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
-import array_api_compat as aac
-
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
@@ -36,7 +34,7 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, Namespace, form_kind, project, tensorly_context
+from ._xp import Array, Namespace, device_of, form_kind, project, tensorly_context
 from .second_order import bilinear_scores
 
 __all__ = [
@@ -432,9 +430,9 @@ def rankp_to_cp(A: Array | RankP, B: Array | None = None, /) -> Any:
     f, k, p = sizes["f"], sizes["K"], sizes["P"]
     if shared:
         B = xp.broadcast_to(B[:, None, :], (f, k, p))
-    eye = xp.eye(k, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
+    eye = xp.eye(k, dtype=A.dtype, device=device_of(A))  # type: ignore[union-attr]
     u = xp.reshape(xp.broadcast_to(eye[:, :, None], (k, k, p)), (k, k * p))
-    weights = xp.ones(k * p, dtype=A.dtype, device=aac.device(A))  # type: ignore[union-attr]
+    weights = xp.ones(k * p, dtype=A.dtype, device=device_of(A))  # type: ignore[union-attr]
     with tensorly_context(xp, "A", fit=False):
         return CPTensor((weights, [u, xp.reshape(A, (f, k * p)), xp.reshape(B, (f, k * p))]))
 

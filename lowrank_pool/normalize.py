@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import array_api_compat
-
 from ._checks import ArgumentError, ShapeError, check_choice, check_finite, check_positive_int, shape_of
-from ._xp import Array, Namespace, acc_dtype, check_floating, namespace
+from ._xp import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
 
@@ -155,7 +153,7 @@ def matrix_sqrt(
         root = xp.sqrt(xp.clip(mu, min=0.0))
         return xp.matmul(v * root[..., None, :], xp.matrix_transpose(v))
     f = shape[-1]
-    eye = xp.eye(f, dtype=dt, device=array_api_compat.device(g))
+    eye = xp.eye(f, dtype=dt, device=device_of(g))
     trace = xp.linalg.trace(g)[..., None, None]
     trace = xp.where(trace > 0, trace, xp.ones_like(trace))  # G = 0 has root 0, not NaN
     y, z = g / trace, eye

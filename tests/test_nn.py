@@ -459,6 +459,20 @@ def test_compile_has_no_graph_breaks():
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(x.grad, ref_x.grad, atol=1e-5)
 
 
+# torch 2.13's dynamo instantiates autograd.Function classes while tracing them and warns about it
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "name", ["first_mean", "bilinear_msqrt_reduce", "attn3_softmax", "cp", "tucker", "eig", "pose_hidden_softmax"]
+)
+def test_every_head_compiles_without_warnings(name):
+    """pytest turns warnings into errors: dynamo's warnings about lru_cache-wrapped helpers would fail this."""
+    torch._dynamo.reset()
+    layer = make(name, dtype=torch.float32)
+    x = torch.randn(2, F_IN, 3, 3)
+    compiled = torch.compile(layer, backend="aot_eager")
+    assert torch.allclose(scores(compiled, x), scores(layer, x), atol=1e-5)
+
+
 def test_torch_func_grad_and_vmap():
     A = torch.randn(F_IN, K, 1, dtype=torch.float64)
     B = torch.randn(F_IN, 1, dtype=torch.float64, requires_grad=True)

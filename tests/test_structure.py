@@ -42,3 +42,18 @@ def test_public_names_are_documented_and_exported():
         if callable(obj) and not isinstance(obj, type(lp)):
             assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
     assert sorted(lp.__all__) == lp.__all__
+
+
+def test_the_functional_api_imports_without_torch_and_nn_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # import torch now fails
+        "import numpy as np, lowrank_pool as lp\n"
+        "print(lp.rank1_pool(np.ones((1, 2, 3)), np.ones((3, 2)), np.ones(3)).shape)\n"
+        "try:\n    import lowrank_pool.nn\nexcept ImportError as err:\n    print('ImportError:', err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "(1, 2)" in out.stdout
+    assert "ImportError: lowrank_pool.nn needs PyTorch" in out.stdout and "lowrank_pool[torch]" in out.stdout

@@ -5,6 +5,14 @@ all follow one set of conventions (scale M = XᵀX / n, ``bias=True``, the funct
 dtype and ``channel_axis`` rules, O(1) initial scores): see :class:`PoolingHead`.
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "lowrank_pool.nn needs PyTorch, which is not installed: pip install 'lowrank_pool[torch]' "
+        "(the functional API, import lowrank_pool, works without it)"
+    ) from err
+
 from ._base import PoolingHead
 from ._compress import MatchReport, compress, match_scores
 from ._head import replace_head
