@@ -132,6 +132,9 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
         return 4 * batch * n * f + 2 * batch * f * k, x
     if method == "rankp":
         return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x
+    if method == "compact":  # count sketches (a GEMM of width 2d), 2 rFFTs and an irFFT of length d per position
+        d = 8192
+        return 4 * batch * n * f * d + 3 * batch * n * 5 * d * math.log2(d), x + 3 * batch * n * d * item
     kind = "cp" if method.startswith("cp") else "tucker"
     kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
     kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)
@@ -259,6 +262,12 @@ CASES: list[Case] = [
     Case("bilinear", lambda d, _: lambda: lp.bilinear_pool(d["X"], d["W"]), "bilinear", needs=_bilinear_needs),
     Case("rank1", lambda d, _: lambda: lp.rank1_pool(d["X"], d["A"], d["b"]), "rank1"),
     Case("rankp", lambda d, _: lambda: lp.rankp_pool(d["X"], d["AP"], d["BP"]), "rankp"),
+    Case(
+        "compact8192",
+        lambda d, _: lambda: lp.compact_bilinear_pool(d["X"], 8192),
+        "compact",
+        needs=lambda c, _: (c.batch * c.n * 8192 * c.item * 6 * (3 if c.grad else 1), "needs {size}"),
+    ),
     *(
         Case(f"{kind}{r}", make, kind, r, PATHS, needs=_dense_w, limit=0.5)
         for r in (16, 64)

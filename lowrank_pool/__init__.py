@@ -9,6 +9,7 @@ this package never imports torch itself).
 from ._errors import ArgumentError, ArgumentTypeError, BackendError, DTypeError, LowRankPoolError, ShapeError
 from .approx import cp_approx, eig_approx, tucker_approx
 from .attention import AttentionMaps, attention_maps, attention_weights, rank1_pool, rankp_pool
+from .compact import compact_bilinear_pool
 from .factorized import EigTensor, RankP, cp_pool, cp_to_rankp, eig_pool, pool_cost, rankp_to_cp, to_dense, tucker_pool
 from .first_order import first_order_pool, project_channels
 from .io import FactorFileError, FactorFileNotFoundError, load_factors, save_factors
@@ -35,6 +36,7 @@ __all__ = [
     "attention_maps",
     "attention_weights",
     "bilinear_pool",
+    "compact_bilinear_pool",
     "cp_approx",
     "cp_pool",
     "cp_to_rankp",

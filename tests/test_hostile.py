@@ -315,6 +315,7 @@ FUNCTIONS = {
     "cp_pool": (lambda X, cp, **kw: lp.cp_pool(X, cp, **kw), ["X", "cp"], ["path", "channel_axis", "check_finite"]),
     "tucker_pool": (lambda X, tucker, **kw: lp.tucker_pool(X, tucker, **kw), ["X", "tucker"], ["path", "channel_axis"]),
     "eig_pool": (lambda X, eig, **kw: lp.eig_pool(X, eig, **kw), ["X", "eig"], ["path", "channel_axis"]),
+    "compact_bilinear_pool": (lambda X, **kw: lp.compact_bilinear_pool(X, 16, **kw), ["X"], ["channel_axis"]),
     "signed_sqrt": (lambda W, **kw: lp.signed_sqrt(W), ["W"], []),
     "l2_normalize": (lambda W, **kw: lp.l2_normalize(W), ["W"], []),
     "matrix_sqrt": (lambda W, **kw: lp.matrix_sqrt(W), ["W"], []),
@@ -358,6 +359,7 @@ def _layers() -> dict[str, Any]:
         "TuckerPool": lambda **kw: lnn.TuckerPool(F, K, kw.pop("rank", 2), **kw),
         "EigPool": lambda **kw: lnn.EigPool(F, K, kw.pop("rank", 2), **kw),
         "PoseAttentionalPool": lambda **kw: lnn.PoseAttentionalPool(F, K, 2, **kw),
+        "CompactBilinearPool": lambda **kw: lnn.CompactBilinearPool(F, K, 16, **kw),
     }
 
 
@@ -369,6 +371,7 @@ LAYER_OPTIONS = {
     "TuckerPool": ["path", "rank", "channel_axis"],
     "EigPool": ["path", "rank", "channel_axis"],
     "PoseAttentionalPool": ["attention", "channel_axis"],
+    "CompactBilinearPool": ["channel_axis"],
 }
 
 

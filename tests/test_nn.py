@@ -17,6 +17,7 @@ import lowrank_pool as lp  # noqa: E402
 from lowrank_pool.nn import (  # noqa: E402
     AttentionalPool,
     BilinearPool,
+    CompactBilinearPool,
     CPPool,
     EigPool,
     FirstOrderPool,
@@ -56,6 +57,8 @@ CONFIGS = {
     "tucker": (TuckerPool, {"rank": (2, 3, 3)}),
     "eig": (EigPool, {"rank": 2}),
     "eig_dense": (EigPool, {"rank": 2, "path": "dense"}),
+    "compact": (CompactBilinearPool, {"dim": 64}),
+    "compact_plain": (CompactBilinearPool, {"dim": 32, "normalize": None, "seed": 3}),
     "pose": (PoseAttentionalPool, {"num_keypoints": 3}),
     "pose_hidden_softmax": (PoseAttentionalPool, {"num_keypoints": 3, "hidden": 5, "attention": "softmax"}),
 }
@@ -94,6 +97,11 @@ def functional(name, layer, x, ax=None):
     if name.startswith("eig"):
         W = lp.to_dense(lp.EigTensor(layer.eigenvalues, layer.eigenvectors))
         return lp.bilinear_pool(x, W, channel_axis=ax) + c
+    if name.startswith("compact"):
+        psi = lp.compact_bilinear_pool(x, layer.dim, seed=layer.seed, channel_axis=ax)
+        if layer.normalize:
+            psi = lp.l2_normalize(lp.signed_sqrt(psi, eps=layer.eps))
+        return psi @ layer.weight + c
     if name.startswith("pose"):
         if layer.hidden_weight is None:
             u = lp.project_channels(x, layer.head_weight, bias=layer.head_bias, channel_axis=ax)[:, :, -1]
@@ -226,7 +234,17 @@ def test_initial_scores_are_order_one_on_relu_features(name):
         return
     assert std < 3.0, (name, std)
     assert abs(loss - math.log(k)) < 1.0, (name, loss)
-    if name in ("first_mean", "bilinear_plain", "attn1", "attn3_softmax", "cp", "tucker", "eig", "pose"):
+    if name in (
+        "first_mean",
+        "bilinear_plain",
+        "attn1",
+        "attn3_softmax",
+        "cp",
+        "tucker",
+        "eig",
+        "pose",
+        "compact_plain",
+    ):
         assert std > 0.02, (name, std)  # not dead either
 
 
@@ -440,8 +458,11 @@ def test_training_under_autocast_with_backward_outside_the_block(name):
         grads.append([xi.grad, *(p.grad for p in layer.parameters())])
     for ref, got in zip(*grads, strict=True):
         assert got is not None and got.dtype == ref.dtype and torch.isfinite(got).all(), name
-        # bfloat16 keeps 8 significant bits: every product is off by a few 2^-8 of its scale
-        assert (got - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-6, (name, (got - ref).abs().max())
+        # bfloat16 keeps 8 significant bits: every product is off by a few 2^-8 of its scale; on a compact
+        # sketch the signed square root's derivative 1/(2√|ψ|) magnifies that rounding on its many
+        # near-zero entries (random-sign sums), hence the wider bound there
+        bound = 0.25 if name == "compact" else 0.1
+        assert (got - ref).abs().max() <= bound * ref.abs().max() + 1e-6, (name, (got - ref).abs().max())
 
 
 # torch 2.13's dynamo instantiates autograd.Function classes while tracing them and warns about it

@@ -16,6 +16,7 @@ import lowrank_pool as lp
 from lowrank_pool.nn import (
     AttentionalPool,
     BilinearPool,
+    CompactBilinearPool,
     CPPool,
     FirstOrderPool,
     PoolingHead,
@@ -40,6 +41,7 @@ HEADS: dict[str, tuple[str, Callable[[int, int], PoolingHead]]] = {
     "rank5": ("attentional rank 5", lambda f, k: AttentionalPool(f, k, 5)),
     "cp": ("CP rank 8", lambda f, k: CPPool(f, k, 8)),
     "tucker": ("Tucker rank 8", lambda f, k: TuckerPool(f, k, 8)),
+    "compact": ("compact bilinear (d = 512) + sqrt/l2", lambda f, k: CompactBilinearPool(f, k, 512)),
 }
 
 

@@ -16,13 +16,14 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 from ._base import PoolingHead
 from ._compress import MatchReport, compress, match_scores
 from ._head import replace_head
-from ._layers import AttentionalPool, BilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
+from ._layers import AttentionalPool, BilinearPool, CompactBilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
 
 __all__ = [
     "AttentionalPool",
     "BilinearPool",
     "CPPool",
+    "CompactBilinearPool",
     "EigPool",
     "FirstOrderPool",
     "MatchReport",

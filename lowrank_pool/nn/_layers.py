@@ -28,7 +28,15 @@ from ._base import PoolingHead, fan_std
 
 Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
 
-__all__ = ["AttentionalPool", "BilinearPool", "CPPool", "EigPool", "FirstOrderPool", "TuckerPool"]
+__all__ = [
+    "AttentionalPool",
+    "BilinearPool",
+    "CPPool",
+    "CompactBilinearPool",
+    "EigPool",
+    "FirstOrderPool",
+    "TuckerPool",
+]
 
 
 class FirstOrderPool(PoolingHead):
@@ -582,3 +590,89 @@ class EigPool(_FactorizedHead):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}, {self._common_repr()}"
+
+
+class CompactBilinearPool(PoolingHead):
+    r"""Compact bilinear pooling: a linear classifier on the Tensor Sketch of :math:`M = X^\top X / n`.
+
+    .. math:: s_k = N(\psi(M))^\top w_k + c_k
+
+    with ψ from :func:`lowrank_pool.compact_bilinear_pool` (a fixed random sketch of size ``dim``,
+    chosen by ``seed``; not trained) and N the optional signed square root and l2 normalisation of
+    the (B, dim) sketch (Gao et al., CVPR 2016). The linear map is :func:`lowrank_pool.first_order_pool`
+    on the sketch as a one-position feature map.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    dim : int
+        Sketch size d (the paper: 8192 at f = 512; a few thousand is usual).
+    normalize : None or {"signed_sqrt", "l2", "signed_sqrt+l2"}
+    seed : int
+        The sketch's hashes and signs (part of the model: saved in the layer, the same on every device).
+    bias : bool
+    eps : float
+        ε of :func:`lowrank_pool.signed_sqrt`.
+    channel_axis : int, optional
+    generator : torch.Generator, optional
+        w ~ N(0, 1/d) on a normalised sketch (unit norm, like ``nn.Linear``); w ~ N(0, 1/f²) on the raw
+        sketch, whose inner products are those of M (the rule of :class:`BilinearPool`).
+    device, dtype
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import CompactBilinearPool
+    >>> CompactBilinearPool(32, 10, dim=256)(torch.randn(2, 32, 7, 7)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dim: int = 2048,
+        *,
+        normalize: Literal["signed_sqrt", "l2", "signed_sqrt+l2"] | None = "signed_sqrt+l2",
+        seed: int = 0,
+        bias: bool = True,
+        eps: float = 1e-6,
+        channel_axis: int | None = None,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
+        self.dim = check_positive_int(dim, "dim")
+        self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise lp.ArgumentTypeError(f"seed: expected an int, got {type(seed).__name__}")
+        self.seed = seed
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < float("inf"):
+            raise lp.ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self._reserve(weight=(self.dim, num_classes))
+        self.weight = self._param(self.dim, num_classes)  # (d, K)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        std = fan_std(self.dim) if self.normalize else 1.0 / self.in_channels
+        self._init_(self.weight, std, generator)
+        self._reset_bias()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        psi = lp.compact_bilinear_pool(x, self.dim, seed=self.seed, channel_axis=self.channel_axis)
+        norm = self.normalize or ""
+        if norm.startswith("signed_sqrt"):
+            psi = lp.signed_sqrt(psi, eps=self.eps)
+        if norm.endswith("l2"):
+            psi = lp.l2_normalize(psi)
+        s = lp.first_order_pool(psi[:, None, :], self.weight, reduce="sum", channel_axis=-1)
+        return self._add_bias(s)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.num_classes}, dim={self.dim}, normalize={self.normalize!r}, seed={self.seed}, "
+            f"{self._common_repr()}"
+        )
