@@ -37,6 +37,7 @@ __all__ = [
     "check_choice",
     "check_factor",
     "check_finite",
+    "check_number",
     "check_positive_int",
     "check_shape",
     "check_tucker_ranks",
@@ -67,6 +68,15 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     if not ok or (isinstance(value, bool) and not any(c is value for c in choices)):
         raise ArgumentError(f"{name}: expected one of {list(choices)!r}, got {value!r}")
     return value
+
+
+def check_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``), else a named error."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    if not ok or not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+        expected = "a number > 0 (finite)" if positive else "a finite number >= 0"
+        raise ArgumentError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
 
 
 def check_flag(value: Any, name: str) -> bool:

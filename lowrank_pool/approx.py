@@ -19,6 +19,7 @@ from ._checks import (
     ShapeError,
     check_choice,
     check_finite,
+    check_number,
     check_positive_int,
     check_shape,
     check_tucker_ranks,
@@ -56,9 +57,8 @@ def _check_w(W: Any, name: str = "W") -> tuple[Namespace, Array, dict[str, int]]
 
 def _check_fit_options(n_iter_max: Any, tol: Any, random_state: Any, stall: Any = 0.0) -> None:
     check_positive_int(n_iter_max, "n_iter_max")
-    for value, name in ((tol, "tol"), (stall, "stall")):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-            raise ArgumentError(f"{name}: expected a finite number >= 0, got {value!r}")
+    check_number(tol, "tol")
+    check_number(stall, "stall")
     if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int)):
         raise ArgumentTypeError(f"random_state: expected an int or None, got {type(random_state).__name__}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._checks import ArgumentError, ShapeError, check_choice, check_finite, check_positive_int, shape_of
+from ._checks import ShapeError, check_choice, check_finite, check_number, check_positive_int, shape_of
 from ._xp import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
@@ -49,8 +49,7 @@ def signed_sqrt(G: Array, /, *, eps: float = 1e-6) -> Array:
     """
     xp = namespace(G=G)
     check_floating(xp, G, "G")
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0 or eps == float("inf"):
-        raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
+    eps = check_number(eps, "eps")
     root_eps = float(eps) ** 0.5
     g = _computed(xp, G)  # float16's ε = 1e-6 and √ε underflow: compute in float32
     denom = xp.sqrt(xp.abs(g) + eps) + root_eps
@@ -86,8 +85,7 @@ def l2_normalize(x: Array, /, *, axis: int | tuple[int, ...] = -1, eps: float = 
     """
     xp = namespace(x=x)
     check_floating(xp, x, "x")
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0 or eps == float("inf"):
-        raise ArgumentError(f"eps: expected a number > 0, got {eps!r}")
+    eps = check_number(eps, "eps", positive=True)
     axes = (axis,) if isinstance(axis, int) else tuple(axis) if isinstance(axis, tuple | list) else (None,)
     for ax in axes:
         if not isinstance(ax, int) or isinstance(ax, bool) or not -x.ndim <= ax < x.ndim:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ._checks import check_choice, check_factor, check_positive_int, prepare, shape_of
-from ._errors import ArgumentError
+from ._checks import check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
 from ._xp import Array, Features, Namespace, gram_product
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 
@@ -140,8 +139,7 @@ def bilinear_pool(
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
     num_iters = check_positive_int(num_iters, "num_iters")
-    if not isinstance(eps, int | float) or not eps >= 0:
-        raise ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
+    eps = check_number(eps, "eps")
     xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
     w = fac["W"]
     check_factor(feats, "W", w, ("K", "f", "f"), channel_axis, f_axis=1)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import check_choice, check_flag, check_positive_int, check_tucker_ranks, parse_cp, parse_eig, parse_tucker
+from ._checks import (
+    check_choice,
+    check_flag,
+    check_number,
+    check_positive_int,
+    check_tucker_ranks,
+    parse_cp,
+    parse_eig,
+    parse_tucker,
+)
 from .attention import ATTENTIONS
 from .second_order import NORMALIZATIONS
 
@@ -21,6 +30,7 @@ __all__ = [
     "as_tucker",
     "check_choice",
     "check_flag",
+    "check_number",
     "check_positive_int",
     "check_tucker_ranks",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 import lowrank_pool as lp
-from lowrank_pool.validation import check_choice, check_positive_int
+from lowrank_pool.validation import check_choice, check_number, check_positive_int
 
 from ._base import PoolingHead
 from ._layers import BilinearPool, CPPool, EigPool, TuckerPool
@@ -96,9 +96,8 @@ def match_scores(
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     patience = check_positive_int(patience, "patience")
-    for value, name in ((lr, "lr"), (tol, "tol")):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-            raise lp.ArgumentError(f"{name}: expected a finite number >= 0, got {value!r}")
+    check_number(lr, "lr")
+    check_number(tol, "tol")
     targets = targets.detach()
     params = [p for p in student.parameters() if p.requires_grad]
     # full-set L-BFGS (strong Wolfe line search); the loss and its gradient are accumulated over

@@ -20,6 +20,7 @@ from lowrank_pool.validation import (
     as_tucker,
     check_choice,
     check_flag,
+    check_number,
     check_positive_int,
     check_tucker_ranks,
 )
@@ -155,9 +156,7 @@ class BilinearPool(PoolingHead):
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
         self.reduce_dim = None if reduce_dim is None else check_positive_int(reduce_dim, "reduce_dim")
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < float("inf"):
-            raise lp.ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
-        self.eps, self.num_iters = float(eps), check_positive_int(num_iters, "num_iters")
+        self.eps, self.num_iters = check_number(eps, "eps"), check_positive_int(num_iters, "num_iters")
         d = self.reduce_dim or in_channels
         self._reserve(weight=(num_classes, d, d), **({"reduction": (in_channels, d)} if reduce_dim else {}))
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
@@ -648,9 +647,7 @@ class CompactBilinearPool(PoolingHead):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise lp.ArgumentTypeError(f"seed: expected an int, got {type(seed).__name__}")
         self.seed = seed
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < float("inf"):
-            raise lp.ArgumentError(f"eps: expected a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_number(eps, "eps")
         self._reserve(weight=(self.dim, num_classes))
         self.weight = self._param(self.dim, num_classes)  # (d, K)
         self.reset_parameters(generator)

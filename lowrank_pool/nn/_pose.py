@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lowrank_pool as lp
-from lowrank_pool.validation import ATTENTIONS, check_choice, check_flag, check_positive_int
+from lowrank_pool.validation import ATTENTIONS, check_choice, check_flag, check_number, check_positive_int
 
 from ._base import PoolingHead, fan_std
 
@@ -161,8 +161,7 @@ def keypoint_heatmaps(
         raise lp.BackendError(f"keypoints: expected a torch.Tensor (B, J, 2), got {type(keypoints).__name__}")
     if not isinstance(size, tuple | list) or len(size) != 2:
         raise lp.ArgumentTypeError(f"size: expected (H, W), got {size!r}")
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma < float("inf"):
-        raise lp.ArgumentError(f"sigma: expected a finite number > 0, got {sigma!r}")
+    sigma = check_number(sigma, "sigma", positive=True)
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise lp.ShapeError(f"keypoints: expected shape (B, J, 2), got {tuple(keypoints.shape)}")
     h, w = (check_positive_int(s, "size") for s in size)
