@@ -27,7 +27,7 @@ def test_quick_demo_writes_report_results_and_figures(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads((tmp_path / "results.json").read_text())
     heads = {(h["dataset"], h["head"]) for h in doc["heads"]}
-    assert {("digits", "mean"), ("digits", "rank1"), ("textures", "bilinear_sqrt_l2"), ("textures", "tucker")} <= heads
+    assert {("digits", "mean"), ("digits", "rank1"), ("textures", "bilinear_sqrt_l2"), ("textures", "compact")} <= heads
     for h in doc["heads"]:
         assert {"dataset", "head", "accuracy_mean", "accuracy_std", "params", "seeds"} <= set(h)
         assert 0 <= h["accuracy_mean"] <= 100 and h["params"] > 0 and h["seeds"] == [0]
@@ -54,5 +54,5 @@ def test_demo_without_matplotlib_says_so(tmp_path):
 
 
 def test_demo_refuses_unknown_heads(tmp_path):
-    out = _run(tmp_path, "--heads", "mean,compact")
-    assert out.returncode == 2 and "--heads: unknown ['compact']" in out.stderr
+    out = _run(tmp_path, "--heads", "mean,fancy")
+    assert out.returncode == 2 and "--heads: unknown ['fancy']" in out.stderr
