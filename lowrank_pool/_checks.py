@@ -316,15 +316,14 @@ def parse_eig(eig: Any, name: str = "eig") -> tuple[Namespace, Array, Array, dic
     return xp, mu, v, sizes
 
 
-def parse_rankp(A: Any, B: Any, name: str = "") -> tuple[Namespace, dict[str, int], bool]:
+def parse_rankp(A: Any, B: Any) -> tuple[Namespace, dict[str, int], bool]:
     """Validated (xp, sizes {f, K, P}, shared) of rank-P factors A (f, K, P) and B (f, P) or (f, K, P)."""
-    xp = _factor_namespace(name.strip() or "rank-P", A=A, B=B) if name else namespace(A=A, B=B)
-    if not name:
-        check_floating(xp, A, "A")
-        check_floating(xp, B, "B")
-    sizes = check_shape(f"{name}A", A, ("f", "K", "P"))
+    xp = namespace(A=A, B=B)
+    check_floating(xp, A, "A")
+    check_floating(xp, B, "B")
+    sizes = check_shape("A", A, ("f", "K", "P"))
     if getattr(B, "ndim", 0) == 2:
-        check_shape(f"{name}B", B, ("f", "P"), f=sizes["f"], P=sizes["P"])
+        check_shape("B", B, ("f", "P"), f=sizes["f"], P=sizes["P"])
         return xp, sizes, True
-    check_shape(f"{name}B", B, ("f", "K", "P"), **sizes)
+    check_shape("B", B, ("f", "K", "P"), **sizes)
     return xp, sizes, False

@@ -140,7 +140,7 @@ def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
         info = infos.get(tag)
         if info is None:
             if tag == "__format__":
-                raise ValueError(f"no {FORMAT!r} tag")
+                raise _NotOurs(f"no {FORMAT!r} tag")
             continue
         if info.file_size > _TAG_BYTES:
             raise ValueError(f"tag {tag!r} is {info.file_size} bytes, expected a small scalar")
@@ -149,7 +149,7 @@ def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
             raise ValueError(f"tag {tag!r} has shape {shape} and dtype {dtype}, expected a scalar")
         tags[tag] = _member(zf, info)
     if str(tags.get("__format__", "")) != FORMAT:
-        raise ValueError(f"no {FORMAT!r} tag")
+        raise _NotOurs(f"no {FORMAT!r} tag")
     raw = tags.get("__version__")
     ok = raw is not None and raw.shape == () and raw.dtype.kind in "iu"
     version = int(raw.item()) if ok and raw is not None else repr(raw)
@@ -190,6 +190,10 @@ class _VersionError(ValueError):
     pass
 
 
+class _NotOurs(ValueError):
+    """The archive has no lowrank_pool format tag (a foreign .npz)."""
+
+
 class _Inconsistent(ValueError):
     pass
 
@@ -225,9 +229,9 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
             kind, data = _read(zf)
     except (_VersionError, _Inconsistent) as err:
         raise FactorFileError(f"{where}: {err}") from err
+    except _NotOurs as err:
+        raise FactorFileError(f"{where}: not a lowrank_pool factor file ({err})") from err
     except (KeyError, ValueError, IndexError, TypeError) as err:
-        if "tag" in str(err) and "no" in str(err):
-            raise FactorFileError(f"{where}: not a lowrank_pool factor file ({err})") from err
         raise FactorFileError(f"{where}: factor file is incomplete or inconsistent ({err})") from err
     except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as err:
         raise FactorFileError(f"{where}: not a readable lowrank_pool factor file ({err})") from err

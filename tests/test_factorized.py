@@ -273,6 +273,17 @@ def test_factor_forms_round_trip_through_each_other(tmp_path):
     assert np.allclose(scores[0], lp.bilinear_pool(x, lp.to_dense(eig)))
 
 
+def _edit_member(src_path, dst_path, member, old, new):
+    """A copy of the archive at src_path with ``old`` replaced by ``new`` in one member (e.g. its .npy header)."""
+    import zipfile
+
+    with zipfile.ZipFile(src_path) as src, zipfile.ZipFile(dst_path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data.replace(old, new) if info.filename == member else data)
+    return dst_path
+
+
 def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
     """Headers are read first: a file that declares more than it holds, or holds what no form has, is refused."""
     import resource
@@ -282,13 +293,7 @@ def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, **tags, W=np.ones((1, 2, 2)))
     # a 1 KB file whose W declares (20000, 20000, 20000) float64
-    liar = tmp_path / "liar.npz"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(liar, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "W.npy":
-                data = data.replace(b"(1, 2, 2)", b"(20000, 20000, 20000)")
-            dst.writestr(info.filename, data)
+    liar = _edit_member(good, tmp_path / "liar.npz", "W.npy", b"(1, 2, 2)", b"(20000, 20000, 20000)")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(lp.FactorFileError, match=r"declares shape \(20000, 20000, 20000\)"):
         lp.load_factors(liar)
@@ -304,13 +309,7 @@ def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
     with pytest.raises(lp.FactorFileError, match=r"tag '__format__' is 1048\d+ bytes"):
         lp.load_factors(bomb)
     # a tag whose header declares a billion elements in a few bytes
-    big_tag = tmp_path / "big_tag.npz"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(big_tag, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "__version__.npy":
-                data = data.replace(b"'shape': ()", b"'shape': (1000000000,)")
-            dst.writestr(info.filename, data)
+    big_tag = _edit_member(good, tmp_path / "big_tag.npz", "__version__.npy", b"'shape': ()", b"'shape': (1000000000,)")
     with pytest.raises(lp.FactorFileError, match=r"tag '__version__' has shape \(1000000000,\)"):
         lp.load_factors(big_tag)
     # file objects, both ways
