@@ -67,16 +67,22 @@ def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    try:
-        model = torch.nn.parallel.DistributedDataParallel(_model())
-        x, y = _data()
-        shard = slice(rank * 4, (rank + 1) * 4)
-        result = _step(model, x[shard], y[shard])
-        torch.save({k.replace("module.", ""): v for k, v in result.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    x, y = _data()
+    shard = slice(rank * 4, (rank + 1) * 4)
+    result = _step(model, x[shard], y[shard])
+    torch.save({k.replace("module.", ""): v for k, v in result.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Tear down in an order gloo survives on a loaded 2-core machine: no rank closes its pairs while the
+    # other still talks (barrier), the reducer lets go of the group before it is destroyed, and the
+    # interpreter's own finalisation (where gloo worker threads can abort the process) is skipped.
+    dist.barrier()
+    del model
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous and fork are POSIX here")
