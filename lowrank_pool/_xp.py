@@ -123,6 +123,8 @@ def host_copy(x: Array) -> Any:
         x = x.detach().to("cpu")
         if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
+    elif aac.is_cupy_array(x):  # device memory: numpy's from_dlpack cannot read it
+        return x.get()
     return np.asarray(x if isinstance(x, np.ndarray) else np.from_dlpack(x))
 
 

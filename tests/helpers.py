@@ -52,7 +52,21 @@ def _backends() -> list[Any]:
         )
     except ImportError:  # pragma: no cover
         out.append(pytest.param(None, id="array_api_strict", marks=pytest.mark.skip(reason="not installed")))
+    out.append(_cupy())
     return out
+
+
+def _cupy() -> Any:
+    """CuPy where it is installed and a CUDA device answers; a skip that says which is missing otherwise."""
+    try:
+        import cupy
+    except ImportError:
+        return pytest.param(None, id="cupy", marks=pytest.mark.skip(reason="CuPy is not installed (it needs CUDA)"))
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:
+        return pytest.param(None, id="cupy", marks=pytest.mark.skip(reason=f"no CUDA device for CuPy: {err}"))
+    return pytest.param(Backend("cupy", cupy, lambda a, dt: cupy.asarray(a.astype(dt))), id="cupy")
 
 
 BACKENDS = _backends()

@@ -557,6 +557,12 @@ def _option_probes() -> tuple[list[Any], dict[str, Any]]:
         "pose_loss": lambda v: lnn.pose_loss(v, torch.ones(1, 2, 3, 3), torch.ones(1, 2)),
         "replace_head model": lambda v: lnn.replace_head(v, lnn.CPPool(3, 2, 2)),
         "layer call": lambda v: lnn.CPPool(3, 2, 2)(v),
+        "FeatureMapClassifier backbone": lambda v: lnn.FeatureMapClassifier(v, lnn.CPPool(3, 2, 2)),
+        "FeatureMapClassifier head": lambda v: lnn.FeatureMapClassifier(torch.nn.Identity(), v),
+        "FeatureMapClassifier features": lambda v: lnn.FeatureMapClassifier(
+            torch.nn.Identity(), lnn.CPPool(3, 2, 2), features=v
+        ),
+        "FeatureMapClassifier call": lambda v: lnn.FeatureMapClassifier(torch.nn.Identity(), lnn.CPPool(3, 2, 2))(v),
         "attn return_maps": lambda v: lnn.AttentionalPool(3, 2)(torch.ones(1, 3, 2, 2), return_maps=v),
     }
     return bad, calls

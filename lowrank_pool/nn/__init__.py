@@ -15,7 +15,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 
 from ._base import PoolingHead
 from ._compress import MatchReport, compress, match_scores
-from ._head import replace_head
+from ._head import FeatureMapClassifier, replace_head
 from ._layers import AttentionalPool, BilinearPool, CompactBilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
 
@@ -25,6 +25,7 @@ __all__ = [
     "CPPool",
     "CompactBilinearPool",
     "EigPool",
+    "FeatureMapClassifier",
     "FirstOrderPool",
     "MatchReport",
     "PoolingHead",

@@ -1,0 +1,232 @@
+"""Model-zoo backbones with every head: Hugging Face models built from a config (no weights, offline),
+the torchvision/timm conventions, and the general FeatureMapClassifier path."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_nn import CONFIGS, K  # noqa: E402
+
+import lowrank_pool as lp  # noqa: E402
+import lowrank_pool.nn  # noqa: E402
+from lowrank_pool.nn import FeatureMapClassifier, PoseAttentionalPool, replace_head  # noqa: E402
+
+WIDTH = 12  # the backbones' last channel count
+
+
+def _head(name, in_channels=WIDTH):
+    cls, kw = CONFIGS[name]
+    return cls(in_channels, K, **kw, generator=torch.Generator().manual_seed(0))
+
+
+def _transformers():
+    return pytest.importorskip("transformers", reason="transformers is in the test extra (pip install '.[test]')")
+
+
+def _hf_resnet():
+    transformers = _transformers()
+    cfg = transformers.ResNetConfig(
+        num_labels=7, embedding_size=8, hidden_sizes=[8, WIDTH], depths=[1, 1], layer_type="basic"
+    )
+    torch.manual_seed(0)
+    return transformers.ResNetForImageClassification(cfg)
+
+
+def _hf_convnext():
+    transformers = _transformers()
+    cfg = transformers.ConvNextConfig(num_labels=7, hidden_sizes=[8, WIDTH], depths=[1, 1], num_stages=2)
+    torch.manual_seed(0)
+    return transformers.ConvNextForImageClassification(cfg)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, K, (4,), generator=g)
+
+
+def _scores(out):
+    for name in ("logits", "scores"):
+        if hasattr(out, name):
+            return getattr(out, name)
+    return out
+
+
+def _train_step(model, head):
+    """One SGD step: finite loss, gradients in the head and the backbone, and the loss falls on a repeat."""
+    x, y = _batch()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # a small step: descent holds for every head
+    losses = []
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        logits = _scores(out)
+        assert logits.shape == (4, K)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        if isinstance(out, lp.nn.PoseOutput):
+            maps = out.keypoint_maps
+            loss = loss + lp.nn.pose_loss(maps, torch.full_like(maps, 0.5), torch.ones(maps.shape[:2]))
+        loss.backward()
+        assert torch.isfinite(loss)
+        head_grads = [p.grad for p in head.parameters() if p.requires_grad]
+        assert head_grads and all(g is not None and torch.isfinite(g).all() for g in head_grads)
+        backbone_grads = [
+            p.grad for n, p in model.named_parameters() if not n.startswith("head") and p.grad is not None
+        ]
+        assert backbone_grads and any(g.abs().sum() > 0 for g in backbone_grads)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+
+
+SCORE_HEADS = [n for n in CONFIGS if CONFIGS[n][0] is not PoseAttentionalPool]
+
+
+@pytest.mark.parametrize("name", SCORE_HEADS)
+def test_hf_resnet_replace_head_trains(name):
+    model = _hf_resnet()
+    head = _head(name)
+    assert replace_head(model, head) is model
+    assert model.resnet.pooler is head and isinstance(model.classifier, torch.nn.Identity)
+    assert model.num_labels == K == model.config.num_labels
+    _train_step(model, head)
+    # the model's own loss, reshaped by num_labels, works with the new class count
+    x, y = _batch()
+    out = model(pixel_values=x, labels=y)
+    assert out.logits.shape == (4, K) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_hf_convnext_feature_map_classifier_trains(name):
+    full = _hf_convnext()
+    head = _head(name)
+    model = FeatureMapClassifier(full, head)
+    assert model.backbone is full.convnext  # the unused classifier is not carried
+    assert not any(n.startswith("classifier") for n, _ in model.named_parameters())
+    with torch.no_grad():
+        fmap = model.feature_map(_batch()[0])
+    assert fmap.shape == (4, WIDTH, 4, 4)  # ConvNeXt's stem patchifies by 4, its second stage by 2
+    _train_step(model, head)
+
+
+@pytest.mark.parametrize("name", ["attn1", "cp", "pose"])
+def test_hf_resnet_feature_map_classifier_trains(name):
+    head = _head(name)
+    _train_step(FeatureMapClassifier(_hf_resnet(), head, features="last_hidden_state"), head)
+
+
+def test_convnext_cannot_be_swapped_and_the_error_points_to_the_wrapper():
+    with pytest.raises(lp.ArgumentError, match=r"FeatureMapClassifier\(model, pool\)"):
+        replace_head(_hf_convnext(), _head("cp"))
+
+
+def test_replace_head_refuses_heads_that_return_named_tuples():
+    with pytest.raises(lp.ArgumentError, match="pool: expected a head that returns scores only"):
+        replace_head(_hf_resnet(), _head("pose"))
+    cls, kw = CONFIGS["attn1"]
+    with pytest.raises(lp.ArgumentError, match="FeatureMapClassifier"):
+        replace_head(_hf_resnet(), cls(WIDTH, K, **kw, return_maps=True))
+
+
+def test_replace_head_checks_the_classifier_width_inside_a_sequential():
+    with pytest.raises(lp.ArgumentError, match=r"in_channels = 12 \(the in_features of model.classifier"):
+        replace_head(_hf_resnet(), _head("cp", in_channels=5))
+
+
+class _TimmConvNet(torch.nn.Module):
+    """timm's convention: forward_features gives the map, forward_head pools and classifies."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, WIDTH, 3, stride=2)
+        self.fc = torch.nn.Linear(WIDTH, 10)
+
+    def forward_features(self, x):
+        return torch.relu(self.stem(x))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).mean((2, 3)))
+
+
+class _TokenNet(torch.nn.Module):
+    """A ViT-like backbone whose map is a token sequence (B, n, f)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, WIDTH, 8, stride=8)
+        self.mix = torch.nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x):
+        return self.mix(self.patch(x).flatten(2).transpose(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "features", "shape"),
+    [
+        (_TimmConvNet, "auto", (4, WIDTH, 15, 15)),
+        (_TimmConvNet, "forward_features", (4, WIDTH, 15, 15)),
+        (_TimmConvNet, "stem", (4, WIDTH, 15, 15)),
+        (_TokenNet, "auto", (4, 16, WIDTH)),
+        (_TokenNet, "output", (4, 16, WIDTH)),
+        (_TokenNet, lambda net, x: net.patch(x), (4, WIDTH, 4, 4)),
+    ],
+)
+def test_feature_map_classifier_conventions(backbone, features, shape):
+    net = backbone()
+    head = _head("attn3_softmax")
+    model = FeatureMapClassifier(net, head, features=features)
+    x = _batch()[0]
+    assert model.feature_map(x).shape == shape
+    assert torch.equal(model(x), head(model.feature_map(x)))
+
+
+def test_named_submodule_stops_the_forward_there():
+    net = _TimmConvNet()
+    calls = []
+    net.fc.register_forward_hook(lambda *a: calls.append(1))
+    model = FeatureMapClassifier(torch.nn.Sequential(net.stem, torch.nn.ReLU(), net.fc), _head("cp"), features="1")
+    model(_batch()[0])
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ("nope", r"features: expected 'auto', .* the name of a submodule of _TokenNet, got 'nope'"),
+        ("forward_features", "features: 'forward_features' needs backbone.forward_features"),
+        (3, "features: expected a string or a callable, got int"),
+    ],
+)
+def test_feature_map_classifier_errors(features, message):
+    with pytest.raises(lp.LowRankPoolError, match=message):
+        FeatureMapClassifier(_TokenNet(), _head("cp"), features=features)
+
+
+def test_feature_map_classifier_rejects_a_non_tensor_map():
+    model = FeatureMapClassifier(_TokenNet(), _head("cp"), features=lambda net, x: [x])
+    with pytest.raises(lp.ArgumentTypeError, match=r"features: expected the feature map as a torch.Tensor, got list"):
+        model(_batch()[0])
+    with pytest.raises(lp.ArgumentTypeError, match=r"head: expected a lowrank_pool.nn pooling layer"):
+        FeatureMapClassifier(_TokenNet(), torch.nn.Linear(3, 3))
+
+
+def test_torchvision_resnet18_where_it_imports():
+    try:
+        import torchvision
+    except Exception as err:
+        pytest.skip(f"torchvision does not import beside torch {torch.__version__}: {err}")
+    model = torchvision.models.resnet18(weights=None, num_classes=7)
+    head = _head("cp", in_channels=512)
+    replace_head(model, head)
+    _train_step(model, head)
+
+
+def test_timm_model_where_it_imports():
+    try:
+        import timm
+    except Exception as err:
+        pytest.skip(f"timm does not import here (it needs torchvision): {err}")
+    net = timm.create_model("resnet18", pretrained=False, num_classes=7)
+    head = _head("attn1", in_channels=net.num_features)
+    _train_step(FeatureMapClassifier(net, head), head)
