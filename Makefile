@@ -8,13 +8,15 @@ ARGS   ?=
 # pytest-xdist is not used: 2 cores, and the suite is dominated by a few torch cases.
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint typecheck pytest demo bench dist integration clean
+.PHONY: help setup test lint typecheck pytest demo bench dist integration docs docs-check clean
 
 help:
 	@echo "make demo    - train every head on digits and textures, compress, write demo_out/ (ARGS=--quick: 1 min)"
 	@echo "make test    - ruff, mypy and pytest (derandomised hypothesis profile)"
 	@echo "make integration - torchvision resnet18 and timm in their own venv (5.5 GB, torch 2.14.1)"
 	@echo "make dist    - build wheel + sdist, install each in a fresh venv and smoke-test it"
+	@echo "make docs    - build the documentation site into docs/_build/html (examples executed)"
+	@echo "make docs-check - open the built site in headless Chromium: math, images, no outside requests"
 	@echo "make bench   - benchmarks/run.py \$$ARGS (--smoke for a quick check); writes benchmarks/results/"
 
 $(VENV)/.core: pyproject.toml constraints.txt
@@ -30,6 +32,10 @@ $(VENV)/.demo: $(VENV)/.core
 	$(PIP) -e '.[torch,demo]'
 	touch $@
 
+$(VENV)/.docs: $(VENV)/.core
+	$(PIP) -e '.[torch,docs]'
+	touch $@
+
 $(VENV)/.bench: $(VENV)/.test benchmarks/requirements.txt
 	$(PIP) -r benchmarks/requirements.txt
 	touch $@
@@ -40,7 +46,7 @@ demo: $(VENV)/.demo
 	$(PY) -m lowrank_pool.demo $(ARGS)
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check lowrank_pool tests benchmarks
+	$(VENV)/bin/ruff check lowrank_pool tests benchmarks docs
 	$(VENV)/bin/ruff format --check lowrank_pool tests benchmarks
 
 typecheck: $(VENV)/.test
@@ -53,6 +59,21 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py $(ARGS)
+
+# The documentation site: docs/_build/html. -W: any warning fails the build; the gallery's examples
+# run during the build (sphinx-gallery), so a broken example fails it too.
+docs: $(VENV)/.docs
+	rm -rf docs/_build docs/auto_tutorial docs/auto_gallery
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "site: docs/_build/html/index.html"
+
+# Open the built pages in headless Chromium (Debian's package; installed here when missing and
+# possible): math rendered, images loaded, no request to an outside host; screenshots in
+# docs/_build/screenshots.
+docs-check: $(VENV)/.docs
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)))
+	$(PY) -m pytest -q -p no:cacheprovider docs/check_site.py
 
 # Build the wheel and sdist, install each into a fresh venv (no checkout on the path, no torch) and smoke-test it.
 dist: $(VENV)/.test
@@ -81,4 +102,4 @@ integration: $(INTEG)/.ok
 	$(INTEG)/bin/python -m pytest -q tests/test_zoo.py
 
 clean:
-	rm -rf $(VENV) $(INTEG) dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INTEG) dist build docs/_build docs/auto_tutorial docs/auto_gallery .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -53,7 +53,25 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- scalars
 def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` as an int, or raise if it is not a positive integer."""
+    """Return ``value`` as an int, or raise if it is not a positive integer.
+
+    Parameters
+    ----------
+    value : Any
+        The argument to check (a bool is refused).
+    name : str
+        Its name, for the error.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_positive_int
+    >>> check_positive_int(3, "rank")
+    3
+    >>> check_positive_int(0, "rank")
+    Traceback (most recent call last):
+    ...
+    lowrank_pool._errors.ArgumentError: rank: expected a positive int, got 0
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ArgumentTypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
     if value <= 0:
@@ -62,7 +80,23 @@ def check_positive_int(value: Any, name: str) -> int:
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
-    """Raise unless ``value`` is one of ``choices``."""
+    """Raise unless ``value`` is one of ``choices``; return it.
+
+    Parameters
+    ----------
+    value : Any
+        The argument (only plain scalars can match).
+    name : str
+        Its name, for the error.
+    choices : sequence
+        The allowed values.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_choice
+    >>> check_choice("max", "reduce", ("mean", "sum", "max"))
+    'max'
+    """
     # only plain scalars can be a choice: an array's `in` would be ambiguous, a list unhashable
     ok = isinstance(value, str | int | float | type(None)) and value in choices
     if not ok or (isinstance(value, bool) and not any(c is value for c in choices)):
@@ -71,7 +105,23 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
 
 
 def check_number(value: Any, name: str, *, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``), else a named error."""
+    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``), else a named error.
+
+    Parameters
+    ----------
+    value : Any
+        The argument (a bool, NaN or inf is refused).
+    name : str
+        Its name, for the error.
+    positive : bool, default False
+        Require > 0 instead of >= 0.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_number
+    >>> check_number(1e-6, "eps", positive=True)
+    1e-06
+    """
     ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
     if not ok or not (value > 0 if positive else value >= 0) or not math.isfinite(value):
         expected = "a number > 0 (finite)" if positive else "a finite number >= 0"
@@ -80,7 +130,21 @@ def check_number(value: Any, name: str, *, positive: bool = False) -> float:
 
 
 def check_flag(value: Any, name: str) -> bool:
-    """Raise unless ``value`` is a bool."""
+    """Raise unless ``value`` is a bool (numpy's included); return it as a Python bool.
+
+    Parameters
+    ----------
+    value : Any
+        The argument.
+    name : str
+        Its name, for the error.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_flag
+    >>> check_flag(True, "bias")
+    True
+    """
     if not isinstance(value, bool | np.bool_):
         raise ArgumentTypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
@@ -163,6 +227,21 @@ def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[i
 
     An int r means (min(r, K), r, r). Each rank must fit its dimension and be at most
     the product of the other two (otherwise no tensor has those multilinear ranks).
+
+    Parameters
+    ----------
+    rank : int or (int, int, int)
+        The requested ranks.
+    k, f : int
+        K and f of W.
+    name : str, default "rank"
+        The argument's name, for the error.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_tucker_ranks
+    >>> check_tucker_ranks(8, 5, 16)
+    (5, 8, 8)
     """
     if isinstance(rank, int | np.integer) and not isinstance(rank, bool):
         r = check_positive_int(rank, name)

@@ -125,7 +125,9 @@ def host_copy(x: Array) -> Any:
             x = x.float()
     elif aac.is_cupy_array(x):  # device memory: numpy's from_dlpack cannot read it
         return x.get()
-    return np.asarray(x if isinstance(x, np.ndarray) else np.from_dlpack(x))
+    if isinstance(x, np.ndarray | np.generic) or not hasattr(x, "__dlpack__"):  # numpy, Python scalars, lists
+        return np.asarray(x)
+    return np.from_dlpack(x)
 
 
 def check_has_values(x: Array, name: str) -> None:

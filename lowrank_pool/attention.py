@@ -46,6 +46,22 @@ class AttentionMaps(NamedTuple):
     """The maps of an attentional head (what :func:`attention_maps` returns).
 
     ``scores == mean over positions of Σ_p top_down · bottom_up`` (see :func:`attention_maps`).
+
+    Parameters
+    ----------
+    top_down : array
+        X a_k (rank 1: (B, n, K); rank P: (B, n, K, P)), spatial axes kept with
+        ``keep_spatial=True``.
+    bottom_up : array
+        σ(X b) (rank 1: (B, n); rank P: (B, n, P) shared or (B, n, K, P) per class).
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> X = np.ones((2, 5, 3))
+    >>> maps = lp.attention_maps(X, np.ones((3, 4)), np.ones(3))
+    >>> maps.top_down.shape, maps.bottom_up.shape
+    ((2, 5, 4), (2, 5))
     """
 
     top_down: Array
@@ -298,9 +314,9 @@ def attention_maps(
     channel_axis : int, optional
     keep_spatial : bool
         Return the maps on the input's spatial grid, the positions axis replaced by
-        ``*spatial`` *after* the class/rank axes: rank 1 gives (B, K, *spatial) and
-        (B, *spatial); rank P (B, K, P, *spatial) and (B, P, *spatial) /
-        (B, K, P, *spatial). Ready to draw as heat maps.
+        ``*spatial`` after the class/rank axes: rank 1 gives ``(B, K, *spatial)`` and
+        ``(B, *spatial)``; rank P ``(B, K, P, *spatial)`` and ``(B, P, *spatial)`` /
+        ``(B, K, P, *spatial)``. Ready to draw as heat maps.
     check_finite : bool
 
     Returns

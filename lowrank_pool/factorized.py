@@ -61,14 +61,44 @@ SKINNY = 96
 
 
 class EigTensor(NamedTuple):
-    """Per-class eigen form W_k = Σ_p μ_kp v_kp v_kpᵀ of the symmetric part of W."""
+    """Per-class eigen form W_k = Σ_p μ_kp v_kp v_kpᵀ of the symmetric part of W.
+
+    Parameters
+    ----------
+    eigenvalues : array, (K, P)
+        μ_kp, largest magnitude first.
+    eigenvectors : array, (f, K, P)
+        v_kp, orthonormal for each class.
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> eig = lp.eig_approx(np.eye(3)[None], 2)
+    >>> eig.eigenvalues.shape, eig.eigenvectors.shape
+    ((1, 2), (3, 1, 2))
+    """
 
     eigenvalues: Array  # (K, P)
     eigenvectors: Array  # (f, K, P)
 
 
 class RankP(NamedTuple):
-    """Rank-P factors W_k = Σ_p a_kp b_kpᵀ (B shared by the classes when 2-D)."""
+    """Rank-P factors W_k = Σ_p a_kp b_kpᵀ (B shared by the classes when 2-D).
+
+    Parameters
+    ----------
+    A : array, (f, K, P)
+        Top-down factors a_kp.
+    B : array, (f, P) or (f, K, P)
+        Bottom-up factors b_p (shared) or b_kp (per class).
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> rp = lp.RankP(np.ones((4, 3, 2)), np.ones((4, 2)))
+    >>> lp.to_dense(rp).shape
+    (3, 4, 4)
+    """
 
     A: Array  # (f, K, P)
     B: Array  # (f, K, P) or (f, P)
@@ -93,6 +123,24 @@ def pool_cost(
     BANDWIDTH), where a GEMM that writes m < SKINNY columns runs at efficiency
     m / SKINNY. Used by ``path="auto"``; ``measure="flops"`` / ``"bytes"`` return the
     sums the estimate is made of (the benchmarks' roofline uses them).
+
+    Parameters
+    ----------
+    kind : {"cp", "tucker", "eig"}
+        The factored form.
+    batch, positions, channels, classes : int
+        B, n, f and K of the problem.
+    ranks : int or tuple of int
+        The form's ranks (see above).
+    itemsize : int, default 4
+        Bytes per number (4 for float32).
+    measure : {"seconds", "flops", "bytes"}, default "seconds"
+        What to return.
+
+    Returns
+    -------
+    dict
+        ``{"factorized": ..., "dense": ...}`` in the unit of ``measure``.
 
     Examples
     --------
@@ -379,6 +427,16 @@ def to_dense(obj: Any, /) -> Array:
     Khatri-Rao product as ``tensorly.cp_to_tensor`` does. ``bilinear_pool(X, to_dense(form))``
     equals the form's own pooling function.
 
+    Parameters
+    ----------
+    obj : CPTensor, TuckerTensor, EigTensor, RankP or their tuples
+        The factored form, on any backend.
+
+    Returns
+    -------
+    array, (K, f, f)
+        W, in the factors' library, device and dtype.
+
     Examples
     --------
     >>> import numpy as np, lowrank_pool as lp
@@ -413,6 +471,18 @@ def rankp_to_cp(A: Array | RankP, B: Array | None = None, /) -> Any:
     returns a tensorly ``CPTensor`` whose :func:`cp_pool` scores equal
     ``rankp_pool(X, A, B)`` (σ the identity).
 
+    Parameters
+    ----------
+    A : array, (f, K, P), or RankP
+        Top-down factors a_kp (or the whole form, with ``B`` omitted).
+    B : array, (f, P) or (f, K, P), optional
+        Bottom-up factors, shared by the classes (2-D) or per class (3-D).
+
+    Returns
+    -------
+    CPTensor
+        Rank K·P, factors (K, KP), (f, KP), (f, KP), unit weights.
+
     Examples
     --------
     >>> import numpy as np, lowrank_pool as lp
@@ -443,6 +513,16 @@ def cp_to_rankp(cp: Any, /) -> RankP:
     W_k = Σ_r (λ_r U_kr a_r) c_rᵀ, so A[:, k, r] = λ_r U_kr a_r and B = C; the result
     plugs into :func:`rankp_pool` (or an attentional layer) with the same scores, and
     :func:`rankp_to_cp` takes it back.
+
+    Parameters
+    ----------
+    cp : CPTensor or (weights, [U (K, R), A (f, R), C (f, R)])
+        A CP form of W (K, f, f); ``weights`` may be None (all ones).
+
+    Returns
+    -------
+    RankP
+        ``A`` (f, K, R) and the shared ``B`` (f, R).
 
     Examples
     --------

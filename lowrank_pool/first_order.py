@@ -50,7 +50,7 @@ def first_order_pool(
         One weight vector per class, column-per-class.
     reduce : {"sum", "mean", "max"}
         How the positions are pooled.
-    weights : array, (B, n) or (B, *spatial), optional
+    weights : array, (B, n) or ``(B, *spatial)``, optional
         A spatial weighting u of the positions (``reduce`` "sum" or "mean"):
         s_bk = (1/n) Σ_i u_bi x_bi · w_k (``"mean"``, without 1/n for ``"sum"``). With
         u = X b this is rank-1 attentional pooling; any other bottom-up map (e.g.
@@ -130,12 +130,12 @@ def project_channels(
     bias : array, (d,), optional
     channel_axis : int, optional
     keep_spatial : bool
-        Return (B, d, *spatial) (channels first, on the input's grid) instead of (B, n, d).
+        Return ``(B, d, *spatial)`` (channels first, on the input's grid) instead of (B, n, d).
     check_finite : bool
 
     Returns
     -------
-    array, (B, n, d) or (B, d, *spatial)
+    array, (B, n, d) or ``(B, d, *spatial)``
 
     Examples
     --------

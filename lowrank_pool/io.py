@@ -44,6 +44,13 @@ def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     file under either name; an open binary file object is written as it is. The form is
     validated first (the shapes must fit together).
 
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        Where to write (``.npz`` appended to a path without it).
+    obj : CPTensor, TuckerTensor, EigTensor, RankP or array (K, f, f)
+        The form to save, on any backend (copied to the host).
+
     Returns
     -------
     str or file object
@@ -211,6 +218,25 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
     oversized file — raises :class:`FactorFileError` naming the path
     (:class:`FactorFileNotFoundError`, also a FileNotFoundError, when there is no file at
     ``path`` nor at ``path + ".npz"``).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        The file :func:`save_factors` wrote.
+
+    Returns
+    -------
+    CPTensor, TuckerTensor, EigTensor, RankP or numpy array
+        The saved form, as numpy arrays.
+
+    Examples
+    --------
+    >>> import io, numpy as np, lowrank_pool as lp
+    >>> buf = io.BytesIO()
+    >>> _ = lp.save_factors(buf, np.zeros((2, 3, 3)))
+    >>> _ = buf.seek(0)
+    >>> lp.load_factors(buf).shape
+    (2, 3, 3)
     """
     if _is_file_object(path):
         where, source = repr(getattr(path, "name", path)), path

@@ -26,9 +26,9 @@ def signed_sqrt(G: Array, /, *, eps: float = 1e-6) -> Array:
     .. math:: \operatorname{ssqrt}_\varepsilon(x) = \frac{x}{\sqrt{|x| + \varepsilon} + \sqrt{\varepsilon}}
               = \operatorname{sign}(x)\big(\sqrt{|x|+\varepsilon} - \sqrt{\varepsilon}\big)
 
-    The plain sign(x)·√|x| has derivative 1/(2√|x|), infinite at 0, which is where
+    The plain sign(x)·√abs(x) has derivative 1/(2√abs(x)), infinite at 0, which is where
     every bilinear-pooling port adds an epsilon. Here ε sits inside the root: the
-    value at 0 is exactly 0, the derivative is 1/(2√(|x|+ε)) ≤ 1/(2√ε) (500 for the
+    value at 0 is exactly 0, the derivative is 1/(2√(abs(x)+ε)) ≤ 1/(2√ε) (500 for the
     default ε = 1e-6), and the left-hand form avoids the cancellation of the
     right-hand one. ``eps=0`` gives the exact signed square root.
 

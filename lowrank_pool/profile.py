@@ -51,6 +51,33 @@ class RankProfile:
     or W itself for CP/Tucker with ``symmetric=False``); ``compression`` is K·f² over
     the parameter count; ``accuracy`` is top-1 accuracy of the approximated
     classifier on the given features (None without them), beside ``dense_accuracy``.
+
+    Parameters
+    ----------
+    method : str
+        "cp", "tucker" or "eig".
+    ranks : list
+        The ranks tried.
+    errors : list of float
+        Relative Frobenius error per rank.
+    params : list of int
+        Parameter count per rank.
+    compression : list of float
+        K·f² / params per rank.
+    accuracy : list of float, optional
+        Top-1 accuracy per rank on the given features.
+    dense_accuracy : float, optional
+        Top-1 accuracy of W itself.
+    dense_params : int
+        K·f².
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> W = np.random.default_rng(0).standard_normal((3, 4, 4))
+    >>> prof = lp.rank_profile(W, [1, 4], method="eig", progress=False)
+    >>> prof.params, round(prof.errors[-1], 12)
+    ([15, 60], 0.0)
     """
 
     method: str

@@ -20,12 +20,40 @@ __all__ = ["assert_close", "eps_of", "random_features", "to_numpy"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Copy any array (numpy, torch on any device, array_api_strict, ...) to numpy float64."""
+    """Copy any array (numpy, torch on any device, array_api_strict, ...) to numpy float64.
+
+    Parameters
+    ----------
+    x : array of any library
+        Copied (torch: detached, moved to the host).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.testing import to_numpy
+    >>> to_numpy(torch.ones(2, dtype=torch.bfloat16))
+    array([1., 1.])
+    """
     return np.asarray(host_copy(x), dtype=np.float64)
 
 
 def eps_of(dtype: Any) -> float:
-    """Machine epsilon (2u) of a numpy, torch or array-API floating dtype."""
+    """Machine epsilon (2u) of a numpy, torch or array-API floating dtype.
+
+    Parameters
+    ----------
+    dtype : dtype of any library
+        float16, bfloat16, float32 or float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.testing import eps_of
+    >>> eps_of(np.float32) == eps_of("torch.float32") == 2.0**-23
+    True
+    """
+    if isinstance(dtype, type) and issubclass(dtype, np.generic):  # np.float32 the type, not np.dtype
+        dtype = np.dtype(dtype)
     name = str(dtype).rsplit(".", 1)[-1]
     return {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}[name]
 
@@ -58,6 +86,17 @@ def assert_close(
         and have ``desired``'s shape: that is checked before the values.
     label : str
         Prefix of the failure message (e.g. which case of a loop failed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.testing import assert_close
+    >>> x = np.float32(1) + np.float32(1e-7)
+    >>> assert_close(x, 1.0, terms=1)             # within one float32 rounding of 1
+    >>> assert_close(np.float32(1.001), 1.0, terms=4)
+    Traceback (most recent call last):
+    ...
+    AssertionError: 1 of 1 entries differ beyond 4·eps·scale; ...
     """
     try:
         _assert_close(actual, desired, terms=terms, scale=scale, dtype=dtype, like=like)
@@ -72,10 +111,13 @@ def _assert_close(actual: Any, desired: Any, *, terms: int, scale: Any, dtype: A
         assert type(actual) is type(like), f"library: expected {type(like)}, got {type(actual)}"
         assert aac.device(actual) == aac.device(like), f"device: {aac.device(actual)} != {aac.device(like)}"
         assert actual.dtype == like.dtype, f"dtype: expected {like.dtype}, got {actual.dtype}"
-    assert shape_of(actual) == shape_of(desired), f"shape: expected {shape_of(desired)}, got {shape_of(actual)}"
+    a_shape, d_shape = _shape(actual), _shape(desired)
+    assert a_shape == d_shape, f"shape: expected {d_shape}, got {a_shape}"
     a, d = to_numpy(actual), to_numpy(desired)
     s = np.abs(d) if scale is None else np.broadcast_to(to_numpy(scale) if not np.isscalar(scale) else scale, d.shape)
-    tol = terms * eps_of(dtype if dtype is not None else actual.dtype) * s + np.finfo(np.float64).tiny
+    if dtype is None:
+        dtype = actual.dtype if hasattr(actual, "dtype") else np.float64
+    tol = terms * eps_of(dtype) * s + np.finfo(np.float64).tiny
     err = np.abs(a - d)
     bad = ~(err <= tol)
     if bad.any():
@@ -86,9 +128,32 @@ def _assert_close(actual: Any, desired: Any, *, terms: int, scale: Any, dtype: A
         )
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+    return shape_of(x) if hasattr(x, "shape") else np.shape(x)  # Python scalars and lists too
+
+
 def random_features(
     shape: tuple[int, ...], *, seed: int = 0, dtype: Any = np.float32, positive: bool = False
 ) -> np.ndarray:
-    """A reproducible random feature map (standard normal, or |normal| after a ReLU)."""
+    """A reproducible random feature map (standard normal, or its absolute value with ``positive=True``).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (B, n, f) or (B, f, H, W).
+    seed : int, default 0
+        numpy generator seed.
+    dtype : numpy dtype, default float32
+        Of the result.
+    positive : bool, default False
+        Return ``abs`` of the draws (non-negative, like post-ReLU features).
+
+    Examples
+    --------
+    >>> from lowrank_pool.testing import random_features
+    >>> X = random_features((2, 7, 3), positive=True)
+    >>> X.shape, X.dtype, bool((X >= 0).all())
+    ((2, 7, 3), dtype('float32'), True)
+    """
     x = np.random.default_rng(seed).standard_normal(shape)
     return (np.abs(x) if positive else x).astype(dtype)

@@ -41,6 +41,11 @@ PATHS = ("auto", "factorized", "dense")
 def as_cp(cp: Any, /) -> tuple[Any, list[Any]]:
     """``(weights (R,), [U (K, R), A (f, R), C (f, R)])`` of a validated CP form (weights None become ones).
 
+    Parameters
+    ----------
+    cp : CPTensor or (weights, factors)
+        A CP form of W (K, f, f), on any backend.
+
     Examples
     --------
     >>> import numpy as np
@@ -54,12 +59,40 @@ def as_cp(cp: Any, /) -> tuple[Any, list[Any]]:
 
 
 def as_tucker(tucker: Any, /) -> tuple[Any, list[Any]]:
-    """``(core (R_K, R_a, R_c), [U, A, C])`` of a validated Tucker form."""
+    """``(core (R_K, R_a, R_c), [U, A, C])`` of a validated Tucker form.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+        A Tucker form of W (K, f, f), on any backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.validation import as_tucker
+    >>> core, (U, A, C) = as_tucker((np.ones((1, 2, 2)), [np.ones((3, 1)), np.ones((4, 2)), np.ones((4, 2))]))
+    >>> core.shape, U.shape
+    ((1, 2, 2), (3, 1))
+    """
     _, core, factors, _ = parse_tucker(tucker)
     return core, factors
 
 
 def as_eig(eig: Any, /) -> tuple[Any, Any]:
-    """``(eigenvalues (K, P), eigenvectors (f, K, P))`` of a validated eigen form."""
+    """``(eigenvalues (K, P), eigenvectors (f, K, P))`` of a validated eigen form.
+
+    Parameters
+    ----------
+    eig : EigTensor or (eigenvalues, eigenvectors)
+        An eigen form of W (K, f, f), on any backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.validation import as_eig
+    >>> mu, v = as_eig((np.ones((3, 2)), np.ones((4, 3, 2))))
+    >>> mu.shape, v.shape
+    ((3, 2), (4, 3, 2))
+    """
     _, mu, v, _ = parse_eig(eig)
     return mu, v

@@ -27,7 +27,34 @@ from lowrank_pool.validation import check_flag, check_positive_int
 
 
 class PoolingHead(nn.Module):
-    """Base of the layers: input/output sizes, the bias, the layout rule and the init helpers."""
+    """Base of the layers: input/output sizes, the bias, the layout rule and the init helpers.
+
+    Every head maps a feature map to class scores (B, K) with the conventions of
+    :doc:`/conventions`: the second moment M = XᵀX / n, a bias on by default (zero at
+    init), the functions' dtype and ``channel_axis`` rules, O(1) initial scores.
+
+    Parameters
+    ----------
+    in_channels : int
+        f, the feature map's channel count.
+    num_classes : int
+        K.
+    bias : bool, default True
+        Learn a per-class bias (zero at init).
+    channel_axis : int, optional
+        The channel axis of the input; None applies the default rule (3-D: (B, n, f);
+        4-D/5-D: channels-first).
+    device, dtype
+        Where and in which floating dtype the parameters are created.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import CPPool, PoolingHead
+    >>> head = CPPool(8, 5, rank=4)
+    >>> isinstance(head, PoolingHead), head.in_channels, head.num_classes, head.bias.shape
+    (True, 8, 5, torch.Size([5]))
+    """
 
     in_channels: int
     num_classes: int

@@ -76,6 +76,18 @@ def replace_head(model: nn.Module, pool: PoolingHead) -> nn.Module:
     ViT, timm's ConvNeXt head with a norm after the pooling), is refused: wrap it with
     :class:`FeatureMapClassifier` instead, which takes the backbone's last feature map.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The backbone with its pooling and classifier, changed in place.
+    pool : PoolingHead
+        The new head; ``pool.in_channels`` must be the classifier's ``in_features``.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+
     Examples
     --------
     >>> import torch

@@ -197,8 +197,8 @@ class AttentionalPool(PoolingHead):
     bottom-up ones (the paper's a_k and b for rank 1). Scores by
     :func:`lowrank_pool.rankp_pool` (the shared form runs through a fused autograd
     kernel that keeps almost nothing for backward); ``return_maps=True`` also returns
-    :func:`lowrank_pool.attention_maps` on the input's grid: top-down (B, K, *grid) and
-    bottom-up (B, *grid) at rank 1, (B, K, P, *grid) and (B, P, *grid) / (B, K, P, *grid)
+    :func:`lowrank_pool.attention_maps` on the input's grid: top-down ``(B, K, *grid)`` and
+    bottom-up ``(B, *grid)`` at rank 1, ``(B, K, P, *grid)`` and ``(B, P, *grid)`` / ``(B, K, P, *grid)``
     at rank P.
 
     Parameters

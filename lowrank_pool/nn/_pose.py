@@ -16,7 +16,27 @@ __all__ = ["PoseAttentionalPool", "PoseOutput", "keypoint_heatmaps", "pose_loss"
 
 
 class PoseOutput(NamedTuple):
-    """What :class:`PoseAttentionalPool` returns."""
+    """What :class:`PoseAttentionalPool` returns.
+
+    Parameters
+    ----------
+    scores : tensor, (B, K)
+        Class scores.
+    keypoint_maps : tensor, ``(B, J, *grid)``
+        Logits of the J keypoint heat maps (the input of :func:`pose_loss`).
+    top_down : tensor, ``(B, K, *grid)``, or None
+        X a_k, with ``return_maps=True``.
+    bottom_up : tensor, ``(B, *grid)``, or None
+        σ(u) of the bottom-up map (averaging 1 for softmax), with ``return_maps=True``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import PoseAttentionalPool
+    >>> out = PoseAttentionalPool(8, 5, num_keypoints=3)(torch.randn(2, 8, 6, 6))
+    >>> out.scores.shape, out.keypoint_maps.shape, out.top_down
+    (torch.Size([2, 5]), torch.Size([2, 3, 6, 6]), None)
+    """
 
     scores: torch.Tensor  # (B, K)
     keypoint_maps: torch.Tensor  # (B, J, *grid): logits of the J keypoint heat maps
@@ -156,6 +176,15 @@ def keypoint_heatmaps(
         Zero for invisible keypoints.
     mask : tensor, (B, J)
         1.0 for visible keypoints: weights of :func:`pose_loss`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import keypoint_heatmaps
+    >>> maps, mask = keypoint_heatmaps(torch.tensor([[[1.0, 2.0], [-1.0, -1.0]]]), (4, 5),
+    ...                                visible=torch.tensor([[True, False]]))
+    >>> maps.shape, mask.tolist(), float(maps[0, 0, 2, 1])
+    (torch.Size([1, 2, 4, 5]), [[1.0, 0.0]], 1.0)
     """
     if not isinstance(keypoints, torch.Tensor):
         raise lp.BackendError(f"keypoints: expected a torch.Tensor (B, J, 2), got {type(keypoints).__name__}")
@@ -189,7 +218,30 @@ def keypoint_heatmaps(
 
 
 def pose_loss(keypoint_maps: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the visible keypoints' heat maps (0 when none is visible)."""
+    """Mean squared error over the visible keypoints' heat maps (0 when none is visible).
+
+    Parameters
+    ----------
+    keypoint_maps : tensor, (B, J, H, W)
+        The head's keypoint logits (:attr:`PoseOutput.keypoint_maps`).
+    targets : tensor, (B, J, H, W)
+        Target heat maps (:func:`keypoint_heatmaps`).
+    mask : tensor, (B, J)
+        1 for a visible keypoint, 0 otherwise.
+
+    Returns
+    -------
+    tensor, ()
+        Σ_bj mask_bj · mean_hw (m − t)² / max(1, Σ mask).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_pool.nn import keypoint_heatmaps, pose_loss
+    >>> targets, mask = keypoint_heatmaps(torch.tensor([[[1.0, 2.0]]]), (4, 4))
+    >>> float(pose_loss(targets, targets, mask))
+    0.0
+    """
     for name, t in (("keypoint_maps", keypoint_maps), ("targets", targets), ("mask", mask)):
         if not isinstance(t, torch.Tensor):
             raise lp.BackendError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
