@@ -5,6 +5,9 @@ by default every approximation fits S_k = (W_k + W_kᵀ)/2 and spends no rank on
 antisymmetric part. CP and Tucker use tensorly's ALS / HOOI with tensorly's backend
 matched to the input's library inside ``tensorly.backend_context`` (never the global
 backend), on detached inputs: fitting is not differentiable.
+
+Why the symmetric part, and the Eckart–Young argument for the eigen form: docs/math.md,
+"The symmetric part".
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Forms (all plain containers of arrays, any backend):
 
 Every score is ⟨M_b, W_k⟩ with the package's scale M = XᵀX / n, the same as
 :func:`bilinear_pool` of the dense W.
+
+Each form's score and cost per sample: docs/math.md, "CP and Tucker forms of W".
 """
 
 from __future__ import annotations

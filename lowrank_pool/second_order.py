@@ -5,6 +5,8 @@ The package's scale (every second-order function and layer): the descriptor is t
 feature map's size (a head trained on 7×7 maps scores 10×10 maps on the same scale) and
 one initialisation rule gives O(1) initial scores; ``gram(X, normalize=None)`` is the
 plain sum XᵀX of the paper's formula.
+
+Why the mean and not the sum: docs/conventions.md, "Scale"; the math: docs/math.md.
 """
 
 from __future__ import annotations

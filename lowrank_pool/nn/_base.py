@@ -1,6 +1,7 @@
 """What every pooling layer shares: the constructor preamble, the bias, the init rule.
 
-The conventions (the same for every head, and the same as the functions'):
+The conventions (the same for every head, and the same as the functions'; the reasons are in
+docs/conventions.md):
 
 - scale: second-order scores use M = XᵀX / n (first-order heads the mean feature);
 - bias: ``bias=True`` by default, one learnable offset per class, initialised to 0;

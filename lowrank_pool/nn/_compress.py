@@ -6,6 +6,9 @@ that those features never excite cost rank without changing a score, and the one
 excite may carry little of W's norm. :func:`compress` starts from the Frobenius fit and, given
 feature maps, refines the factors so that the compressed head's scores (bias included) match
 the dense head's on them; :func:`match_scores` is that refinement for any student layer.
+
+The argument, and what each step buys on real features: docs/math.md, "Why compression needs
+score matching", and the compression example of the docs gallery.
 """
 
 from __future__ import annotations
