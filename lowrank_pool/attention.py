@@ -1,7 +1,8 @@
 """Low-rank attentional pooling (Girdhar & Ramanan, NIPS 2017).
 
 The identity everything here rests on, for X (n, f) and a, b (f,), with the package's
-scale M = XᵀX / n (the second moment of the features; the rationale and the proof: docs/math.md, "Low-rank (attentional) pooling"):
+scale M = XᵀX / n (the second moment of the features; the rationale and the proof:
+docs/math.md, "Low-rank (attentional) pooling"):
 
     ⟨M, a bᵀ⟩ = Tr(M b aᵀ) = (1/n) (X a)ᵀ (X b)
 
