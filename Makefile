@@ -26,6 +26,7 @@ $(VENV)/.core: pyproject.toml constraints.txt
 
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e '.[torch,test]'
+	$(PY) -m lowrank_pool._native   # the optional compiled CPU kernel (cached; the torch path runs without it)
 	touch $@
 
 $(VENV)/.demo: $(VENV)/.core

@@ -33,9 +33,34 @@ from typing import Any
 import array_api_compat.torch as xp
 import torch
 
+from . import _native
 from .attention import activate
 
 __all__ = ["shared_bottom_up_scores"]
+
+_ATTENTION_CODES = {"linear": 0, "relu": 1, "softmax": 2}
+
+
+def _native_kernel(*tensors: torch.Tensor) -> Any:
+    """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, contiguous, plain
+    tensors outside autocast, vmap and torch.compile); None sends the call down the torch path."""
+    if _is_compiling() or torch.is_autocast_enabled("cpu"):
+        return None
+    dtype = tensors[0].dtype
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() or _is_wrapped(t):
+            return None
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    return _native.kernel()
+
+
+def _is_wrapped(t: torch.Tensor) -> bool:
+    """A functorch (vmap/grad) wrapper or a tensor subclass: the compiled kernel needs plain storage."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is not None and functorch.is_functorch_wrapped_tensor(t):
+        return True
+    return type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)
 
 
 def _maps(x: torch.Tensor, bm: torch.Tensor, channels_first: bool, attention: str) -> tuple[torch.Tensor, ...]:
@@ -77,7 +102,11 @@ class _SharedBottomUp(torch.autograd.Function):
     def forward(
         x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, channels_first: bool, attention: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        _, _, u, v = _maps(x, bm, channels_first, attention)
+        native = _native_kernel(x, bm)
+        if native is not None:  # X read once per pass, in its own layout
+            u, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
+        else:
+            _, _, u, v = _maps(x, bm, channels_first, attention)
         s = torch.matmul(v.flatten(1), a_pf)  # (B, K)
         return s, u, v
 
@@ -101,6 +130,12 @@ class _SharedBottomUp(torch.autograd.Function):
         gv = torch.matmul(g, a_pf.mT).view(batch, p, f)
         if ctx.needs_input_grad[2]:
             ga = torch.matmul(v.flatten(1).mT, g)
+        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, u, gv)
+        if native is not None and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            gx, gbm = native.maps_backward(
+                x, bm, u, gv, ctx.channels_first, _ATTENTION_CODES[ctx.attention], *ctx.needs_input_grad[:2]
+            )
+            return gx if ctx.needs_input_grad[0] else None, gbm if ctx.needs_input_grad[1] else None, ga, None, None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             gz = _activation_derivative(u, torch.matmul(gv, xt), ctx.attention)  # (B, P, n)
             if ctx.needs_input_grad[1]:
