@@ -212,13 +212,48 @@ def _broadcast(d: dict[str, Any], _path: str) -> Callable[[], Any]:
 
 def _autograd_gemm(d: dict[str, Any], _path: str) -> Callable[[], Any]:
     X, A, b = d["X"], d["A"], d["b"]
-    batch, f, k = X.shape[0], X.shape[1], A.shape[1]
+    return lambda: _gemm_form(X, A, b)
 
-    def gemm() -> Any:
-        z = torch.cat([A, b[:, None]], 1).T @ X.reshape(batch, f, -1)
-        return (z[:, :k] * z[:, k:]).mean(-1)
 
-    return gemm
+def _gemm_form(X: Any, A: Any, b: Any) -> Any:
+    """What a user writes first: project X on [A | b], multiply the maps, average (plain autograd)."""
+    k = A.shape[1]
+    z = torch.cat([A, b[:, None]], 1).T @ X.reshape(X.shape[0], X.shape[1], -1)
+    return (z[:, :k] * z[:, k:]).mean(-1)
+
+
+def _reassociated_form(X: Any, A: Any, b: Any) -> Any:
+    """The re-associated form aᵀ(Xᵀ(X b)) / n by hand, with plain autograd (no fused backward)."""
+    xt = X.reshape(X.shape[0], X.shape[1], -1)  # (B, f, n)
+    u = (b @ xt)[:, :, None]  # (B, n, 1): the bottom-up map
+    return (xt @ u)[..., 0] @ A / xt.shape[-1]
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled(form: Callable[..., Any]) -> Maker:
+    """``form`` under torch.compile (inductor), one compiled function per form for every shape and mode."""
+
+    def make(d: dict[str, Any], _path: str) -> Callable[[], Any]:
+        if form.__name__ not in _COMPILED:
+            # every (shape, dtype, mode) of the run is one more specialisation of the same function
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _COMPILED[form.__name__] = torch.compile(form, dynamic=False)
+        fn = _COMPILED[form.__name__]
+        X, A, b = d["X"], d["A"], d["b"]
+        return lambda: fn(X, A, b)
+
+    return make
+
+
+SMOKE = False  # set by main(): --smoke leaves the torch.compile baselines out (compile time, not speed)
+
+
+def _compile_unavailable() -> str:
+    if SMOKE:
+        return "torch.compile baselines are left out of --smoke (they measure compile time there)"
+    return ""
 
 
 def _tensorly_cp(r: int) -> Maker:
@@ -287,6 +322,26 @@ CASES: list[Case] = [
         needs=lambda c, _: (c.batch * c.k * c.n * c.f * c.item * (3 if c.grad else 1), "needs {size}"),
     ),
     Case("(b) autograd GEMM", _autograd_gemm, "rank1", layouts=("nchw",), backends=("torch",), baseline_of="rank1"),
+    Case(
+        "(e) autograd re-associated",
+        lambda d, _: lambda: _reassociated_form(d["X"], d["A"], d["b"]),
+        "rank1",
+        layouts=("nchw",),
+        backends=("torch",),
+        baseline_of="rank1",
+    ),
+    *(
+        Case(
+            name,
+            _compiled(form),
+            "rank1",
+            layouts=("nchw",),
+            backends=("torch",),
+            baseline_of="rank1",
+            unavailable=_compile_unavailable,
+        )
+        for name, form in (("(f) compiled GEMM", _gemm_form), ("(g) compiled re-associated", _reassociated_form))
+    ),
     *(
         Case(
             f"(c) tensorly cp{r}",
@@ -589,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(json.loads(args.memory_child))
         return 0
     torch.set_num_threads(args.threads)
+    global SMOKE
+    SMOKE = args.smoke
     rounds = args.rounds or (3 if args.smoke else 7)
     batch = 4 if args.smoke else 32
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
