@@ -55,6 +55,11 @@ def _native_kernel(*tensors: torch.Tensor) -> Any:
     return _native.kernel()
 
 
+def native_serves(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernel would run the forward for these tensors (inference routing)."""
+    return _native_kernel(*tensors) is not None
+
+
 def _is_wrapped(t: torch.Tensor) -> bool:
     """A functorch (vmap/grad) wrapper or a tensor subclass: the compiled kernel needs plain storage."""
     functorch = getattr(torch._C, "_functorch", None)

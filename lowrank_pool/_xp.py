@@ -312,12 +312,17 @@ def gram_product(xp: Namespace, feats: Features) -> Array:
 
 
 def use_torch_kernel(xp: Namespace, *arrays: Array) -> bool:
-    """True when the fused torch autograd kernel should run: torch arrays that need gradients."""
+    """True when the fused torch kernel should run: torch arrays that need gradients, or (inference) arrays
+    that the compiled CPU kernel serves (X and the bottom-up basis, the first two arrays)."""
     if not is_torch(xp):
         return False
     import torch
 
-    return torch.is_grad_enabled() and any(t.requires_grad for t in arrays)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in arrays):
+        return True
+    from ._torch_kernels import native_serves
+
+    return native_serves(*arrays[:2])
 
 
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:

@@ -10,8 +10,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace {
 
@@ -165,6 +170,22 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
   }
 }
 
+// A fresh multi-MB output (∂X) is paid for in page faults on its first write (measured here: 11-13 ms for
+// 51 MB with 4 KiB pages, 4-5 ms with 2 MiB pages, 2.2 ms to overwrite a reused buffer). Where the kernel
+// allows transparent huge pages on request (THP "madvise" mode), ask for them on the buffer's aligned
+// interior; elsewhere this is a no-op.
+void prefer_huge_pages(const torch::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t(1) << 21;
+  const auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  const auto end = begin + static_cast<std::uintptr_t>(t.nbytes());
+  const std::uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = end & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
 void check(const torch::Tensor& x, const torch::Tensor& bm, bool cf) {
   TORCH_CHECK(x.device().is_cpu() && bm.device().is_cpu(), "lowrank_pool native kernel: CPU tensors only");
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && bm.dim() == 2 && bm.is_contiguous(),
@@ -197,6 +218,7 @@ std::vector<torch::Tensor> maps_backward(torch::Tensor x, torch::Tensor bm, torc
               "lowrank_pool native kernel: contiguous u, gv in x's dtype");
   const int64_t B = x.size(0), f = bm.size(0), P = bm.size(1), n = cf ? x.size(2) : x.size(1);
   auto gx = need_x ? torch::empty_like(x) : torch::Tensor();
+  if (need_x) prefer_huge_pages(gx);
   auto gbm = need_b ? torch::empty_like(bm) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "maps_backward", [&] {
     backward_impl<scalar_t>(x.data_ptr<scalar_t>(), bm.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
