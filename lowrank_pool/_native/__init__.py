@@ -5,7 +5,8 @@ does it — and cached by torch (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/to
 At run time :func:`kernel` returns the module only when it is already built (a forward call never
 starts a compiler); otherwise, or with ``LOWRANK_POOL_NATIVE=0``, the pure-torch path runs, which
 computes the same values. The kernel serves CPU float32/float64 tensors; every other device and
-dtype takes the torch path.
+dtype takes the torch path. ``LOWRANK_POOL_HUGEPAGES=1`` asks the OS for transparent huge pages on the
+fresh ∂X buffer (fewer page faults; off by default because the request can stall on compaction).
 """
 
 from __future__ import annotations

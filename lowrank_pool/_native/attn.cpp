@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -171,11 +173,18 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
 }
 
 // A fresh multi-MB output (∂X) is paid for in page faults on its first write (measured here: 11-13 ms for
-// 51 MB with 4 KiB pages, 4-5 ms with 2 MiB pages, 2.2 ms to overwrite a reused buffer). Where the kernel
-// allows transparent huge pages on request (THP "madvise" mode), ask for them on the buffer's aligned
-// interior; elsewhere this is a no-op.
+// 51 MB with 4 KiB pages, 4-5 ms with 2 MiB pages, 2.2 ms to overwrite a reused buffer). With
+// LOWRANK_POOL_HUGEPAGES=1, and where the kernel grants transparent huge pages on request (THP "madvise"
+// mode), ask for them on the buffer's aligned interior. Off by default: with THP defrag "madvise" the
+// request can stall on synchronous compaction (measured here, fwd+bwd at (196, 2048, 600): median
+// 20.7 ms against 31.6 ms, but single steps of 68-125 ms, so the mean gained little and the jitter grew).
 void prefer_huge_pages(const torch::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* v = std::getenv("LOWRANK_POOL_HUGEPAGES");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  if (!enabled) return;
   constexpr std::uintptr_t kHuge = std::uintptr_t(1) << 21;
   const auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
   const auto end = begin + static_cast<std::uintptr_t>(t.nbytes());
