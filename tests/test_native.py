@@ -117,15 +117,20 @@ def test_native_path_runs_and_passes_gradcheck(counted, attention, layout):
 
 
 def test_native_skips_what_it_cannot_serve(counted):
-    X = torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last)  # (B, n, f) view: contiguous
+    X = torch.randn(2, 6, 3, 3)  # NCHW: the (B, f, n) view is contiguous
     A, b = torch.randn(6, 4), torch.randn(6)
     lp.rank1_pool(X, A, b)
     served = counted["forward"]
-    assert served == 1  # inference (nothing needs a gradient) is served too
+    assert served == 1  # channels-first inference (nothing needs a gradient) is served too
+    lp.rank1_pool(X.to(memory_format=torch.channels_last), A, b)  # (B, n, f) inference: stock products
+    assert counted["forward"] == served
     # a non-contiguous view and autocast: torch path
-    lp.rank1_pool(torch.randn(2, 3, 9).mT, A[:3], b[:3])  # (B, n, f) transposed storage
+    leaf = torch.randn(2, 3, 9, requires_grad=True)
+    lp.rank1_pool(leaf.mT, A[:3], b[:3])  # (B, n, f) on transposed storage, in the autograd Function
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lp.rank1_pool(X, A, b)
+        lp.rank1_pool(X.requires_grad_(), A, b)
+    X.requires_grad_(False)
     assert counted["forward"] == served
     # bfloat16 input is computed in float32 (the dtype rule) before the kernel sees it: served
     lp.rank1_pool(X.to(torch.bfloat16), A, b)
