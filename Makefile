@@ -73,6 +73,7 @@ docs: $(VENV)/.docs
 # docs/_build/screenshots.
 docs-check: $(VENV)/.docs
 	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  export DEBIAN_FRONTEND=noninteractive && \
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)))
 	$(PY) -m pytest -q -p no:cacheprovider docs/check_site.py
 
