@@ -79,6 +79,28 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_int(value: Any, name: str) -> int:
+    """Return ``value`` as a Python int (numpy integers included), or raise if it is not an integer.
+
+    Parameters
+    ----------
+    value : Any
+        The argument (a bool is refused).
+    name : str
+        Its name, for the error.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_pool.validation import check_int
+    >>> check_int(np.int64(7), "seed")
+    7
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ArgumentTypeError(f"{name}: expected an int, got {type(value).__name__}")
+    return int(value)
+
+
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """Raise unless ``value`` is one of ``choices``; return it.
 

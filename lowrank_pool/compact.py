@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_positive_int, prepare
-from ._errors import ArgumentTypeError
+from ._checks import check_int, check_positive_int, prepare
 from ._xp import Array, Namespace, device_of, project
 
 __all__ = ["compact_bilinear_pool", "count_sketches"]
@@ -90,10 +89,9 @@ def compact_bilinear_pool(
     True
     """
     dim = check_positive_int(dim, "dim")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise ArgumentTypeError(f"seed: expected an int, got {type(seed).__name__}")
+    seed = check_int(seed, "seed")
     xp, feats, _ = prepare(X, channel_axis, check_finite)
-    s1, s2 = count_sketches(feats.channels, dim, int(seed))
+    s1, s2 = count_sketches(feats.channels, dim, seed)
     both = xp.asarray(np.concatenate([s1, s2], axis=1), dtype=feats.data.dtype, device=device_of(feats.data))
     z = project(xp, feats, both)  # (B, n, 2d): the two count sketches of every position
     psi = _sketch(xp, z[:, :, :dim], z[:, :, dim:], dim)  # (B, n, d)

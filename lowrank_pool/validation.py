@@ -11,6 +11,7 @@ from typing import Any
 from ._checks import (
     check_choice,
     check_flag,
+    check_int,
     check_number,
     check_positive_int,
     check_tucker_ranks,
@@ -30,6 +31,7 @@ __all__ = [
     "as_tucker",
     "check_choice",
     "check_flag",
+    "check_int",
     "check_number",
     "check_positive_int",
     "check_tucker_ranks",

@@ -77,3 +77,18 @@ def test_bad_input_is_named(kwargs, exc, pattern):
     dim = kwargs.pop("dim")
     with pytest.raises(exc, match=pattern):
         lp.compact_bilinear_pool(np.ones((1, 2, 3)), dim, **kwargs)
+
+
+def test_function_and_layer_take_the_same_seeds():
+    """One validator for the seed: numpy integers work in both, bools and floats are refused by both."""
+    pytest.importorskip("torch")
+    from lowrank_pool.nn import CompactBilinearPool
+
+    X = np.random.default_rng(0).random((2, 5, 3))
+    assert np.array_equal(lp.compact_bilinear_pool(X, 8, seed=np.int64(3)), lp.compact_bilinear_pool(X, 8, seed=3))
+    assert CompactBilinearPool(3, 2, dim=8, seed=np.int64(3)).seed == 3
+    for bad in (True, 1.5):
+        with pytest.raises(lp.ArgumentTypeError, match="seed: expected an int"):
+            lp.compact_bilinear_pool(X, 8, seed=bad)
+        with pytest.raises(lp.ArgumentTypeError, match="seed: expected an int"):
+            CompactBilinearPool(3, 2, dim=8, seed=bad)

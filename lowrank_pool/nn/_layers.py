@@ -20,6 +20,7 @@ from lowrank_pool.validation import (
     as_tucker,
     check_choice,
     check_flag,
+    check_int,
     check_number,
     check_positive_int,
     check_tucker_ranks,
@@ -644,9 +645,7 @@ class CompactBilinearPool(PoolingHead):
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.dim = check_positive_int(dim, "dim")
         self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise lp.ArgumentTypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = seed
+        self.seed = check_int(seed, "seed")
         self.eps = check_number(eps, "eps")
         self._reserve(weight=(self.dim, num_classes))
         self.weight = self._param(self.dim, num_classes)  # (d, K)
