@@ -191,6 +191,26 @@ def _paired(runs: list[Run], a: str, b: str) -> tuple[np.ndarray, float]:
     return diff, float(stats.ttest_rel([acc[(a, s)] for s in seeds], [acc[(b, s)] for s in seeds]).pvalue)
 
 
+# (claim, head a, head b, label a, label b, rule on the per-seed differences a − b and the paired p-value)
+_CLAIMS: tuple[tuple[str, str, str, str, str, Callable[[np.ndarray, float], bool]], ...] = (
+    (
+        "rank-1 attention beats average pooling",
+        "rank1", "mean", "rank-1", "mean",
+        lambda d, p: bool(d.mean() > 0 and (d > 0).all() and (math.isnan(p) or p < 0.05)),
+    ),
+    (
+        "rank barely matters (rank 5 within 2 points of rank 1)",
+        "rank5", "rank1", "rank-5", "rank-1",
+        lambda d, p: bool(abs(d.mean()) < 2.0),
+    ),
+    (
+        "full bilinear is no better than the low-rank head",
+        "bilinear_sqrt_l2", "rank5", "bilinear + sqrt/l2", "rank-5",
+        lambda d, p: bool(d.mean() <= 1.0 or (not math.isnan(p) and p >= 0.05)),
+    ),
+)  # fmt: skip
+
+
 def claims(dataset: str, runs: list[Run]) -> list[dict[str, Any]]:
     """The paper's three claims, judged from paired per-seed differences on one dataset."""
     have = {r.head for r in runs}
@@ -201,39 +221,17 @@ def claims(dataset: str, runs: list[Run]) -> list[dict[str, Any]]:
         pv = "n/a" if math.isnan(p) else f"{p:.3f}"
         return f"{dataset}: {a} − {b} = {diff.mean():+.2f} points (per seed {per_seed}; paired t-test p = {pv})"
 
-    if {"rank1", "mean"} <= have:
-        diff, p = _paired(runs, "rank1", "mean")
-        holds = bool(diff.size and diff.mean() > 0 and (diff > 0).all() and (math.isnan(p) or p < 0.05))
-        out.append(
-            {
-                "claim": "rank-1 attention beats average pooling",
-                "dataset": dataset,
-                "holds": holds,
-                "evidence": describe(diff, p, "rank-1", "mean"),
-            }
-        )
-    if {"rank1", "rank5"} <= have:
-        diff, p = _paired(runs, "rank5", "rank1")
-        holds = bool(diff.size and abs(diff.mean()) < 2.0)
-        out.append(
-            {
-                "claim": "rank barely matters (rank 5 within 2 points of rank 1)",
-                "dataset": dataset,
-                "holds": holds,
-                "evidence": describe(diff, p, "rank-5", "rank-1"),
-            }
-        )
-    if {"bilinear_sqrt_l2", "rank5"} <= have:
-        diff, p = _paired(runs, "bilinear_sqrt_l2", "rank5")
-        holds = bool(diff.size and (diff.mean() <= 1.0 or (not math.isnan(p) and p >= 0.05)))
-        out.append(
-            {
-                "claim": "full bilinear is no better than the low-rank head",
-                "dataset": dataset,
-                "holds": holds,
-                "evidence": describe(diff, p, "bilinear + sqrt/l2", "rank-5"),
-            }
-        )
+    for claim, a, b, label_a, label_b, rule in _CLAIMS:
+        if {a, b} <= have:
+            diff, p = _paired(runs, a, b)
+            out.append(
+                {
+                    "claim": claim,
+                    "dataset": dataset,
+                    "holds": bool(diff.size and rule(diff, p)),
+                    "evidence": describe(diff, p, label_a, label_b),
+                }
+            )
     return out
 
 
