@@ -376,27 +376,33 @@ CASES: list[Case] = [
 
 
 def build(
-    backend: str, dtype: str, batch: int, shape: tuple[int, int, int], mode: str
+    backend: str, dtype: str, batch: int, shape: tuple[int, int, int], mode: str, methods: set[str] | None = None
 ) -> list[tuple[Result, Callable[[], Any] | None]]:
-    """Every (result slot, callable) of one (backend, dtype, shape, mode) group, from :data:`CASES`."""
+    """Every (result slot, callable) of one (backend, dtype, shape, mode) group, from :data:`CASES`.
+
+    ``methods`` keeps only those methods and the baselines that compete with them.
+    """
     n, f, k = shape
     ctx = Ctx(backend, batch, n, f, k, np.dtype(dtype).itemsize, mode == "fwd+bwd")
     groups: list[tuple[Result, Callable[[], Any] | None]] = []
     for layout in ("bnf", "nchw"):
         d = _data(backend, dtype, batch, n, f, k, layout == "nchw", ctx.grad)
+        leaves = _leaves(d)
         for case in CASES:
             if layout not in case.layouts or backend not in case.backends:
                 continue
             for path in case.paths:
                 flops, nbytes = _costs(case.baseline_of or case.roofline, batch, n, f, k, case.rank, ctx.item)
-                if ctx.grad:
-                    flops, nbytes = 3 * flops, 2 * nbytes
+                if ctx.grad:  # X read by the forward and by the backward, ∂X written once
+                    flops, nbytes = 3 * flops, 2 * nbytes + batch * n * f * ctx.item
                 variant = f"{layout} {path}".strip()
                 res = Result(
                     backend, dtype, shape, case.method, variant, mode, flops, nbytes, baseline_of=case.baseline_of
                 )
                 res.skipped = _skip(case, ctx, path, d)
-                groups.append((res, None if res.skipped else _timed(case.make(d, path), ctx.grad)))
+                if methods is not None and case.method not in methods and case.baseline_of not in methods:
+                    continue
+                groups.append((res, None if res.skipped else _timed(case.make(d, path), ctx.grad, leaves)))
     return groups
 
 
@@ -411,13 +417,25 @@ def _skip(case: Case, ctx: Ctx, path: str, d: dict[str, Any]) -> str:
     return why.format(size=_gib(nbytes)) if nbytes > case.limit * MEMORY_BUDGET else ""
 
 
-def _timed(fn: Callable[[], Any], grad: bool) -> Callable[[], Any]:
+def _leaves(d: Any) -> list[Any]:
+    """The tensors of a case's data that collect gradients."""
+    if isinstance(d, dict):
+        return [t for v in d.values() for t in _leaves(v)]
+    if isinstance(d, list | tuple):
+        return [t for v in d for t in _leaves(v)]
+    return [d] if isinstance(d, torch.Tensor) and d.requires_grad else []
+
+
+def _timed(fn: Callable[[], Any], grad: bool, leaves: list[Any]) -> Callable[[], Any]:
     if not grad:
         return fn
 
-    def fwd_bwd() -> None:
+    def fwd_bwd() -> None:  # one training step's share: gradients start unset (zero_grad(set_to_none=True))
+        for t in leaves:
+            t.grad = None
         fn().sum().backward()
 
+    fwd_bwd.leaves = leaves  # type: ignore[attr-defined]
     return fwd_bwd
 
 
@@ -435,12 +453,18 @@ def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int
             res.skipped = f"failed: {type(err).__name__}: {err}"[:160]
     per_round = sum(t for *_, t in live)
     n_rounds = max(3, min(rounds, int(budget_s / max(per_round, 1e-9))))
-    for _ in range(n_rounds):
-        for res, fn, _ in live:
-            gc.collect()
-            t = time.perf_counter()
-            fn()
-            res.times.append(time.perf_counter() - t)
+    # No garbage collection inside the rounds: a training loop does not collect before every step, and a
+    # collection before each call made every small call pay ~0.7 ms of re-faulted interpreter memory here.
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n_rounds):
+            for res, fn, _ in live:
+                t = time.perf_counter()
+                fn()
+                res.times.append(time.perf_counter() - t)
+    finally:
+        gc.enable()
 
 
 # --------------------------------------------------------------------------- memory
@@ -477,6 +501,9 @@ def memory_child(spec: dict[str, Any]) -> None:
         print(json.dumps({"mib": None}))
         return
     fn()  # warm-up
+    for t in getattr(fn, "leaves", []):  # the warm-up's gradients are not the measured call's memory,
+        t.grad = None
+    lp.empty_cache()  # and neither is a ∂X buffer the kernel kept from it: the measured call allocates its own
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -637,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="float32,float64")
     p.add_argument("--backends", default="numpy,torch")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--methods", help="only these methods (comma-separated, e.g. rank1,rankp,cp64) and their baselines")
+    p.add_argument("--shapes", help="only these reference shapes, by position (comma-separated, e.g. 0,2)")
     p.add_argument("--group-seconds", type=float, default=20.0, help="time budget of one group's rounds")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -649,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (3 if args.smoke else 7)
     batch = 4 if args.smoke else 32
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.shapes:
+        shapes = [shapes[int(i)] for i in args.shapes.split(",")]
+    methods = set(args.methods.split(",")) if args.methods else None
     limits = machine_limits(args.smoke, 3 if args.smoke else 5)
     print("machine:", ", ".join(f"{k} {v:.1f}" for k, v in limits.items()), flush=True)
     results: list[Result] = []
@@ -656,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backends.split(","):
             for dtype in args.dtypes.split(","):
                 for mode in ("fwd", "fwd+bwd") if backend == "torch" else ("fwd",):
-                    group = build(backend, dtype, batch, shape, mode)
+                    group = build(backend, dtype, batch, shape, mode, methods)
                     time_group(group, rounds, args.group_seconds)
                     results.extend(res for res, _ in group)
                     print(f"  {backend} {dtype} {shape} {mode}: {len(group)} cases", flush=True)

@@ -133,7 +133,7 @@ def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, atten
     With torch tensors that need gradients the unscaled product runs as one autograd
     Function whose backward writes ∂X once, in X's layout (``_torch_kernels``).
     """
-    if use_torch_kernel(xp, feats.data, bm, a_pf, native_inference=feats.layout == "bfn"):
+    if use_torch_kernel(xp, feats.data, bm, a_pf, native_inference=True):
         from ._torch_kernels import shared_bottom_up_scores
 
         s = shared_bottom_up_scores(feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention)

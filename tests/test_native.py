@@ -56,10 +56,10 @@ def _run(X, A, B, attention, channel_axis):
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(0, 3),
-    n=st.integers(1, 12),
-    f=st.integers(1, 9),
+    n=st.integers(1, 40),
+    f=st.integers(1, 70),  # past the unrolled vector loops (32 float32 numbers), in blocks of 4 rows
     k=st.integers(1, 4),
-    p=st.integers(1, 3),
+    p=st.integers(1, 6),  # the maps go in blocks of up to 4: a full block and a remainder
     attention=st.sampled_from(["linear", "relu", "softmax"]),
     layout=st.sampled_from(["bnf", "nchw"]),
     dtype=st.sampled_from(["float32", "float64"]),
@@ -116,13 +116,57 @@ def test_native_path_runs_and_passes_gradcheck(counted, attention, layout):
     assert counted["forward"] > 0 and counted["backward"] > 0
 
 
+@pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
+@pytest.mark.parametrize("layout", ["bnf", "nchw"])
+def test_native_large_samples_in_blocks(native, attention, layout):
+    """A sample larger than L2 (3 MB here): channels-first X runs in blocks of positions (linear/ReLU
+    forward and backward, softmax forward with its running maximum); values and gradients still equal
+    the torch path's."""
+    g = torch.Generator().manual_seed(7)
+    n, f = 3001, 130  # 3 full blocks of 752 positions and a remainder; channels 4k + 2
+    X = torch.randn(2, n, f, generator=g, dtype=torch.float64)
+    X = X if layout == "bnf" else X.mT.contiguous()[..., None]
+    A, B = torch.randn(f, 3, 5, generator=g, dtype=torch.float64), torch.randn(f, 5, generator=g, dtype=torch.float64)
+    B = B / f**0.5
+    axis = -1 if layout == "bnf" else 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        got = _run(X, A, B, attention, axis)
+        mp.setattr(_native, "kernel", lambda: None)
+        want = _run(X, A, B, attention, axis)
+    tol = 8 * (f + n) * eps_of(torch.float64)
+    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
+        scale = b.abs().max().item()
+        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+
+
+def test_dx_buffers_are_cached_and_released(native, monkeypatch):
+    """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
+    monkeypatch.setattr(_native, "kernel", lambda: native)
+    lp.empty_cache()
+    X = torch.randn(8, 64, 1024, requires_grad=True)  # ∂X: 2 MiB
+    A, b = torch.randn(1024, 3), torch.randn(1024)
+    lp.rank1_pool(X, A, b).sum().backward()
+    first = X.grad.data_ptr()
+    X.grad = None  # freed: back to the cache
+    lp.rank1_pool(X, A, b).sum().backward()
+    assert X.grad.data_ptr() == first  # the same (already mapped) buffer, reused
+    reference = X.detach().clone().requires_grad_()
+    ((reference @ A) * (reference @ b)[..., None]).mean(1).sum().backward()
+    assert torch.allclose(X.grad, reference.grad, rtol=1e-4, atol=1e-5)
+    X.grad = None
+    assert lp.empty_cache() == X.numel() * 4
+    assert lp.empty_cache() == 0
+
+
 def test_native_skips_what_it_cannot_serve(counted):
     X = torch.randn(2, 6, 3, 3)  # NCHW: the (B, f, n) view is contiguous
     A, b = torch.randn(6, 4), torch.randn(6)
     lp.rank1_pool(X, A, b)
     served = counted["forward"]
     assert served == 1  # channels-first inference (nothing needs a gradient) is served too
-    lp.rank1_pool(X.to(memory_format=torch.channels_last), A, b)  # (B, n, f) inference: stock products
+    lp.rank1_pool(X.to(memory_format=torch.channels_last), A, b)  # a contiguous (B, n, f) view: served
+    served += 1
     assert counted["forward"] == served
     # a non-contiguous view and autocast: torch path
     leaf = torch.randn(2, 3, 9, requires_grad=True)

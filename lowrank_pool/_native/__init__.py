@@ -5,8 +5,10 @@ does it — and cached by torch (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/to
 At run time :func:`kernel` returns the module only when it is already built (a forward call never
 starts a compiler); otherwise, or with ``LOWRANK_POOL_NATIVE=0``, the pure-torch path runs, which
 computes the same values. The kernel serves CPU float32/float64 tensors; every other device and
-dtype takes the torch path. ``LOWRANK_POOL_HUGEPAGES=1`` asks the OS for transparent huge pages on the
-fresh ∂X buffer (fewer page faults; off by default because the request can stall on compaction).
+dtype takes the torch path. Its ∂X buffers (1 MiB and larger) come from a cache it owns, so that a
+training loop does not pay the page faults of a fresh buffer every step: at most
+``LOWRANK_POOL_CACHE_MIB`` MiB (default 1024; 0 turns it off) of freed buffers are kept, and
+:func:`lowrank_pool.empty_cache` releases them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["available", "build", "kernel"]
+__all__ = ["available", "build", "empty_cache", "kernel"]
 
 _SOURCE = Path(__file__).with_name("attn.cpp")
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -72,3 +74,11 @@ def kernel() -> Any:
 def available() -> bool:
     """Whether the compiled kernel is built and loads here."""
     return kernel() is not None
+
+
+def empty_cache() -> int:
+    """Free the ∂X buffers the kernel keeps for reuse; the number of bytes released (0 without torch)."""
+    if "torch" not in sys.modules:  # nothing was ever computed with the kernel; do not import torch for it
+        return 0
+    module = kernel()
+    return 0 if module is None else int(module.cache_bytes(True))
