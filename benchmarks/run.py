@@ -123,15 +123,15 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
     CP and Tucker take both from the package's own cost model (:func:`lowrank_pool.pool_cost`,
     the path ``path="auto"`` picks), so the benchmark and the library share one model.
     """
-    x = batch * n * f * item
+    x = batch * n * f * item  # X is read once; the parameters are read once too
     if method == "first_order":
-        return 2 * batch * n * f + 2 * batch * f * k, x
+        return 2 * batch * n * f + 2 * batch * f * k, x + f * k * item
     if method == "bilinear":
         return 2 * batch * n * f * f + 2 * batch * k * f * f, x + k * f * f * item
     if method == "rank1":
-        return 4 * batch * n * f + 2 * batch * f * k, x
+        return 4 * batch * n * f + 2 * batch * f * k, x + f * (k + 1) * item
     if method == "rankp":
-        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x
+        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x + 4 * f * (k + 1) * item
     if method == "compact":  # count sketches (a GEMM of width 2d), 2 rFFTs and an irFFT of length d per position
         d = 8192
         return 4 * batch * n * f * d + 3 * batch * n * 5 * d * math.log2(d), x + 3 * batch * n * d * item
