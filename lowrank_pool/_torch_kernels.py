@@ -187,9 +187,22 @@ def shared_bottom_up_scores(
     x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, *, channels_first: bool, attention: str
 ) -> torch.Tensor:
     """Scores (B, K) of the kernel; x is (B, f, n) if ``channels_first`` else (B, n, f)."""
+    if not _differentiated(x, bm, a_pf):  # inference: the compiled kernel without the autograd Function,
+        native = _native_kernel(x, bm)  # whose set-up costs ~0.5 ms per call when the caches are cold
+        if native is not None:
+            _, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
+            return torch.matmul(v.flatten(1), a_pf)
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
     s, _, _ = fn.apply(x, bm, a_pf, channels_first, attention)
     return s
+
+
+def _differentiated(*tensors: torch.Tensor) -> bool:
+    """Whether autograd may need this call's derivatives: a tensor that requires grad (with grad mode
+    on) or an active forward-AD level (dual tensors do not set ``requires_grad``)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
 
 
 def _is_compiling() -> bool:

@@ -246,16 +246,30 @@ void axpy_rows(const T* const* srcs, const T* coef /* R × P */, int64_t P, T* c
   }
 }
 
-// Channel rows of an (f, n) sample in blocks of 4, then one at a time: body(first channel, rows, count)
+// Software prefetch of rows a few blocks ahead: between the loads of one block and the next the kernel
+// computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
+// idle there. Into L2 (a block of long rows is tens of KB).
+constexpr int64_t kAheadRows = 8;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t span) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = span * int64_t(sizeof(T));
+  for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch(p + k, 0, 2);
+}
+
+// Rows of `span` numbers, `stride` apart (rows < count), in blocks of 4, then one at a time:
+// body4(first row, rows) / body1(row, rows)
 template <typename T, typename Body4, typename Body1>
-void over_channel_rows(const T* xs, int64_t f, int64_t n, Body4&& body4, Body1&& body1) {
+void over_strided_rows(const T* xs, int64_t count, int64_t stride, int64_t span, Body4&& body4, Body1&& body1) {
   int64_t c = 0;
-  for (; c + 4 <= f; c += 4) {
-    const T* rows[4] = {xs + c * n, xs + (c + 1) * n, xs + (c + 2) * n, xs + (c + 3) * n};
+  for (; c + 4 <= count; c += 4) {
+    for (int64_t k = c + kAheadRows; k < std::min(count, c + kAheadRows + 4); ++k) prefetch_row(xs + k * stride, span);
+    const T* rows[4] = {xs + c * stride, xs + (c + 1) * stride, xs + (c + 2) * stride, xs + (c + 3) * stride};
     body4(c, rows);
   }
-  for (; c < f; ++c) {
-    const T* rows[1] = {xs + c * n};
+  for (; c < count; ++c) {
+    const T* rows[1] = {xs + c * stride};
     body1(c, rows);
   }
 }
@@ -308,15 +322,9 @@ void activation_derivative(const T* u, T* du, int64_t n, int att) {
 // Rows of an (n, f) sample in blocks of 4, then one at a time: body(first row, rows, count)
 template <typename T, typename Body>
 void over_rows(const T* xs, int64_t n, int64_t f, Body&& body) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const T* rows[4] = {xs + i * f, xs + (i + 1) * f, xs + (i + 2) * f, xs + (i + 3) * f};
-    body(i, rows, 4);
-  }
-  for (; i < n; ++i) {
-    const T* rows[1] = {xs + i * f};
-    body(i, rows, 1);
-  }
+  over_strided_rows<T>(
+      xs, n, f, f, [&](int64_t i, const T* const* rows) { body(i, rows, 4); },
+      [&](int64_t i, const T* const* rows) { body(i, rows, 1); });
 }
 
 template <typename T>
@@ -426,10 +434,8 @@ int64_t position_block(int64_t n, int64_t f) {
 
 // Rows c.. of the (f, n) sample, restricted to positions [j0, j0 + len)
 template <typename T, typename Body4, typename Body1>
-void over_channel_block(const T* xs, int64_t f, int64_t n, int64_t j0, Body4&& body4, Body1&& body1) {
-  over_channel_rows<T>(
-      xs + j0, f, n, [&](int64_t c, const T* const* rows) { body4(c, rows); },
-      [&](int64_t c, const T* const* rows) { body1(c, rows); });
+void over_channel_block(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len, Body4&& body4, Body1&& body1) {
+  over_strided_rows<T>(xs + j0, f, n, len, body4, body1);
 }
 
 // One (f, n) sample, in blocks of positions J: Z_J = Bᵀ X_J (X_J read from memory), σ, V += U_J X_Jᵀ (X_J
@@ -454,7 +460,7 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
       std::fill(zrows[p], zrows[p] + len, T(0));
     }
     over_channel_block<T>(
-        xs, f, n, j0, [&](int64_t c, const T* const* rows) { axpy_rows<T, 4>(rows, bm + c * P, P, zrows.data(), len); },
+        xs, f, n, j0, len, [&](int64_t c, const T* const* rows) { axpy_rows<T, 4>(rows, bm + c * P, P, zrows.data(), len); },
         [&](int64_t c, const T* const* rows) { axpy_rows<T, 1>(rows, bm + c * P, P, zrows.data(), len); });
     for (int64_t p = 0; p < P; ++p) {
       T* z = zrows[p];
@@ -485,7 +491,7 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
       }
     }
     over_channel_block<T>(
-        xs, f, n, j0,
+        xs, f, n, j0, len,
         [&](int64_t c, const T* const* rows) {
           dots_rows<T, 4>(rows, wrows.data(), P, len, part.data());
           for (int r = 0; r < 4; ++r)
@@ -593,7 +599,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
                 for (int64_t p = 0; p < P; ++p) gvc[r * P + p] = gvs[p * f + c + r];
             };
             over_channel_block<T>(  // X_J from memory
-                xs, f, n, j0,
+                xs, f, n, j0, len,
                 [&](int64_t c, const T* const* rows) {
                   gv_block(c, 4);
                   axpy_rows<T, 4>(rows, gvc.data(), P, gzout.data(), len);
@@ -605,7 +611,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
             for (int64_t p = 0; p < P; ++p) activation_derivative(us + p * n + j0, gzout[p], len, att);
             if (gb)  // X_J again, from L2, before ∂X's writes compete for it
               over_channel_block<T>(
-                  xs, f, n, j0,
+                  xs, f, n, j0, len,
                   [&](int64_t c, const T* const* rows) {
                     dots_rows<T, 4>(rows, gzrows.data(), P, len, part.data());
                     for (int r = 0; r < 4; ++r)
