@@ -3,15 +3,19 @@
 ``make bench`` (or ``python benchmarks/run.py``) times each primitive at the reference
 shapes (docs/benchmarks.md), against (a) the literal broadcasting form, (b) plain autograd of
 the one-GEMM form, (c) tensorly reconstruction then the dense contraction, (d)
-``tltorch.TRL`` on the Gram matrix, and (e) this machine's own GEMM throughput and
-memory bandwidth, measured in the same run. Callables of one case are timed round-robin
-so that ratios survive a noisy machine. Writes ``results.md``, ``results.json`` and
-``efficiency.png`` to ``--out``. ``--smoke`` runs tiny shapes in seconds (CI).
+``tltorch.TRL`` on the Gram matrix, (e)-(g) what a user writes by hand (plain and compiled), and
+this machine's own GEMM throughput and memory bandwidth, measured in the same run. Callables of
+one case are timed round-robin so that ratios survive a noisy machine; before each call X is
+rewritten, as the layer that produces a feature map leaves it (``--x-state cold`` leaves it as the
+other calls left it), and gradients start unset, as after ``zero_grad()``. Writes ``results.md``,
+``results.json`` and ``efficiency.png`` to ``--out``. ``--smoke`` runs tiny shapes in seconds (CI);
+``--methods`` and ``--shapes`` run a subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -402,7 +406,10 @@ def build(
                 res.skipped = _skip(case, ctx, path, d)
                 if methods is not None and case.method not in methods and case.baseline_of not in methods:
                     continue
-                groups.append((res, None if res.skipped else _timed(case.make(d, path), ctx.grad, leaves)))
+                timed = None if res.skipped else _timed(case.make(d, path), ctx.grad, leaves)
+                if timed is not None:
+                    timed.produce = functools.partial(_produce, d["X"])  # type: ignore[attr-defined]
+                groups.append((res, timed))
     return groups
 
 
@@ -415,6 +422,15 @@ def _skip(case: Case, ctx: Ctx, path: str, d: dict[str, Any]) -> str:
         return ""
     nbytes, why = case.needs(ctx, path)
     return why.format(size=_gib(nbytes)) if nbytes > case.limit * MEMORY_BUDGET else ""
+
+
+def _produce(x: Any) -> None:
+    """Rewrite X in place, as the layer that produces it would just before the head reads it."""
+    if isinstance(x, torch.Tensor):
+        with torch.no_grad():
+            x.mul_(1.0)
+    else:
+        x *= 1.0
 
 
 def _leaves(d: Any) -> list[Any]:
@@ -439,8 +455,15 @@ def _timed(fn: Callable[[], Any], grad: bool, leaves: list[Any]) -> Callable[[],
     return fwd_bwd
 
 
-def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int, budget_s: float) -> None:
-    """Round-robin timing; each callable gets at least 3 rounds, fewer than ``rounds`` when slow."""
+def time_group(
+    group: list[tuple[Result, Callable[[], Any] | None]], rounds: int, budget_s: float, x_state: str = "produced"
+) -> None:
+    """Round-robin timing; each callable gets at least 3 rounds, fewer than ``rounds`` when slow.
+
+    ``x_state="produced"``: X is rewritten just before each timed call (outside the timing), as the
+    layer that produces a feature map leaves it: in the cache when it fits, in memory when it does not.
+    ``"cold"``: X is left as the previous callables of the round left it (usually evicted by them).
+    """
     live = []
     for res, fn in group:  # warm-up (and the cost estimate), and drop what fails
         if fn is None:
@@ -460,6 +483,8 @@ def time_group(group: list[tuple[Result, Callable[[], Any] | None]], rounds: int
     try:
         for _ in range(n_rounds):
             for res, fn, _ in live:
+                if x_state == "produced":
+                    fn.produce()  # type: ignore[attr-defined]
                 t = time.perf_counter()
                 fn()
                 res.times.append(time.perf_counter() - t)
@@ -551,7 +576,8 @@ def report(results: list[Result], limits: dict[str, float], out: str, meta: dict
         "# lowrank_pool benchmark",
         "",
         f"{meta['machine']}; torch {torch.__version__}, numpy {np.__version__}, {meta['threads']} threads, "
-        f"batch {meta['batch']}, {meta['rounds']} round-robin rounds.",
+        f"batch {meta['batch']}, {meta['rounds']} round-robin rounds, X {meta.get('x_state', 'cold')} before each call "
+        "(produced: rewritten just before it, as by the layer that computes it; cold: as the previous calls left it).",
         "",
         "Machine limits measured in this run: " + ", ".join(f"{k} {v:.1f}" for k, v in limits.items()),
         "",
@@ -665,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="numpy,torch")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--methods", help="only these methods (comma-separated, e.g. rank1,rankp,cp64) and their baselines")
+    p.add_argument(
+        "--x-state",
+        choices=("produced", "cold"),
+        default="produced",
+        help="X rewritten just before each call, as its producing layer leaves it (default), or left cold",
+    )
     p.add_argument("--shapes", help="only these reference shapes, by position (comma-separated, e.g. 0,2)")
     p.add_argument("--group-seconds", type=float, default=20.0, help="time budget of one group's rounds")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -689,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
             for dtype in args.dtypes.split(","):
                 for mode in ("fwd", "fwd+bwd") if backend == "torch" else ("fwd",):
                     group = build(backend, dtype, batch, shape, mode, methods)
-                    time_group(group, rounds, args.group_seconds)
+                    time_group(group, rounds, args.group_seconds, args.x_state)
                     results.extend(res for res, _ in group)
                     print(f"  {backend} {dtype} {shape} {mode}: {len(group)} cases", flush=True)
                     del group
@@ -697,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_memory:
         measure_memory(results, batch)
     meta = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
-            "threads": args.threads, "batch": batch, "rounds": rounds, "smoke": args.smoke}  # fmt: skip
+            "threads": args.threads, "batch": batch, "rounds": rounds, "smoke": args.smoke,
+            "x_state": args.x_state}  # fmt: skip
     text = report(results, limits, args.out, meta)
     print(text)
     return 0

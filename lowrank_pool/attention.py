@@ -136,11 +136,12 @@ def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, atten
     if use_torch_kernel(xp, feats.data, bm, a_pf, native_inference=True):
         from ._torch_kernels import shared_bottom_up_scores
 
-        s = shared_bottom_up_scores(feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention)
-    else:
-        u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
-        v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
-        s = xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
+        return shared_bottom_up_scores(
+            feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
+        )
+    u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
+    v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
+    s = xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
     return s / feats.positions
 
 
