@@ -408,7 +408,7 @@ def build(
                     continue
                 timed = None if res.skipped else _timed(case.make(d, path), ctx.grad, leaves)
                 if timed is not None:
-                    timed.produce = functools.partial(_produce, d["X"])  # type: ignore[attr-defined]
+                    timed.prepare = functools.partial(_prepare, d["X"], leaves)  # type: ignore[attr-defined]
                 groups.append((res, timed))
     return groups
 
@@ -424,8 +424,14 @@ def _skip(case: Case, ctx: Ctx, path: str, d: dict[str, Any]) -> str:
     return why.format(size=_gib(nbytes)) if nbytes > case.limit * MEMORY_BUDGET else ""
 
 
-def _produce(x: Any) -> None:
-    """Rewrite X in place, as the layer that produces it would just before the head reads it."""
+def _prepare(x: Any, leaves: list[Any], produce: bool) -> None:
+    """Before a timed call, untimed: unset the gradients (as ``zero_grad(set_to_none=True)`` does; freeing
+    another case's large gradient must not land in this call's time) and, with ``produce``, rewrite X in
+    place, as the layer that produces it would just before the head reads it."""
+    for t in leaves:
+        t.grad = None
+    if not produce:
+        return
     if isinstance(x, torch.Tensor):
         with torch.no_grad():
             x.mul_(1.0)
@@ -446,9 +452,7 @@ def _timed(fn: Callable[[], Any], grad: bool, leaves: list[Any]) -> Callable[[],
     if not grad:
         return fn
 
-    def fwd_bwd() -> None:  # one training step's share: gradients start unset (zero_grad(set_to_none=True))
-        for t in leaves:
-            t.grad = None
+    def fwd_bwd() -> None:  # one training step's share: the gradients were unset before (see _prepare)
         fn().sum().backward()
 
     fwd_bwd.leaves = leaves  # type: ignore[attr-defined]
@@ -483,8 +487,7 @@ def time_group(
     try:
         for _ in range(n_rounds):
             for res, fn, _ in live:
-                if x_state == "produced":
-                    fn.produce()  # type: ignore[attr-defined]
+                fn.prepare(x_state == "produced")  # type: ignore[attr-defined]
                 t = time.perf_counter()
                 fn()
                 res.times.append(time.perf_counter() - t)
