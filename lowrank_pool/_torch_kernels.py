@@ -55,11 +55,6 @@ def _native_kernel(*tensors: torch.Tensor) -> Any:
     return _native.kernel()
 
 
-def native_serves(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled kernel would run the forward for these tensors (inference routing)."""
-    return _native_kernel(*tensors) is not None
-
-
 def _is_wrapped(t: torch.Tensor) -> bool:
     """A functorch (vmap/grad) wrapper or a tensor subclass: the compiled kernel needs plain storage."""
     functorch = getattr(torch._C, "_functorch", None)
@@ -185,12 +180,17 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
 
 def shared_bottom_up_scores(
     x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, *, channels_first: bool, attention: str, positions: int
-) -> torch.Tensor:
-    """Scores (B, K) of the kernel, divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f)."""
+) -> torch.Tensor | None:
+    """Scores (B, K) of the kernel, divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f).
+
+    None for an inference call that the compiled kernel does not serve (the caller's stock products
+    are then as good as the Function's torch path, without its set-up).
+    """
     if not _differentiated(x, bm, a_pf):  # inference: one call into the compiled kernel, without the autograd
         native = _native_kernel(x, bm)  # Function (its set-up costs ~0.3 ms per call with cold caches)
-        if native is not None and a_pf.dtype == x.dtype and a_pf.device == x.device:
-            return native.scores_forward(x, bm, a_pf, channels_first, _ATTENTION_CODES[attention], positions)
+        if native is None or a_pf.dtype != x.dtype or a_pf.device != x.device:
+            return None
+        return native.scores_forward(x, bm, a_pf, channels_first, _ATTENTION_CODES[attention], positions)
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
     s, _, _ = fn.apply(x, bm, a_pf, channels_first, attention)
     return s / positions

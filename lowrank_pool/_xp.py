@@ -43,7 +43,7 @@ __all__ = [
     "tensorly_backend",
     "tensorly_context",
     "top_eigh",
-    "use_torch_kernel",
+    "torch_shared_scores",
     "weighted_sum",
 ]
 
@@ -311,23 +311,22 @@ def gram_product(xp: Namespace, feats: Features) -> Array:
     return xp.matmul(xt, x) if feats.layout == "bnf" else xp.matmul(x, xt)
 
 
-def use_torch_kernel(xp: Namespace, *arrays: Array, native_inference: bool = False) -> bool:
-    """True when the fused torch kernel should run: torch arrays that need gradients, or, with
-    ``native_inference``, arrays that the compiled CPU kernel serves (X and the bottom-up basis, the
-    first two arrays): the caller asks for it where the kernel beats the stock products (it reads X
-    once per pass in its own layout; measured 1.2-5x faster than the two batched products for (B, n, f)
-    X and 3-11x for channels-first X)."""
+def torch_shared_scores(
+    xp: Namespace, x: Array, bm: Array, a_pf: Array, *, channels_first: bool, attention: str, positions: int
+) -> Array | None:
+    """Scores of attention-weighted pooling with a shared B through the torch kernel, or None.
+
+    The kernel runs for torch arrays that autograd may differentiate (its Function writes ∂X once,
+    in X's layout) and, for inference, where the compiled CPU kernel serves the inputs (it reads X
+    once per pass in its own layout: measured 1.2-5x faster than the stock batched products); None
+    asks the caller for the stock products. One call, one set of checks: with cold caches each
+    check costs tens of microseconds.
+    """
     if not is_torch(xp):
-        return False
-    import torch
+        return None
+    from ._torch_kernels import shared_bottom_up_scores
 
-    if torch.is_grad_enabled() and any(t.requires_grad for t in arrays):
-        return True
-    if not native_inference:
-        return False
-    from ._torch_kernels import native_serves
-
-    return native_serves(*arrays[:2])
+    return shared_bottom_up_scores(x, bm, a_pf, channels_first=channels_first, attention=attention, positions=positions)
 
 
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:

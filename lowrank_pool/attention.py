@@ -35,7 +35,7 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, Features, Namespace, check_floating, namespace, project, use_torch_kernel, weighted_sum
+from ._xp import Array, Features, Namespace, check_floating, namespace, project, torch_shared_scores, weighted_sum
 
 __all__ = ["AttentionMaps", "attention_maps", "attention_weights", "rank1_pool", "rankp_pool"]
 
@@ -133,12 +133,11 @@ def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, atten
     With torch tensors that need gradients the unscaled product runs as one autograd
     Function whose backward writes ∂X once, in X's layout (``_torch_kernels``).
     """
-    if use_torch_kernel(xp, feats.data, bm, a_pf, native_inference=True):
-        from ._torch_kernels import shared_bottom_up_scores
-
-        return shared_bottom_up_scores(
-            feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
-        )
+    s = torch_shared_scores(
+        xp, feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
+    )
+    if s is not None:
+        return s
     u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
     v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
     s = xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
