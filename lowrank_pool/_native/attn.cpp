@@ -438,6 +438,23 @@ void over_channel_block(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t l
   over_strided_rows<T>(xs + j0, f, n, len, body4, body1);
 }
 
+// out[p * f + c] += x_c[J] · vecs[p] for every channel c and map p (X_J read once, 4 rows at a time)
+template <typename T>
+void add_channel_dots(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len, const T* const* vecs, int64_t P,
+                      T* out, std::vector<T>& part) {
+  over_channel_block<T>(
+      xs, f, n, j0, len,
+      [&](int64_t c, const T* const* rows) {
+        dots_rows<T, 4>(rows, vecs, P, len, part.data());
+        for (int r = 0; r < 4; ++r)
+          for (int64_t p = 0; p < P; ++p) out[p * f + c + r] += part[r * P + p];
+      },
+      [&](int64_t c, const T* const* rows) {
+        dots_rows<T, 1>(rows, vecs, P, len, part.data());
+        for (int64_t p = 0; p < P; ++p) out[p * f + c] += part[p];
+      });
+}
+
 // One (f, n) sample, in blocks of positions J: Z_J = Bᵀ X_J (X_J read from memory), σ, V += U_J X_Jᵀ (X_J
 // from L2). Softmax runs over blocks as over rows: a running maximum and sum per map, V rescaled.
 template <typename T>
@@ -490,17 +507,7 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
         wrows[p] = w;
       }
     }
-    over_channel_block<T>(
-        xs, f, n, j0, len,
-        [&](int64_t c, const T* const* rows) {
-          dots_rows<T, 4>(rows, wrows.data(), P, len, part.data());
-          for (int r = 0; r < 4; ++r)
-            for (int64_t p = 0; p < P; ++p) vs[p * f + c + r] += part[r * P + p];
-        },
-        [&](int64_t c, const T* const* rows) {
-          dots_rows<T, 1>(rows, wrows.data(), P, len, part.data());
-          for (int64_t p = 0; p < P; ++p) vs[p * f + c] += part[p];
-        });
+    add_channel_dots(xs, f, n, j0, len, wrows.data(), P, vs, part);
   }
   if (att == kSoftmax) finish_softmax(us, vs, n, f, P, sc);
 }
@@ -611,17 +618,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
                 });
             for (int64_t p = 0; p < P; ++p) activation_derivative(us + p * n + j0, gzout[p], len, att);
             if (gb)  // X_J again, from L2, before ∂X's writes compete for it
-              over_channel_block<T>(
-                  xs, f, n, j0, len,
-                  [&](int64_t c, const T* const* rows) {
-                    dots_rows<T, 4>(rows, gzrows.data(), P, len, part.data());
-                    for (int r = 0; r < 4; ++r)
-                      for (int64_t p = 0; p < P; ++p) gb[p * f + c + r] += part[r * P + p];
-                  },
-                  [&](int64_t c, const T* const* rows) {
-                    dots_rows<T, 1>(rows, gzrows.data(), P, len, part.data());
-                    for (int64_t p = 0; p < P; ++p) gb[p * f + c] += part[p];
-                  });
+              add_channel_dots(xs, f, n, j0, len, gzrows.data(), P, gb, part);
             RowWriter<T> out{gxs + j0, n, len, streamed, staging};
             for (int64_t c = 0; c < f && gxs; ++c) {
               for (int64_t p = 0; p < P; ++p) coef[p] = gvs[p * f + c], coef[P + p] = bm[c * P + p];
