@@ -275,32 +275,6 @@ void over_strided_rows(const T* xs, int64_t count, int64_t stride, int64_t span,
 }
 
 // ------------------------------------------------------------------------------------------- activations
-// σ over the n positions of one map z (in place -> u)
-template <typename T>
-void activate(T* z, int64_t n, int att) {
-  if (att == kRelu) {
-    for (int64_t i = 0; i < n; ++i) z[i] = (z[i] > 0 || std::isnan(z[i])) ? z[i] : T(0);
-  } else if (att == kSoftmax) {
-    T m = -std::numeric_limits<T>::infinity();
-    bool nan = false;
-    for (int64_t i = 0; i < n; ++i) {
-      nan |= std::isnan(z[i]);
-      m = std::max(m, z[i]);
-    }
-    if (nan) {
-      std::fill(z, z + n, std::numeric_limits<T>::quiet_NaN());
-      return;
-    }
-    T s = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      z[i] = std::exp(z[i] - m);
-      s += z[i];
-    }
-    const T scale = T(n) / s;
-    for (int64_t i = 0; i < n; ++i) z[i] *= scale;
-  }
-}
-
 template <typename T>
 inline T relu(T z) {
   return (z > 0 || std::isnan(z)) ? z : T(0);
@@ -346,70 +320,80 @@ void axpy_block(const T* const* rows, int count, const T* coef, int64_t P, T* co
 // ------------------------------------------------------------------------------------------- forward
 // One (n, f) sample, X read once: z_i = Bᵀ x_i for a block of 4 rows, then V += σ(z_i) x_iᵀ while the rows
 // are in L1. Softmax keeps a running maximum m_p and sum s_p per map (V rescaled when m_p grows).
+// Softmax over positions met in blocks ("online"): per map a running maximum m and sum s of exp(z - m);
+// V accumulates exp(z - m) x and is rescaled when m grows. A NaN anywhere makes the map all NaN, as on the
+// torch path; z = -inf weighs 0.
 template <typename T>
-struct RowScratch {
-  std::vector<T> z, w, m, s;
+struct OnlineSoftmax {
+  std::vector<T> m, s;
   std::vector<char> nan;
-  std::vector<T*> vrows;
-  explicit RowScratch(int64_t P) : z(4 * P), w(4 * P), m(P), s(P), nan(P), vrows(P) {}
+  explicit OnlineSoftmax(int64_t P) : m(P), s(P), nan(P) {}
+  void reset() {
+    std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+    std::fill(s.begin(), s.end(), T(0));
+    std::fill(nan.begin(), nan.end(), 0);
+  }
+  // before weighing a block of map p: z[k * stride], k < count; v = V's row p (f numbers)
+  void grow(int64_t p, const T* z, int64_t count, int64_t stride, T* v, int64_t f) {
+    T mb = -std::numeric_limits<T>::infinity();
+    for (int64_t k = 0; k < count; ++k) {
+      const T zk = z[k * stride];
+      nan[p] |= std::isnan(zk);
+      if (zk > mb) mb = zk;
+    }
+    if (mb > m[p]) {
+      const T scale = std::exp(m[p] - mb);
+      if (s[p] != T(0))
+        for (int64_t c = 0; c < f; ++c) v[c] *= scale;
+      s[p] *= scale;
+      m[p] = mb;
+    }
+  }
+  T weight(int64_t p, T z) {
+    const T w = z == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(z - m[p]);
+    s[p] += w;
+    return w;
+  }
+  // after the last block: u = n exp(z - m) / s (us holds z), V scaled by n / s
+  void finish(T* us, T* vs, int64_t n, int64_t f) const {
+    for (int64_t p = 0; p < int64_t(m.size()); ++p) {
+      T* u = us + p * n;
+      T* v = vs + p * f;
+      if (nan[p]) {
+        std::fill(u, u + n, std::numeric_limits<T>::quiet_NaN());
+        std::fill(v, v + f, std::numeric_limits<T>::quiet_NaN());
+        continue;
+      }
+      const T scale = T(n) / s[p];
+      for (int64_t i = 0; i < n; ++i) u[i] = std::exp(u[i] - m[p]) * scale;
+      for (int64_t c = 0; c < f; ++c) v[c] *= scale;
+    }
+  }
 };
 
-// Softmax after the last row or block: u = n exp(z - m) / s, V scaled by n / s; a map with a NaN is all NaN
-// (as on the torch path).
+// Per-thread scratch of the forward: a block's Z and weights, V's rows, the softmax state.
 template <typename T>
-void finish_softmax(T* us, T* vs, int64_t n, int64_t f, int64_t P, const RowScratch<T>& sc) {
-  for (int64_t p = 0; p < P; ++p) {
-    T* u = us + p * n;
-    T* v = vs + p * f;
-    if (sc.nan[p]) {
-      std::fill(u, u + n, std::numeric_limits<T>::quiet_NaN());
-      std::fill(v, v + f, std::numeric_limits<T>::quiet_NaN());
-      continue;
-    }
-    const T scale = T(n) / sc.s[p];
-    for (int64_t i = 0; i < n; ++i) u[i] = std::exp(u[i] - sc.m[p]) * scale;
-    for (int64_t c = 0; c < f; ++c) v[c] *= scale;
-  }
-}
+struct RowScratch {
+  std::vector<T> z, w;
+  std::vector<T*> vrows;
+  OnlineSoftmax<T> soft;
+  explicit RowScratch(int64_t P) : z(4 * P), w(4 * P), vrows(P), soft(P) {}
+};
 
 template <typename T>
 void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int64_t f, int64_t P, int att,
                   RowScratch<T>& sc) {
-  constexpr T kInf = std::numeric_limits<T>::infinity();
   for (int64_t p = 0; p < P; ++p) sc.vrows[p] = vs + p * f;
   std::fill(vs, vs + P * f, T(0));
-  std::fill(sc.m.begin(), sc.m.end(), -kInf);
-  std::fill(sc.s.begin(), sc.s.end(), T(0));
-  std::fill(sc.nan.begin(), sc.nan.end(), 0);
+  sc.soft.reset();
   over_rows<T>(xs, n, f, [&](int64_t i0, const T* const* rows, int count) {
     dots_block<T>(rows, count, bt, P, f, sc.z.data());
     for (int64_t p = 0; p < P; ++p) {
-      if (att == kSoftmax) {  // the block's maximum first, then the weights
-        T mb = -kInf;
-        for (int r = 0; r < count; ++r) {
-          const T zi = sc.z[r * P + p];
-          sc.nan[p] |= std::isnan(zi);
-          if (zi > mb) mb = zi;
-        }
-        if (mb > sc.m[p]) {
-          const T scale = std::exp(sc.m[p] - mb);
-          if (sc.s[p] != T(0))
-            for (int64_t c = 0; c < f; ++c) sc.vrows[p][c] *= scale;
-          sc.s[p] *= scale;
-          sc.m[p] = mb;
-        }
-      }
+      if (att == kSoftmax) sc.soft.grow(p, sc.z.data() + p, count, P, sc.vrows[p], f);
       for (int r = 0; r < count; ++r) {
         const T zi = sc.z[r * P + p];
         us[p * n + i0 + r] = zi;
-        T w = zi;
-        if (att == kRelu) {
-          w = relu(zi);
-        } else if (att == kSoftmax) {
-          w = zi == -kInf ? T(0) : std::exp(zi - sc.m[p]);
-          sc.s[p] += w;
-        }
-        sc.w[r * P + p] = w;
+        sc.w[r * P + p] = att == kRelu ? relu(zi) : att == kSoftmax ? sc.soft.weight(p, zi) : zi;
       }
     }
     axpy_block<T>(rows, count, sc.w.data(), P, sc.vrows.data(), f);
@@ -417,7 +401,7 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
   if (att == kRelu)
     for (int64_t k = 0; k < P * n; ++k) us[k] = relu(us[k]);
   else if (att == kSoftmax)
-    finish_softmax(us, vs, n, f, P, sc);
+    sc.soft.finish(us, vs, n, f);
 }
 
 // Positions per block of an (f, n) sample: a sample that fits in L2 (1.5 MB) is one block; a larger one is
@@ -460,16 +444,13 @@ void add_channel_dots(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len
 template <typename T>
 void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f, int64_t P, int att,
                       RowScratch<T>& sc, std::vector<T>& wbuf) {
-  constexpr T kInf = std::numeric_limits<T>::infinity();
   const int64_t jb = position_block<T>(n, f);
   if (att == kSoftmax) wbuf.resize(P * jb);
   std::vector<T*> zrows(P);
   std::vector<const T*> wrows(P);
   std::vector<T> part(4 * P);
   std::fill(vs, vs + P * f, T(0));
-  std::fill(sc.m.begin(), sc.m.end(), -kInf);
-  std::fill(sc.s.begin(), sc.s.end(), T(0));
-  std::fill(sc.nan.begin(), sc.nan.end(), 0);
+  sc.soft.reset();
   for (int64_t j0 = 0; j0 < n; j0 += jb) {
     const int64_t len = std::min(jb, n - j0);
     for (int64_t p = 0; p < P; ++p) {
@@ -481,35 +462,19 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
         [&](int64_t c, const T* const* rows) { axpy_rows<T, 1>(rows, bm + c * P, P, zrows.data(), len); });
     for (int64_t p = 0; p < P; ++p) {
       T* z = zrows[p];
+      wrows[p] = z;  // linear: the weights are Z itself; ReLU: in place
       if (att == kRelu) {
         for (int64_t j = 0; j < len; ++j) z[j] = relu(z[j]);
-        wrows[p] = z;
-      } else if (att == kLinear) {
-        wrows[p] = z;
-      } else {
-        T mb = -kInf;
-        for (int64_t j = 0; j < len; ++j) {
-          sc.nan[p] |= std::isnan(z[j]);
-          if (z[j] > mb) mb = z[j];
-        }
-        if (mb > sc.m[p]) {
-          const T scale = std::exp(sc.m[p] - mb);
-          if (sc.s[p] != T(0))
-            for (int64_t c = 0; c < f; ++c) vs[p * f + c] *= scale;
-          sc.s[p] *= scale;
-          sc.m[p] = mb;
-        }
+      } else if (att == kSoftmax) {  // Z stays in U until finish(); the weights go to wbuf
+        sc.soft.grow(p, z, len, 1, vs + p * f, f);
         T* w = wbuf.data() + p * jb;
-        for (int64_t j = 0; j < len; ++j) {
-          w[j] = z[j] == -kInf ? T(0) : std::exp(z[j] - sc.m[p]);
-          sc.s[p] += w[j];
-        }
+        for (int64_t j = 0; j < len; ++j) w[j] = sc.soft.weight(p, z[j]);
         wrows[p] = w;
       }
     }
     add_channel_dots(xs, f, n, j0, len, wrows.data(), P, vs, part);
   }
-  if (att == kSoftmax) finish_softmax(us, vs, n, f, P, sc);
+  if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
 
 template <typename T>
