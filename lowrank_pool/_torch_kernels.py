@@ -71,6 +71,11 @@ def _maps(x: torch.Tensor, bm: torch.Tensor, channels_first: bool, attention: st
     return xt, z, u, torch.matmul(u, xt.mT)  # V (B, P, f)
 
 
+def _scores(v: torch.Tensor, a_pf: torch.Tensor) -> torch.Tensor:
+    """s = vec(V) A_pf (B, K), before the 1/n scale."""
+    return torch.matmul(v.flatten(1), a_pf)
+
+
 def _activation_derivative(u: torch.Tensor, dz: torch.Tensor, attention: str) -> torch.Tensor:
     """σ'(Z) applied to dZ (the same operator is its own transpose: ReLU masks, softmax is symmetric)."""
     if attention == "linear":
@@ -107,8 +112,7 @@ class _SharedBottomUp(torch.autograd.Function):
             u, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
         else:
             _, _, u, v = _maps(x, bm, channels_first, attention)
-        s = torch.matmul(v.flatten(1), a_pf)  # (B, K)
-        return s, u, v
+        return _scores(v, a_pf), u, v
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
@@ -161,7 +165,7 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
         dx, dbm, da = (None if t is None else t.to(x.dtype) for t in (dx, dbm, da))
         xt = x if ctx.channels_first else x.mT
         dxt = None if dx is None else (dx if ctx.channels_first else dx.mT)
-        ds = None if da is None else torch.matmul(v.flatten(1), da)
+        ds = None if da is None else _scores(v, da)
         if dxt is not None or dbm is not None:
             dz = torch.zeros_like(u)
             if dbm is not None:
@@ -171,7 +175,7 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
             dv = torch.matmul(_activation_derivative(u, dz, ctx.attention), xt.mT)
             if dxt is not None:
                 dv = dv + torch.matmul(u, dxt.mT)
-            term = torch.matmul(dv.flatten(1), a_pf)
+            term = _scores(dv, a_pf)
             ds = term if ds is None else ds + term
         if ds is None:
             ds = torch.zeros(x.shape[0], a_pf.shape[1], dtype=v.dtype, device=v.device)
@@ -186,11 +190,12 @@ def shared_bottom_up_scores(
     None for an inference call that the compiled kernel does not serve (the caller's stock products
     are then as good as the Function's torch path, without its set-up).
     """
-    if not _differentiated(x, bm, a_pf):  # inference: one call into the compiled kernel, without the autograd
-        native = _native_kernel(x, bm)  # Function (its set-up costs ~0.3 ms per call with cold caches)
-        if native is None or a_pf.dtype != x.dtype or a_pf.device != x.device:
+    if not _differentiated(x, bm, a_pf):  # inference: the compiled kernel without the autograd Function
+        native = _native_kernel(x, bm)  # (its set-up costs ~0.3 ms per call with cold caches)
+        if native is None:
             return None
-        return native.scores_forward(x, bm, a_pf, channels_first, _ATTENTION_CODES[attention], positions)
+        _, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
+        return _scores(v, a_pf) / positions
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
     s, _, _ = fn.apply(x, bm, a_pf, channels_first, attention)
     return s / positions

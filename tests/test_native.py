@@ -37,10 +37,6 @@ def counted(native, monkeypatch):
             calls["backward"] += 1
             return native.maps_backward(*args)
 
-        def scores_forward(self, *args):  # inference
-            calls["forward"] += 1
-            return native.scores_forward(*args)
-
     monkeypatch.setattr(_native, "kernel", lambda: Counting())
     return calls
 

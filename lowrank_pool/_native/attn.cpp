@@ -696,16 +696,6 @@ std::vector<torch::Tensor> maps_forward(torch::Tensor x, torch::Tensor bm, bool 
   return {u, v};
 }
 
-// inference in one call: scores (B, K) = vec(V) A_pf / positions (no U or V kept)
-torch::Tensor scores_forward(torch::Tensor x, torch::Tensor bm, torch::Tensor a_pf, bool cf, int64_t att,
-                             int64_t positions) {
-  TORCH_CHECK(a_pf.dim() == 2 && a_pf.size(0) == bm.size(0) * bm.size(1) && a_pf.scalar_type() == x.scalar_type() &&
-                  a_pf.device().is_cpu(),
-              "lowrank_pool native kernel: a_pf (P f, K) in x's dtype");
-  auto v = maps_forward(x, bm, cf, att)[1];
-  return at::matmul(v.view({v.size(0), v.size(1) * v.size(2)}), a_pf).div_(static_cast<double>(positions));
-}
-
 // returns (∂X in X's layout or an empty tensor, ∂B (f, P) or an empty tensor)
 std::vector<torch::Tensor> maps_backward(torch::Tensor x, torch::Tensor bm, torch::Tensor u, torch::Tensor gv, bool cf,
                                          int64_t att, bool need_x, bool need_b) {
@@ -744,7 +734,6 @@ int64_t cache_bytes(bool release) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("maps_forward", &maps_forward, "U, V of attention-weighted pooling with a shared B");
-  m.def("scores_forward", &scores_forward, "scores of attention-weighted pooling with a shared B (inference)");
   m.def("maps_backward", &maps_backward, "dX, dB of attention-weighted pooling with a shared B");
   m.def("cache_bytes", &cache_bytes, "bytes held by the dX cache; release=True frees them");
 }
