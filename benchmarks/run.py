@@ -147,6 +147,15 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
     return lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
 
 
+def roofline_costs(
+    method: str, batch: int, n: int, f: int, k: int, r: int, item: int, grad: bool
+) -> tuple[float, float]:
+    """(FLOPs, bytes) of the roofline: :func:`_costs` for the forward; forward+backward reads X and the
+    parameters twice (forward and backward), writes ∂X once and does three times the FLOPs."""
+    flops, nbytes = _costs(method, batch, n, f, k, r, item)
+    return (3 * flops, 2 * nbytes + batch * n * f * item) if grad else (flops, nbytes)
+
+
 @dataclass(frozen=True)
 class Ctx:
     """The sizes of one (backend, dtype, shape, mode) group."""
@@ -395,18 +404,18 @@ def build(
         for case in CASES:
             if layout not in case.layouts or backend not in case.backends:
                 continue
+            if methods is not None and case.method not in methods and case.baseline_of not in methods:
+                continue
             for path in case.paths:
-                flops, nbytes = _costs(case.baseline_of or case.roofline, batch, n, f, k, case.rank, ctx.item)
-                if ctx.grad:  # X read by the forward and by the backward, ∂X written once
-                    flops, nbytes = 3 * flops, 2 * nbytes + batch * n * f * ctx.item
+                flops, nbytes = roofline_costs(
+                    case.baseline_of or case.roofline, batch, n, f, k, case.rank, ctx.item, ctx.grad
+                )
                 variant = f"{layout} {path}".strip()
                 res = Result(
                     backend, dtype, shape, case.method, variant, mode, flops, nbytes, baseline_of=case.baseline_of
                 )
                 res.skipped = _skip(case, ctx, path, d)
-                if methods is not None and case.method not in methods and case.baseline_of not in methods:
-                    continue
-                timed = None if res.skipped else _timed(case.make(d, path), ctx.grad, leaves)
+                timed = None if res.skipped else _timed(case.make(d, path), ctx.grad)
                 if timed is not None:
                     timed.prepare = functools.partial(_prepare, d["X"], leaves)  # type: ignore[attr-defined]
                 groups.append((res, timed))
@@ -448,14 +457,13 @@ def _leaves(d: Any) -> list[Any]:
     return [d] if isinstance(d, torch.Tensor) and d.requires_grad else []
 
 
-def _timed(fn: Callable[[], Any], grad: bool, leaves: list[Any]) -> Callable[[], Any]:
+def _timed(fn: Callable[[], Any], grad: bool) -> Callable[[], Any]:
     if not grad:
         return fn
 
     def fwd_bwd() -> None:  # one training step's share: the gradients were unset before (see _prepare)
         fn().sum().backward()
 
-    fwd_bwd.leaves = leaves  # type: ignore[attr-defined]
     return fwd_bwd
 
 
@@ -529,8 +537,7 @@ def memory_child(spec: dict[str, Any]) -> None:
         print(json.dumps({"mib": None}))
         return
     fn()  # warm-up
-    for t in getattr(fn, "leaves", []):  # the warm-up's gradients are not the measured call's memory,
-        t.grad = None
+    fn.prepare(False)  # type: ignore[attr-defined]  # the warm-up's gradients are not the measured call's memory,
     lp.empty_cache()  # and neither is a ∂X buffer the kernel kept from it: the measured call allocates its own
     gc.collect()
     try:

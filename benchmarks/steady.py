@@ -14,11 +14,11 @@ import statistics
 import time
 
 import torch
+from run import SHAPES, roofline_costs  # benchmarks/run.py, beside this script: the same shapes and roofline
 
 import lowrank_pool as lp
 
-SHAPES = [(49, 2048, 10), (196, 512, 100), (196, 2048, 600), (4096, 128, 10)]  # (n, f, K), as make bench
-BATCH, P = 32, 4
+BATCH, P = 32, 4  # as make bench (its rank-P roofline counts P = 4)
 
 
 def _median_ms(fn, before, reps: int = 25) -> float:
@@ -66,10 +66,10 @@ def main() -> None:
         for method, (a, b) in params.items():
             pool = lp.rank1_pool if method == "rank1" else lp.rankp_pool
             fwd, fb = _measure(pool, x, a, b)
-            x_bytes = x.numel() * 4
-            param_bytes = (a.numel() + b.numel()) * 4
-            roof_fwd = (x_bytes + param_bytes) / read_gbps / 1e6
-            roof_fb = (3 * x_bytes + 2 * param_bytes) / read_gbps / 1e6
+            # the same roofline as make bench (memory-bound here: bytes / bandwidth)
+            roof_fwd, roof_fb = (
+                roofline_costs(method, BATCH, n, f, k, 0, 4, grad)[1] / read_gbps / 1e6 for grad in (False, True)
+            )
             print(f"| {(n, f, k)} | {method} | {fwd:.2f} ({roof_fwd / fwd:.2f}) | {fb:.2f} ({roof_fb / fb:.2f}) |")
         lp.empty_cache()
 
