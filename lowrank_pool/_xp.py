@@ -33,6 +33,7 @@ __all__ = [
     "device_of",
     "features",
     "form_kind",
+    "full_precision",
     "gram_product",
     "host_copy",
     "is_numpy",
@@ -349,6 +350,23 @@ def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
         mu, v = xp.linalg.eigh(s)
     order = xp.argsort(-xp.abs(mu), stable=True)[:p]
     return xp.take(mu, order), xp.take(v, order, axis=1)
+
+
+@contextmanager
+def full_precision(xp: Namespace, x: Array) -> Iterator[None]:
+    """Products inside run in the inputs' own dtype even under ``torch.autocast``.
+
+    For computations whose result magnifies rounding: the compact sketch's signed square root
+    has the derivative 1/(2√|ψ|), so a bfloat16 count sketch (8 significant bits) put ~30 % errors
+    into ∂X where ψ is near zero. Other libraries: nothing to do.
+    """
+    if not is_torch(xp):
+        yield
+        return
+    import torch
+
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        yield
 
 
 # ----------------------------------------------------------------------------- tensorly

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_int, check_positive_int, prepare
-from ._xp import Array, Namespace, device_of, project
+from ._xp import Array, Namespace, device_of, full_precision, project
 
 __all__ = ["compact_bilinear_pool", "count_sketches"]
 
@@ -76,6 +76,8 @@ def compact_bilinear_pool(
     -------
     array, (B, d)
         In the dtype rule of the other functions (float16/bfloat16 compute and return float32).
+        Under ``torch.autocast`` the sketch is still computed in X's dtype: a signed square root
+        of ψ (as in compact bilinear pooling) magnifies its rounding where ψ is near zero.
 
     Examples
     --------
@@ -93,6 +95,7 @@ def compact_bilinear_pool(
     xp, feats, _ = prepare(X, channel_axis, check_finite)
     s1, s2 = count_sketches(feats.channels, dim, seed)
     both = xp.asarray(np.concatenate([s1, s2], axis=1), dtype=feats.data.dtype, device=device_of(feats.data))
-    z = project(xp, feats, both)  # (B, n, 2d): the two count sketches of every position
-    psi = _sketch(xp, z[:, :, :dim], z[:, :, dim:], dim)  # (B, n, d)
+    with full_precision(xp, feats.data):  # under autocast too: the signed square root magnifies rounding
+        z = project(xp, feats, both)  # (B, n, 2d): the two count sketches of every position
+        psi = _sketch(xp, z[:, :, :dim], z[:, :, dim:], dim)  # (B, n, d)
     return xp.mean(psi, axis=1)
