@@ -36,6 +36,7 @@ __all__ = [
     "full_precision",
     "gram_product",
     "host_copy",
+    "is_linalg_error",
     "is_numpy",
     "is_torch",
     "namespace",
@@ -360,12 +361,13 @@ def full_precision(xp: Namespace, x: Array) -> Iterator[None]:
     has the derivative 1/(2√|ψ|), so a bfloat16 count sketch (8 significant bits) put ~30 % errors
     into ∂X where ψ is near zero. Other libraries: nothing to do.
     """
-    if not is_torch(xp):
-        yield
+    torch = sys.modules.get("torch") if is_torch(xp) else None
+    device = getattr(getattr(x, "device", None), "type", "")
+    available = getattr(getattr(torch, "amp", None), "is_autocast_available", None)  # torch >= 2.4
+    if torch is None or not (available(device) if available is not None else device in ("cpu", "cuda")):
+        yield  # not torch, or a device without autocast (meta): nothing to turn off
         return
-    import torch
-
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with torch.autocast(device_type=device, enabled=False):
         yield
 
 
@@ -417,6 +419,12 @@ def tensorly_backend(xp: Namespace, name: str = "W") -> str:
     raise BackendError(
         f"{name}: tensorly has no backend for {xp.__name__} arrays; pass numpy, torch, jax or cupy arrays"
     )
+
+
+def is_linalg_error(err: BaseException) -> bool:
+    """Whether ``err`` is a library's linear-algebra failure (a singular matrix): numpy's, torch's and
+    CuPy's all name their class ``LinAlgError`` (torch's C class ``_LinAlgError``)."""
+    return any(c.__name__.lstrip("_") == "LinAlgError" for c in type(err).__mro__)
 
 
 def detach(x: Array) -> Array:

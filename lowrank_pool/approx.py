@@ -36,6 +36,7 @@ from ._xp import (
     check_has_values,
     detach,
     device_of,
+    is_linalg_error,
     namespace,
     random_normal,
     tensorly_context,
@@ -180,7 +181,9 @@ def cp_approx(
     -------
     tensorly.cp_tensor.CPTensor
         ``(weights (R,), [U (K, R), A (f, R), C (f, R)])`` in W's library and dtype;
-        pass it to :func:`cp_pool`.
+        pass it to :func:`cp_pool`. Where every fit's normal equations turn singular (W of a
+        lower rank than R, e.g. rank 1 asked at rank 2), it is the best rank R − 1 fit with a
+        component of weight 0 added.
 
     Examples
     --------
@@ -230,25 +233,52 @@ def cp_approx(
 
                 factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
                 start = CPTensor((xp.ones(rank, dtype=target.dtype, device=device_of(target)), factors))
-            cp = parafac(
-                target,
-                rank,
-                n_iter_max=n_iter_max,
-                tol=-math.inf,  # tensorly computes its estimate (for the callback) but never stops on it
-                cvg_criterion="rec_error",
-                init=start,
-                normalize_factors=False,  # tensorly warns when a given init is normalised; done below
-                random_state=seed,
-                linesearch=attempt > 0,
-                callback=converged,
-            )
+            try:
+                cp = parafac(
+                    target,
+                    rank,
+                    n_iter_max=n_iter_max,
+                    tol=-math.inf,  # tensorly computes its estimate (for the callback) but never stops on it
+                    cvg_criterion="rec_error",
+                    init=start,
+                    normalize_factors=False,  # tensorly warns when a given init is normalised; done below
+                    random_state=seed,
+                    linesearch=attempt > 0,
+                    callback=converged,
+                )
+            except Exception as err:
+                if not is_linalg_error(err) or rank == 1:
+                    raise
+                continue  # singular normal equations: a component collapsed (W has a lower rank)
             cp = cp_normalize(cp)
         err = float(xp.linalg.vector_norm(_cp_dense(xp, cp.weights, list(cp.factors)) - target)) / norm
         if err < best[0]:
             best = (err, cp)
         if err <= tol:
             break
+    if best[1] is None:  # every fit collapsed: the best rank - 1 fit, with a zero-weight component added
+        fewer = cp_approx(
+            target, rank - 1, symmetric=False, n_iter_max=n_iter_max, tol=tol, stall=stall,
+            n_restarts=n_restarts, init=init, random_state=random_state,
+        )  # fmt: skip
+        return _padded_cp(xp, fewer, rank)
     return best[1]
+
+
+def _padded_cp(xp: Namespace, cp: Any, rank: int) -> Any:
+    """``cp`` with zero-weight components (unit-norm factors) appended up to ``rank``."""
+    from tensorly.cp_tensor import CPTensor
+
+    weights, factors = cp
+    k, f = shape_of(factors[0])[0], shape_of(factors[1])[0]
+    zero = _zero_cp(xp, weights, k, f, rank - shape_of(weights)[0])
+    with tensorly_context(xp):
+        return CPTensor(
+            (
+                xp.concat([weights, zero.weights]),
+                [xp.concat([a, b], axis=1) for a, b in zip(factors, zero.factors, strict=True)],
+            )
+        )
 
 
 def tucker_approx(

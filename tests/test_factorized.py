@@ -154,6 +154,25 @@ def test_cp_approx_restarts_get_out_of_a_swamp():
     assert np.linalg.norm(lp.to_dense(cp) - W) < 1e-6 * np.linalg.norm(W)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("extra", [1, 2])
+def test_cp_approx_of_a_lower_rank_w(backend, extra):
+    """W of CP rank 1 asked at rank 1 + extra: ALS's normal equations turn exactly singular (torch's
+    solver raised here); the answer is the exact fit with the spare components at weight 0."""
+    rng = np.random.default_rng(1)
+    u, a = rng.standard_normal(3), rng.standard_normal(4)
+    W = np.einsum("k,i,j->kij", u, a, a)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        W = torch.from_numpy(W)
+    cp = lp.cp_approx(W, 1 + extra)
+    assert tuple(cp.weights.shape) == (1 + extra,)
+    dense, want = to_numpy(lp.to_dense(cp)), to_numpy(W)
+    assert np.linalg.norm(dense - want) <= 1e-10 * np.linalg.norm(want)
+    for factor in cp.factors:  # normalised columns, spare ones too
+        assert np.allclose(np.linalg.norm(to_numpy(factor), axis=0), 1.0)
+
+
 @given(K=st.integers(1, 6), f=st.integers(2, 10), seed=st.integers(0, 999), data=st.data())
 def test_tucker_approx_recovers_an_exact_tucker_tensor(K, f, seed, data):
     rng = np.random.default_rng(seed)
