@@ -246,8 +246,8 @@ def cp_approx(
                     linesearch=attempt > 0,
                     callback=converged,
                 )
-            except Exception as err:
-                if not is_linalg_error(err) or rank == 1:
+            except Exception as failure:
+                if not is_linalg_error(failure) or rank == 1:
                     raise
                 continue  # singular normal equations: a component collapsed (W has a lower rank)
             cp = cp_normalize(cp)
