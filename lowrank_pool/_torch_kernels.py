@@ -6,16 +6,18 @@ Forward (the same three steps as :func:`lowrank_pool.rankp_pool` with a shared B
     Z = Bᵀ X      (B, P, n)   bottom-up maps
     U = σ(Z)      (B, P, n)   over positions: identity / ReLU / n · spatial softmax
     V = U Xᵀ      (B, P, f)   attention-weighted pooling
-    s = vec(V) A  (B, K)      with A (P·f, K)   (the caller divides by n)
+    s = c vec(V) A  (B, K)    with A seen as (P, f, K) and the scale c = 1/n
 
 Backward, with g = ∂L/∂s:
 
-    ∂V = g Aᵀ,  ∂A = vec(V)ᵀ g,  ∂U = ∂V X,  ∂Z = σ'(Z)ᵀ ∂U,  ∂B = Σ_b X ∂Zᵀ,
+    ∂V = c g Aᵀ,  ∂A = c vec(V)ᵀ g,  ∂U = ∂V X,  ∂Z = σ'(Z)ᵀ ∂U,  ∂B = Σ_b X ∂Zᵀ,
     ∂X = [∂Vᵀ | B] · [U ; ∂Z]     (one batched GEMM of width 2P)
 
 Only U and V (B·P·(n + f) numbers) are saved besides the inputs, and ∂X is written once
 in X's own layout: plain autograd of the same graph accumulates ∂X from two products,
-and that of the one-GEMM form saves the (B, n, K+1) projection.
+and that of the one-GEMM form saves the (B, n, K+1) projection. A is taken as a
+(P, f, K) view (rank-P's (f, K, P) parameter permuted), so that the compiled kernel reads
+it without a copy.
 
 Higher derivatives. The backward is written in differentiable torch operations; when it
 runs under ``create_graph=True`` (a gradient penalty, a Hessian-vector product,
@@ -23,7 +25,7 @@ runs under ``create_graph=True`` (a gradient penalty, a Hessian-vector product,
 derivative sees their dependence on the inputs (the saved U and V are constants to
 autograd). Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) uses :meth:`jvp`:
 
-    ∂Z = ∂Bᵀ X + Bᵀ ∂X,  ∂U = σ'(Z)[∂Z],  ∂V = ∂U Xᵀ + U ∂Xᵀ,  ∂s = vec(∂V) A + vec(V) ∂A
+    ∂Z = ∂Bᵀ X + Bᵀ ∂X,  ∂U = σ'(Z)[∂Z],  ∂V = ∂U Xᵀ + U ∂Xᵀ,  ∂s = c vec(∂V) A + c vec(V) ∂A
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ __all__ = ["shared_bottom_up_scores"]
 _ATTENTION_CODES = {"linear": 0, "relu": 1, "softmax": 2}
 
 
-def _native_kernel(*tensors: torch.Tensor) -> Any:
-    """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, contiguous, plain
-    tensors outside autocast, vmap and torch.compile); None sends the call down the torch path."""
-    if _is_compiling() or torch.is_autocast_enabled("cpu"):
+def _native_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor) -> Any:
+    """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, plain tensors outside
+    autocast, vmap and torch.compile; X and B contiguous); None sends the call down the torch path."""
+    if _is_compiling() or torch.is_autocast_enabled("cpu") or not (x.is_contiguous() and bm.is_contiguous()):
         return None
-    dtype = tensors[0].dtype
-    for t in tensors:
-        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() or _is_wrapped(t):
+    dtype = x.dtype
+    for t in (x, bm, *others):
+        if t.device.type != "cpu" or t.dtype != dtype or _is_wrapped(t):
             return None
     if dtype not in (torch.float32, torch.float64):
         return None
@@ -71,9 +73,9 @@ def _maps(x: torch.Tensor, bm: torch.Tensor, channels_first: bool, attention: st
     return xt, z, u, torch.matmul(u, xt.mT)  # V (B, P, f)
 
 
-def _scores(v: torch.Tensor, a_pf: torch.Tensor) -> torch.Tensor:
-    """s = vec(V) A_pf (B, K), before the 1/n scale."""
-    return torch.matmul(v.flatten(1), a_pf)
+def _scores(v: torch.Tensor, a3: torch.Tensor, scale: float) -> torch.Tensor:
+    """s = scale · vec(V) A (B, K), A seen as (P, f, K)."""
+    return torch.matmul(v.flatten(1), a3.reshape(-1, a3.shape[-1])) * scale
 
 
 def _activation_derivative(u: torch.Tensor, dz: torch.Tensor, attention: str) -> torch.Tensor:
@@ -105,50 +107,56 @@ class _SharedBottomUp(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, channels_first: bool, attention: str
+        x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: str, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        native = _native_kernel(x, bm)
-        if native is not None:  # X read once per pass, in its own layout
-            u, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
-        else:
-            _, _, u, v = _maps(x, bm, channels_first, attention)
-        return _scores(v, a_pf), u, v
+        native = _native_kernel(x, bm, a3)
+        if native is not None:  # X read once per pass, in its own layout; the products with A in the kernel
+            s, u, v = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
+            return s, u, v
+        _, _, u, v = _maps(x, bm, channels_first, attention)
+        return _scores(v, a3, scale), u, v
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        x, bm, a_pf, channels_first, attention = inputs
+        x, bm, a3, channels_first, attention, scale = inputs
         _, u, v = output
-        ctx.save_for_backward(x, bm, a_pf, u, v)
-        ctx.save_for_forward(x, bm, a_pf, u, v)
-        ctx.channels_first, ctx.attention = channels_first, attention
+        ctx.save_for_backward(x, bm, a3, u, v)
+        ctx.save_for_forward(x, bm, a3, u, v)
+        ctx.channels_first, ctx.attention, ctx.scale = channels_first, attention, scale
         ctx.mark_non_differentiable(u, v)
+        ctx.set_materialize_grads(False)  # U and V get no gradient: no zero tensors made for them
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor, _gu: Any, _gv: Any) -> tuple[Any, ...]:
-        g, x, bm, a_pf, u, v = _common_dtype(g, *ctx.saved_tensors)
+    def backward(ctx: Any, g: torch.Tensor | None, _gu: Any, _gv: Any) -> tuple[Any, ...]:
+        need_x, need_b, need_a = ctx.needs_input_grad[:3]
+        if g is None:
+            return None, None, None, None, None, None
+        g, x, bm, a3, u, v = _common_dtype(g, *ctx.saved_tensors)
+        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, a3, u, v, g)
+        if native is not None:
+            code = _ATTENTION_CODES[ctx.attention]
+            gx, gbm, ga = native.scores_backward(
+                x, bm, a3, u, v, g, ctx.channels_first, code, ctx.scale, need_x, need_b, need_a
+            )
+            return gx if need_x else None, gbm if need_b else None, ga if need_a else None, None, None, None
         xt = x if ctx.channels_first else x.mT
         if torch.is_grad_enabled():  # create_graph: U and V must carry their dependence on X and B
             xt, _, u, v = _maps(x, bm, ctx.channels_first, ctx.attention)
         batch, p, f = v.shape
+        a2 = a3.reshape(p * f, a3.shape[-1])
         gx = gbm = ga = None
-        gv = torch.matmul(g, a_pf.mT).view(batch, p, f)
-        if ctx.needs_input_grad[2]:
-            ga = torch.matmul(v.flatten(1).mT, g)
-        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, u, gv)
-        if native is not None and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            gx, gbm = native.maps_backward(
-                x, bm, u, gv, ctx.channels_first, _ATTENTION_CODES[ctx.attention], *ctx.needs_input_grad[:2]
-            )
-            return gx if ctx.needs_input_grad[0] else None, gbm if ctx.needs_input_grad[1] else None, ga, None, None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if need_a:
+            ga = (torch.matmul(v.flatten(1).mT, g) * ctx.scale).view(a3.shape)
+        if need_x or need_b:
+            gv = (torch.matmul(g, a2.mT) * ctx.scale).view(batch, p, f)
             gz = _activation_derivative(u, torch.matmul(gv, xt), ctx.attention)  # (B, P, n)
-            if ctx.needs_input_grad[1]:
+            if need_b:
                 gbm = torch.matmul(xt, gz.mT).sum(0)
-            if ctx.needs_input_grad[0]:
+            if need_x:
                 left = torch.cat([gv.mT, bm.expand(batch, f, p)], dim=2)  # (B, f, 2P)
                 right = torch.cat([u, gz], dim=1)  # (B, 2P, n)
                 gx = torch.matmul(left, right) if ctx.channels_first else torch.matmul(right.mT, left.mT)
-        return gx, gbm, ga, None, None
+        return gx, gbm, ga, None, None, None
 
 
 class _SharedBottomUpForwardMode(_SharedBottomUp):
@@ -160,12 +168,12 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
     """
 
     @staticmethod
-    def jvp(ctx: Any, dx: Any, dbm: Any, da: Any, _dc: Any, _datt: Any) -> tuple[Any, ...]:
-        x, bm, a_pf, u, v = _common_dtype(*ctx.saved_tensors)
+    def jvp(ctx: Any, dx: Any, dbm: Any, da: Any, _dc: Any, _datt: Any, _dscale: Any) -> tuple[Any, ...]:
+        x, bm, a3, u, v = _common_dtype(*ctx.saved_tensors)
         dx, dbm, da = (None if t is None else t.to(x.dtype) for t in (dx, dbm, da))
         xt = x if ctx.channels_first else x.mT
         dxt = None if dx is None else (dx if ctx.channels_first else dx.mT)
-        ds = None if da is None else _scores(v, da)
+        ds = None if da is None else _scores(v, da, ctx.scale)
         if dxt is not None or dbm is not None:
             dz = torch.zeros_like(u)
             if dbm is not None:
@@ -175,30 +183,32 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
             dv = torch.matmul(_activation_derivative(u, dz, ctx.attention), xt.mT)
             if dxt is not None:
                 dv = dv + torch.matmul(u, dxt.mT)
-            term = _scores(dv, a_pf)
+            term = _scores(dv, a3, ctx.scale)
             ds = term if ds is None else ds + term
         if ds is None:
-            ds = torch.zeros(x.shape[0], a_pf.shape[1], dtype=v.dtype, device=v.device)
+            ds = torch.zeros(x.shape[0], a3.shape[-1], dtype=v.dtype, device=v.device)
         return ds, None, None
 
 
 def shared_bottom_up_scores(
-    x: torch.Tensor, bm: torch.Tensor, a_pf: torch.Tensor, *, channels_first: bool, attention: str, positions: int
+    x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, *, channels_first: bool, attention: str, positions: int
 ) -> torch.Tensor | None:
-    """Scores (B, K) of the kernel, divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f).
+    """Scores (B, K), divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f), a3 is A as
+    (P, f, K) (any strides).
 
     None for an inference call that the compiled kernel does not serve (the caller's stock products
     are then as good as the Function's torch path, without its set-up).
     """
-    if not _differentiated(x, bm, a_pf):  # inference: the compiled kernel without the autograd Function
-        native = _native_kernel(x, bm)  # (its set-up costs ~0.3 ms per call with cold caches)
+    scale = 1.0 / positions
+    if not _differentiated(x, bm, a3):  # inference: the compiled kernel without the autograd Function
+        native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
         if native is None:
             return None
-        _, v = native.maps_forward(x, bm, channels_first, _ATTENTION_CODES[attention])
-        return _scores(v, a_pf) / positions
+        s, _, _ = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
+        return s
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
-    s, _, _ = fn.apply(x, bm, a_pf, channels_first, attention)
-    return s / positions
+    s, _, _ = fn.apply(x, bm, a3, channels_first, attention, scale)
+    return s
 
 
 def _differentiated(*tensors: torch.Tensor) -> bool:

@@ -314,7 +314,7 @@ def gram_product(xp: Namespace, feats: Features) -> Array:
 
 
 def torch_shared_scores(
-    xp: Namespace, x: Array, bm: Array, a_pf: Array, *, channels_first: bool, attention: str, positions: int
+    xp: Namespace, x: Array, bm: Array, a3: Array, *, channels_first: bool, attention: str, positions: int
 ) -> Array | None:
     """Scores of attention-weighted pooling with a shared B through the torch kernel, or None.
 
@@ -328,7 +328,7 @@ def torch_shared_scores(
         return None
     from ._torch_kernels import shared_bottom_up_scores
 
-    return shared_bottom_up_scores(x, bm, a_pf, channels_first=channels_first, attention=attention, positions=positions)
+    return shared_bottom_up_scores(x, bm, a3, channels_first=channels_first, attention=attention, positions=positions)
 
 
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:

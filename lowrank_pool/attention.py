@@ -127,20 +127,21 @@ def _maps(xp: Namespace, feats: Features, a: Array, bm: Array, attention: str) -
     return top, xp.reshape(bottom, (feats.batch, feats.positions, *shape_of(bm)[1:]))
 
 
-def _shared_scores(xp: Namespace, feats: Features, bm: Array, a_pf: Array, attention: str) -> Array:
-    """(1/n) Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A_pf / n, with B (f, P) and A_pf (P·f, K).
+def _shared_scores(xp: Namespace, feats: Features, bm: Array, a3: Array, attention: str) -> Array:
+    """(1/n) Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A / n, with B (f, P) and A seen as (P, f, K).
 
-    With torch tensors that need gradients the unscaled product runs as one autograd
-    Function whose backward writes ∂X once, in X's layout (``_torch_kernels``).
+    With torch tensors that need gradients the product runs as one autograd Function whose
+    backward writes ∂X once, in X's layout (``_torch_kernels``).
     """
     s = torch_shared_scores(
-        xp, feats.data, bm, a_pf, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
+        xp, feats.data, bm, a3, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
     )
     if s is not None:
         return s
     u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
     v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)
-    s = xp.matmul(xp.reshape(v, (feats.batch, shape_of(a_pf)[0])), a_pf)
+    p, f, k = shape_of(a3)
+    s = xp.matmul(xp.reshape(v, (feats.batch, p * f)), xp.reshape(a3, (p * f, k)))
     return s / feats.positions
 
 
@@ -216,7 +217,8 @@ def rank1_pool(
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
     a, bvec = fac["A"], fac["b"]
     _rank1_factors(feats, a, bvec, channel_axis)
-    return _shared_scores(xp, feats, xp.reshape(bvec, (feats.channels, 1)), a, attention)
+    f = feats.channels
+    return _shared_scores(xp, feats, xp.reshape(bvec, (f, 1)), xp.reshape(a, (1, f, shape_of(a)[1])), attention)
 
 
 def rankp_pool(
@@ -272,10 +274,8 @@ def rankp_pool(
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, B=B)
     a, bm = fac["A"], fac["B"]
     k, p, shared = _rankp_factors(feats, a, bm, channel_axis)
-    f = feats.channels
     if shared:
-        a_pf = xp.reshape(xp.permute_dims(a, (2, 0, 1)), (p * f, k))
-        return _shared_scores(xp, feats, bm, a_pf, attention)
+        return _shared_scores(xp, feats, bm, xp.permute_dims(a, (2, 0, 1)), attention)
     top, bottom = _maps(xp, feats, a, bm, attention)  # (B, n, K, P) twice
     s = xp.sum(xp.reshape(top * bottom, (feats.batch, feats.positions, k * p)), axis=1)
     return xp.sum(xp.reshape(s, (feats.batch, k, p)), axis=2) / feats.positions

@@ -29,13 +29,13 @@ def counted(native, monkeypatch):
     calls = {"forward": 0, "backward": 0}
 
     class Counting:
-        def maps_forward(self, *args):
+        def scores_forward(self, *args):
             calls["forward"] += 1
-            return native.maps_forward(*args)
+            return native.scores_forward(*args)
 
-        def maps_backward(self, *args):
+        def scores_backward(self, *args):
             calls["backward"] += 1
-            return native.maps_backward(*args)
+            return native.scores_backward(*args)
 
     monkeypatch.setattr(_native, "kernel", lambda: Counting())
     return calls
@@ -77,13 +77,13 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
     axis = -1 if layout == "bnf" else 1
     with pytest.MonkeyPatch.context() as mp:
         calls = {"n": 0}
-        real = native.maps_forward
+        real = native.scores_forward
 
         class Counting:
-            maps_backward = staticmethod(native.maps_backward)
+            scores_backward = staticmethod(native.scores_backward)
 
             @staticmethod
-            def maps_forward(*args):
+            def scores_forward(*args):
                 calls["n"] += 1
                 return real(*args)
 
@@ -135,6 +135,30 @@ def test_native_large_samples_in_blocks(native, attention, layout):
         mp.setattr(_native, "kernel", lambda: None)
         want = _run(X, A, B, attention, axis)
     tol = 8 * (f + n) * eps_of(torch.float64)
+    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
+        scale = b.abs().max().item()
+        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+
+
+@pytest.mark.parametrize("classes", [3, 300])
+@pytest.mark.parametrize("layout", ["bnf", "nchw"])
+def test_native_products_with_a_small_and_large(native, classes, layout):
+    """The products with A run in the kernel while A is small (here P·f·K = 1 920) and through at::mm
+    when it is large (307 200 numbers, past the kernel's 2^18); A reaches it as a permuted (P, f, K)
+    view of rank-P's (f, K, P) parameter, and B's batch of 5 leaves a remainder to the blocks of 4."""
+    g = torch.Generator().manual_seed(3)
+    f, p = 512, 2
+    X = torch.randn(5, 9, f, generator=g, dtype=torch.float64)
+    X = X if layout == "bnf" else X.mT.contiguous()[..., None]
+    A = torch.randn(f, classes, p, generator=g, dtype=torch.float64)
+    B = torch.randn(f, p, generator=g, dtype=torch.float64) / f**0.5
+    axis = -1 if layout == "bnf" else 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        got = _run(X, A, B, "softmax", axis)
+        mp.setattr(_native, "kernel", lambda: None)
+        want = _run(X, A, B, "softmax", axis)
+    tol = 8 * (f + classes * p) * eps_of(torch.float64)
     for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
         scale = b.abs().max().item()
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)

@@ -3,7 +3,8 @@
 // Per sample, X (n, f) rows (layout "bnf") or X (f, n) rows (layout "bfn", NCHW):
 //   forward   Z = Bᵀ X (P, n), U = σ(Z), V = U Xᵀ (P, f)
 //   backward  ∂U = ∂V X, ∂Z = σ'(∂U), ∂X = ∂Vᵀ U + B ∂Z, ∂B += X ∂Zᵀ
-// The (B, K) products with A stay GEMMs in PyTorch. The math: docs/math.md.
+// and the products with A (P, f, K): s = scale · vec(V) A, ∂V = scale · g Aᵀ, ∂A = scale · vec(V)ᵀ g (see
+// "products with A" below). The math: docs/math.md.
 //
 // How X is read. Layout (n, f): one pass over the rows; each row (f numbers) is used for all P maps while
 // it is in L1 — its P dot products with B, then, for linear and ReLU attention, its P updates of V at once;
@@ -70,11 +71,26 @@ template <typename T>
 inline void store(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// Σ of a vector's lanes as a tree (halves added): a few shuffles instead of a chain of kLanes dependent adds,
+// which dominated the dot products of short rows (NCHW with 7×7 positions: 49 numbers per row).
+template <typename T, int Bytes>
+struct Part {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+template <typename T, int Bytes>
+inline T tree_sum(typename Part<T, Bytes>::type v) {
+  if constexpr (Bytes == int(2 * sizeof(T))) {
+    return v[0] + v[1];
+  } else {
+    typename Part<T, Bytes / 2>::type lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return tree_sum<T, Bytes / 2>(lo + hi);
+  }
+}
 template <typename T>
 inline T lanes_sum(vec<T> v) {
-  T s = 0;
-  for (int l = 0; l < kLanes<T>; ++l) s += v[l];
-  return s;
+  return tree_sum<T, 32>(v);
 }
 
 // out[r * Q + q] = Σ_j rows[r][j] vecs[q][j]: R·Q dot products in one pass over the rows
@@ -606,6 +622,70 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
   }
 }
 
+// ------------------------------------------------------------------------------------------- products with A
+// s = scale · vec(V) A, ∂V = scale · g Aᵀ, ∂A = scale · vec(V)ᵀ g, with A given as a (P, f, K) view (M = P·f rows of
+// K classes; rank-P's (f, K, P) parameter permuted, without a copy). These are skinny products (B = 32 rows, inner
+// dimension K or B): MKL took 50-200 µs for each at (B, M, K) = (32, 2048, 10) on the AMD machine measured here,
+// more than the maps themselves. With few classes they run here, on A packed as Aᵀ (K, M), with the same blocked
+// dot products and updates as the maps; wider A keeps at::mm, where a GEMM library is at its best (at K = 100 MKL
+// was as fast as these loops and their transposes).
+bool small_product(int64_t M, int64_t K) { return K <= 32 && M * K <= (int64_t(1) << 18); }
+
+// dst[i·di + j·dj] = src[i·si + j·sj] for i < rows, j < cols, in 16 × 16 tiles: walking a whole row against a whole
+// column (rows 2-8 KB apart, which fall into the same few L1 sets) took 2.5 ns a number, as long as the products.
+template <typename T>
+void copy_tiles(const T* src, int64_t si, int64_t sj, T* dst, int64_t di, int64_t dj, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile)
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile)
+      for (int64_t i = i0; i < std::min(rows, i0 + kTile); ++i)
+        for (int64_t j = j0; j < std::min(cols, j0 + kTile); ++j) dst[i * di + j * dj] = src[i * si + j * sj];
+}
+
+// Aᵀ (K, M) packed from a (P, f, K) view: Aᵀ[k, p·f + c] = A[p, c, k]
+template <typename T>
+std::vector<T> pack_at(const torch::Tensor& a) {
+  const int64_t P = a.size(0), f = a.size(1), K = a.size(2), M = P * f;
+  const T* ap = a.data_ptr<T>();
+  std::vector<T> at(K * M);
+  for (int64_t p = 0; p < P; ++p) copy_tiles(ap + p * a.stride(0), a.stride(1), a.stride(2), at.data() + p * f, 1, M, f, K);
+  return at;
+}
+
+// s (B, K) = scale · V (B, M) Aᵀᵀ: blocks of 4 samples × 4 classes
+template <typename T>
+void small_scores(const T* v, const T* at, T* s, int64_t B, int64_t M, int64_t K, T scale) {
+  std::vector<const T*> arows(K);
+  for (int64_t k = 0; k < K; ++k) arows[k] = at + k * M;
+  at::parallel_for(0, (B + 3) / 4, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t b = q0 * 4; b < std::min(B, q1 * 4); b += 4) {
+      const int count = int(std::min<int64_t>(4, B - b));
+      const T* rows[4] = {v + b * M, v + std::min(b + 1, B - 1) * M, v + std::min(b + 2, B - 1) * M,
+                          v + std::min(b + 3, B - 1) * M};
+      dots_block<T>(rows, count, arows.data(), K, M, s + b * K);
+    }
+  });
+  for (int64_t k = 0; k < B * K; ++k) s[k] *= scale;
+}
+
+// dsts[d] = Σ_r coef[r][d] srcs[r] for d < D (D rows of M numbers), srcs in blocks of 4; columns split among threads
+template <typename T>
+void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, int64_t D, int64_t M) {
+  at::parallel_for(0, M, 256, [&](int64_t m0, int64_t m1) {
+    std::vector<T*> drows(D);
+    for (int64_t d = 0; d < D; ++d) {
+      drows[d] = dst + d * M + m0;
+      std::fill(drows[d], drows[d] + (m1 - m0), T(0));
+    }
+    for (int64_t r = 0; r < R; r += 4) {
+      const int count = int(std::min<int64_t>(4, R - r));
+      const T* rows[4];
+      for (int k = 0; k < 4; ++k) rows[k] = src + std::min(r + k, R - 1) * M + m0;
+      axpy_block<T>(rows, count, coef + r * D, D, drows.data(), m1 - m0);
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------------------- ∂X cache
 struct Cache {
   std::mutex mu;
@@ -679,44 +759,89 @@ void check(const torch::Tensor& x, const torch::Tensor& bm, bool cf) {
 
 }  // namespace
 
-// returns (U (B, P, n), V (B, P, f))
-std::vector<torch::Tensor> maps_forward(torch::Tensor x, torch::Tensor bm, bool cf, int64_t att) {
-  check(x, bm, cf);
-  const int64_t B = x.size(0), f = bm.size(0), P = bm.size(1), n = cf ? x.size(2) : x.size(1);
-  auto u = torch::empty({B, P, n}, x.options());
-  auto v = torch::empty({B, P, f}, x.options());
-  if (P == 0 || B == 0) {
-    v.zero_();
-    return {u, v};
-  }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "maps_forward", [&] {
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), bm.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
-                           v.data_ptr<scalar_t>(), B, n, f, P, cf, static_cast<int>(att));
-  });
-  return {u, v};
+void check_a(const torch::Tensor& a, const torch::Tensor& bm, const torch::Tensor& x) {
+  TORCH_CHECK(a.device().is_cpu() && a.dim() == 3 && a.size(0) == bm.size(1) && a.size(1) == bm.size(0) &&
+                  a.scalar_type() == x.scalar_type(),
+              "lowrank_pool native kernel: a (P, f, K) on the CPU in x's dtype");
 }
 
-// returns (∂X in X's layout or an empty tensor, ∂B (f, P) or an empty tensor)
-std::vector<torch::Tensor> maps_backward(torch::Tensor x, torch::Tensor bm, torch::Tensor u, torch::Tensor gv, bool cf,
-                                         int64_t att, bool need_x, bool need_b) {
+// returns (s (B, K) = scale · vec(V) A, U (B, P, n), V (B, P, f)); a: A as a (P, f, K) view, any strides
+std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, torch::Tensor a, bool cf, int64_t att,
+                                          double scale) {
   check(x, bm, cf);
-  TORCH_CHECK(u.is_contiguous() && gv.is_contiguous() && u.scalar_type() == x.scalar_type() &&
-                  gv.scalar_type() == x.scalar_type(),
-              "lowrank_pool native kernel: contiguous u, gv in x's dtype");
+  check_a(a, bm, x);
   const int64_t B = x.size(0), f = bm.size(0), P = bm.size(1), n = cf ? x.size(2) : x.size(1);
+  const int64_t K = a.size(2), M = P * f;
+  auto u = torch::empty({B, P, n}, x.options());
+  auto v = torch::empty({B, P, f}, x.options());
+  if (P == 0 || B == 0) return {torch::zeros({B, K}, x.options()), u, v.zero_()};
+  torch::Tensor s;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scores_forward", [&] {
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), bm.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+                           v.data_ptr<scalar_t>(), B, n, f, P, cf, static_cast<int>(att));
+    if (small_product(M, K)) {
+      s = torch::empty({B, K}, x.options());
+      const std::vector<scalar_t> at = pack_at<scalar_t>(a);
+      small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.data(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
+    } else {
+      s = at::mm(v.view({B, M}), a.reshape({M, K})).mul_(scale);
+    }
+  });
+  return {s, u, v};
+}
+
+// returns (∂X in X's layout, ∂B (f, P), ∂A (P, f, K)), each an empty tensor where not needed; g: ∂L/∂s (B, K)
+std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, torch::Tensor a, torch::Tensor u,
+                                           torch::Tensor v, torch::Tensor g, bool cf, int64_t att, double scale,
+                                           bool need_x, bool need_b, bool need_a) {
+  check(x, bm, cf);
+  check_a(a, bm, x);
+  g = g.contiguous();
+  TORCH_CHECK(u.is_contiguous() && v.is_contiguous() && u.scalar_type() == x.scalar_type() &&
+                  v.scalar_type() == x.scalar_type() && g.scalar_type() == x.scalar_type(),
+              "lowrank_pool native kernel: contiguous u, v and g in x's dtype");
+  const int64_t B = x.size(0), f = bm.size(0), P = bm.size(1), n = cf ? x.size(2) : x.size(1);
+  const int64_t K = a.size(2), M = P * f;
   auto gx = need_x ? cached_empty_like(x) : torch::Tensor();
   auto gbm = need_b ? torch::empty_like(bm) : torch::Tensor();
+  auto ga = need_a ? torch::empty({P, f, K}, x.options()) : torch::Tensor();
   if (P == 0 || B == 0) {
-    if (need_x) gx.zero_();
-    if (need_b) gbm.zero_();
-    return {gx, gbm};
+    for (auto* t : {&gx, &gbm, &ga})
+      if (t->defined()) t->zero_();
+    return {gx, gbm, ga};
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "maps_backward", [&] {
-    backward_impl<scalar_t>(x.data_ptr<scalar_t>(), bm.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
-                            gv.data_ptr<scalar_t>(), need_x ? gx.data_ptr<scalar_t>() : nullptr,
-                            need_b ? gbm.data_ptr<scalar_t>() : nullptr, B, n, f, P, cf, static_cast<int>(att));
+  const bool small = small_product(M, K), maps = need_x || need_b;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scores_backward", [&] {
+    using T = scalar_t;
+    const T sc = T(scale);
+    const T* gp = g.data_ptr<T>();
+    torch::Tensor gv;
+    if (small) {
+      const std::vector<T> at = pack_at<T>(a);
+      std::vector<T> coef(B * K);
+      if (maps) {  // ∂V_b = scale · Σ_k g_bk Aᵀ_k
+        gv = torch::empty({B, P, f}, x.options());
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t k = 0; k < K; ++k) coef[k * B + b] = sc * gp[b * K + k];
+        small_updates<T>(at.data(), K, coef.data(), gv.data_ptr<T>(), B, M);
+      }
+      if (need_a) {  // ∂Aᵀ_k = scale · Σ_b g_bk V_b, then transposed into (P, f, K)
+        for (int64_t k = 0; k < B * K; ++k) coef[k] = sc * gp[k];
+        std::vector<T> gat(K * M);
+        small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.data(), K, M);
+        copy_tiles(gat.data(), 1, M, ga.data_ptr<T>(), K, 1, M, K);
+      }
+    } else {
+      const auto a2 = a.reshape({M, K});
+      if (maps) gv = at::mm(g, a2.t()).mul_(scale).view({B, P, f});
+      if (need_a) ga.view({M, K}).copy_(at::mm(v.view({B, M}).t(), g).mul_(scale));
+    }
+    if (maps)
+      backward_impl<T>(x.data_ptr<T>(), bm.data_ptr<T>(), u.data_ptr<T>(), gv.data_ptr<T>(),
+                       need_x ? gx.data_ptr<T>() : nullptr, need_b ? gbm.data_ptr<T>() : nullptr, B, n, f, P, cf,
+                       static_cast<int>(att));
   });
-  return {gx, gbm};
+  return {gx, gbm, ga};
 }
 
 // bytes the ∂X cache holds now; release=true frees them first (returns what was freed)
@@ -733,7 +858,7 @@ int64_t cache_bytes(bool release) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("maps_forward", &maps_forward, "U, V of attention-weighted pooling with a shared B");
-  m.def("maps_backward", &maps_backward, "dX, dB of attention-weighted pooling with a shared B");
+  m.def("scores_forward", &scores_forward, "s, U, V of attention-weighted pooling with a shared B");
+  m.def("scores_backward", &scores_backward, "dX, dB, dA of attention-weighted pooling with a shared B");
   m.def("cache_bytes", &cache_bytes, "bytes held by the dX cache; release=True frees them");
 }
