@@ -24,7 +24,18 @@ from ._errors import (
     ShapeError,
     shape_of,
 )
-from ._xp import Array, Features, Namespace, acc_dtype, check_floating, device_of, features, form_kind, namespace
+from ._xp import (
+    Array,
+    Features,
+    Namespace,
+    acc_dtype,
+    check_floating,
+    device_of,
+    features,
+    form_kind,
+    namespace,
+    result_dtype,
+)
 
 __all__ = [
     "ArgumentError",
@@ -199,18 +210,21 @@ def check_shape(name: str, x: Any, dims: Sequence[str], **known: int) -> dict[st
     if not hasattr(x, "shape"):
         raise BackendError(f"{name}: expected an array, got {type(x).__name__}")
     shape = shape_of(x)
-    pattern = "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
-    fixed = ", ".join(f"{d} = {known[d]}" for d in dict.fromkeys(dims) if d in known)
-    expected = pattern + (f" with {fixed}" if fixed else "")
+
+    def expected() -> str:  # the message is built only for an error (this runs on every call)
+        pattern = "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+        fixed = ", ".join(f"{d} = {known[d]}" for d in dict.fromkeys(dims) if d in known)
+        return pattern + (f" with {fixed}" if fixed else "")
+
     if len(shape) != len(dims):
         plural = "s" if len(dims) != 1 else ""
-        raise ShapeError(f"{name}: expected {len(dims)} dimension{plural} {expected}, got shape {shape}")
+        raise ShapeError(f"{name}: expected {len(dims)} dimension{plural} {expected()}, got shape {shape}")
     sizes = dict(known)
     for d, s in zip(dims, shape, strict=True):
         if d in sizes and sizes[d] != s:
-            raise ShapeError(f"{name}: expected shape {expected}, got {shape} ({d} = {s} does not match {sizes[d]})")
+            raise ShapeError(f"{name}: expected shape {expected()}, got {shape} ({d} = {s} does not match {sizes[d]})")
         if s <= 0:
-            raise ShapeError(f"{name}: expected shape {expected} with every size positive, got {shape}")
+            raise ShapeError(f"{name}: expected shape {expected()} with every size positive, got {shape}")
         sizes[d] = s
     return sizes
 
@@ -309,7 +323,7 @@ def prepare(
         check_finite(xp, x, "X")
         for name, a in factors.items():
             check_finite(xp, a, name)
-    dt = acc_dtype(xp, xp.result_type(feats.data, *factors.values()))
+    dt = acc_dtype(xp, result_dtype(xp, feats.data, *factors.values()))
     if feats.data.dtype != dt:
         feats = feats._replace(data=xp.astype(feats.data, dt))
     cast = {n: (a if a.dtype == dt else xp.astype(a, dt)) for n, a in factors.items()}

@@ -42,6 +42,7 @@ __all__ = [
     "namespace",
     "project",
     "random_normal",
+    "result_dtype",
     "tensorly_backend",
     "tensorly_context",
     "top_eigh",
@@ -149,8 +150,23 @@ def is_numpy(xp: Namespace) -> bool:
 
 def check_floating(xp: Namespace, x: Array, name: str) -> None:
     """Raise :class:`DTypeError` unless ``x`` has a real floating dtype."""
-    if not xp.isdtype(x.dtype, "real floating"):
+    # torch's own flag (false for complex): array-api-compat's isdtype is a Python function per call
+    floating = x.dtype.is_floating_point if is_torch(xp) else xp.isdtype(x.dtype, "real floating")
+    if not floating:
         raise DTypeError(f"{name}: expected a real floating dtype (float32, float64, ...), got {x.dtype}")
+
+
+def result_dtype(xp: Namespace, *arrays: Array) -> Any:
+    """The promoted dtype of ``arrays`` (torch's promote_types directly: array-api-compat's result_type
+    loops in Python over pairs)."""
+    if is_torch(xp):
+        import torch
+
+        dtype = arrays[0].dtype
+        for a in arrays[1:]:
+            dtype = torch.promote_types(dtype, a.dtype)
+        return dtype
+    return xp.result_type(*arrays)
 
 
 def acc_dtype(xp: Namespace, dtype: Any) -> Any:
