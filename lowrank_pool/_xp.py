@@ -46,6 +46,7 @@ __all__ = [
     "tensorly_backend",
     "tensorly_context",
     "top_eigh",
+    "torch_fast_scores",
     "torch_shared_scores",
     "weighted_sum",
 ]
@@ -345,6 +346,19 @@ def torch_shared_scores(
     from ._torch_kernels import shared_bottom_up_scores
 
     return shared_bottom_up_scores(x, bm, a3, channels_first=channels_first, attention=attention, positions=positions)
+
+
+def torch_fast_scores(
+    x: Array, a: Array, bm: Array, attention: Any, channel_axis: Any, check_finite: Any, *, rank1: bool
+) -> Array | None:
+    """Scores of rank-1 / shared-B rank-P pooling for plain CPU torch tensors in the default layout rules,
+    computed without the general path's validation; None otherwise (see ``_torch_kernels.fast_shared_scores``)."""
+    torch = sys.modules.get("torch")
+    if torch is None or type(x) is not torch.Tensor or channel_axis is not None or check_finite is not False:
+        return None
+    from ._torch_kernels import fast_shared_scores
+
+    return fast_shared_scores(x, a, bm, attention, rank1=rank1)
 
 
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:

@@ -35,7 +35,17 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, Features, Namespace, check_floating, namespace, project, torch_shared_scores, weighted_sum
+from ._xp import (
+    Array,
+    Features,
+    Namespace,
+    check_floating,
+    namespace,
+    project,
+    torch_fast_scores,
+    torch_shared_scores,
+    weighted_sum,
+)
 
 __all__ = ["AttentionMaps", "attention_maps", "attention_weights", "rank1_pool", "rankp_pool"]
 
@@ -213,6 +223,9 @@ def rank1_pool(
     >>> lp.rank1_pool(X, A, b)                      # [(1*1 + 0*2) / 2, (0*1 + 2*2) / 2]
     array([[0.5, 2. ]])
     """
+    fast = torch_fast_scores(X, A, b, attention, channel_axis, check_finite, rank1=True)
+    if fast is not None:  # plain CPU torch tensors: the general path below computes the same, validated
+        return fast
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
     a, bvec = fac["A"], fac["b"]
@@ -270,6 +283,9 @@ def rankp_pool(
     >>> lp.rankp_pool(X, A, Bshared)   # ((X1)ᵀ(Xe0) + (X1)ᵀ(Xe1)) / n = (1 + 4) / 2
     array([[2.5]])
     """
+    fast = torch_fast_scores(X, A, B, attention, channel_axis, check_finite, rank1=False)
+    if fast is not None:  # plain CPU torch tensors, shared B: the general path below computes the same
+        return fast
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, B=B)
     a, bm = fac["A"], fac["B"]

@@ -164,6 +164,85 @@ def test_native_products_with_a_small_and_large(native, classes, layout):
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    rank1=st.booleans(),
+    layout=st.sampled_from(["bnf", "nchw", "ncthw"]),
+    attention=st.sampled_from(["linear", "relu", "softmax"]),
+    dtype=st.sampled_from(["float32", "float64"]),
+    grad=st.booleans(),
+    strided_a=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dtype, grad, strided_a, seed):
+    """Plain CPU tensors skip the general validation (lowrank_pool._torch_kernels.fast_shared_scores): the
+    values and gradients are exactly the general path's, which the same call takes with the fast path off."""
+    from lowrank_pool import _torch_kernels
+
+    g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
+    shape = {"bnf": (3, 10, 7), "nchw": (3, 7, 2, 5), "ncthw": (3, 7, 2, 1, 5)}[layout]
+    X = torch.randn(shape, generator=g, dtype=dt)
+    A = torch.randn(7, 4, 1 if rank1 else 3, generator=g, dtype=dt)
+    if strided_a:  # a parameter stored transposed: a non-contiguous view
+        A = A.permute(2, 1, 0).contiguous().permute(2, 1, 0)
+    B = torch.randn(7, 1 if rank1 else 3, generator=g, dtype=dt)
+    A, B = (A[..., 0], B[:, 0]) if rank1 else (A, B)
+    pool = lp.rank1_pool if rank1 else lp.rankp_pool
+    calls = {"fast": 0}
+    real = _torch_kernels.fast_shared_scores
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["fast"] += out is not None
+        return out
+
+    results = []
+    for fast in (counting, lambda *a, **k: None):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_native, "kernel", lambda: native)
+            mp.setattr(_torch_kernels, "fast_shared_scores", fast)
+            x, a, b = (t.detach().clone().requires_grad_(grad) for t in (X, A, B))
+            s = pool(x, a, b, attention=attention)
+            grads = torch.autograd.grad(s.square().sum(), (x, a, b)) if grad else ()
+            results.append((s.detach(), *grads))
+    assert calls["fast"] == 1
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatch):
+    """What the fast path does not take reaches the general path: its errors name the argument."""
+    from lowrank_pool import _torch_kernels
+
+    monkeypatch.setattr(_native, "kernel", lambda: native)
+    X, A, b = torch.randn(2, 5, 4), torch.randn(4, 3), torch.randn(4)
+    declined = [
+        (X, A, torch.randn(5)),  # b of the wrong size
+        (X, A.double(), b),  # mixed dtypes (the general path promotes)
+        (X.half(), A.half(), b.half()),  # float16 (computed in float32 by the general path)
+        (X.mT, A[:2], b[:2]),  # (B, n, f) on transposed storage
+        (torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last), A, b),
+        (X, A, torch.randn(8)[::2]),  # a strided b
+        (X, A.numpy(), b),  # mixed libraries
+        (torch.randn(2, 0, 4), A, b),  # no positions
+    ]
+    for x, a, bb in declined:
+        assert _torch_kernels.fast_shared_scores(x, a, bb, "linear", rank1=True) is None
+    assert _torch_kernels.fast_shared_scores(X, A, b, "sigmoid", rank1=True) is None
+    assert _torch_kernels.fast_shared_scores(X, A, b, ["linear"], rank1=True) is None
+    with pytest.raises(lp.ShapeError, match="b: expected shape"):
+        lp.rank1_pool(X, A, torch.randn(5))
+    with pytest.raises(lp.ArgumentError, match="attention"):
+        lp.rank1_pool(X, A, b, attention="sigmoid")
+    # channel_axis and check_finite are the general path's (the fast path takes their defaults only)
+    Xn = X.clone()
+    Xn[0, 0, 0] = float("nan")
+    with pytest.raises(lp.ArgumentError, match="X"):
+        lp.rank1_pool(Xn, A, b, check_finite=True)
+    assert torch.equal(lp.rank1_pool(X, A, b, channel_axis=-1), lp.rank1_pool(X, A, b))
+
+
 def test_dx_buffers_are_cached_and_released(native, monkeypatch):
     """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
     monkeypatch.setattr(_native, "kernel", lambda: native)
