@@ -243,6 +243,37 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
     assert torch.equal(lp.rank1_pool(X, A, b, channel_axis=-1), lp.rank1_pool(X, A, b))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [9, 31, 49, 64, 65])
+@pytest.mark.parametrize("f", [1, 3, 130])
+def test_native_short_channel_rows(native, dtype, n, f):
+    """Channels-first rows of at most 8 vectors (7 × 7 positions: 49 numbers) run from registers, reading a
+    row's last vector into the next row: values and gradients equal the torch path's for every attention, and
+    the scores also with ±inf and NaN at the start of a row (the lanes read past a row must not reach its sum)."""
+    g = torch.Generator().manual_seed(n * f)
+    dt = getattr(torch, dtype)
+    X = torch.randn(3, f, n, 1, generator=g, dtype=dt)
+    A, B = torch.randn(f, 2, 3, generator=g, dtype=dt), torch.randn(f, 3, generator=g, dtype=dt) / f**0.5
+    specials = X.clone()
+    specials[0, -1, 0] = float("inf")  # row f-1 of sample 0 starts with +inf; row f-2 reads into it
+    specials[1, f // 2, 0] = float("-inf")
+    specials[2, 0, 0] = float("nan")
+    for attention in ("linear", "relu", "softmax"):
+        for x in (X, specials):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(_native, "kernel", lambda: native)
+                got = _run(x, A, B, attention, 1)
+                mp.setattr(_native, "kernel", lambda: None)
+                want = _run(x, A, B, attention, 1)
+            tol = 8 * (f + n) * eps_of(dt)
+            pairs = zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
+            for name, a, b in pairs if x is X else [("s", got[0], want[0])]:  # gradients of ±inf: either order
+                assert torch.equal(torch.isnan(a), torch.isnan(b)), (attention, name)
+                finite = torch.isfinite(b)
+                scale = b[finite].abs().max().item() if finite.any() else 0.0
+                assert torch.allclose(a[finite], b[finite], rtol=tol, atol=tol * max(scale, 1.0)), (attention, name)
+
+
 def test_dx_buffers_are_cached_and_released(native, monkeypatch):
     """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
     monkeypatch.setattr(_native, "kernel", lambda: native)
