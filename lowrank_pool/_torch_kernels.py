@@ -108,30 +108,35 @@ class _SharedBottomUp(torch.autograd.Function):
     @staticmethod
     def forward(
         x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: str, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """s, U, V and A as a contiguous (P·f, K) copy where one was made (saved for the backward)."""
         native = _native_kernel(x, bm, a3)
         if native is not None:  # X read once per pass, in its own layout; the products with A in the kernel
-            s, u, v = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
-            return s, u, v
+            s, u, v, copy = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
+            return s, u, v, copy
         _, _, u, v = _maps(x, bm, channels_first, attention)
-        return _scores(v, a3, scale), u, v
+        a2 = a3.reshape(-1, a3.shape[-1])
+        return torch.matmul(v.flatten(1), a2) * scale, u, v, None if a2._is_view() else a2
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         x, bm, a3, channels_first, attention, scale = inputs
-        _, u, v = output
-        ctx.save_for_backward(x, bm, a3, u, v)
+        _, u, v, copy = output
+        ctx.save_for_backward(x, bm, a3, u, v, copy)
         ctx.save_for_forward(x, bm, a3, u, v)
         ctx.channels_first, ctx.attention, ctx.scale = channels_first, attention, scale
-        ctx.mark_non_differentiable(u, v)
-        ctx.set_materialize_grads(False)  # U and V get no gradient: no zero tensors made for them
+        ctx.mark_non_differentiable(*(t for t in (u, v, copy) if t is not None))
+        ctx.set_materialize_grads(False)  # U, V and the copy get no gradient: no zero tensors made for them
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor | None, _gu: Any, _gv: Any) -> tuple[Any, ...]:
+    def backward(ctx: Any, g: torch.Tensor | None, *_unused: Any) -> tuple[Any, ...]:
         need_x, need_b, need_a = ctx.needs_input_grad[:3]
         if g is None:
             return None, None, None, None, None, None
-        g, x, bm, a3, u, v = _common_dtype(g, *ctx.saved_tensors)
+        x, bm, a3, u, v, copy = ctx.saved_tensors
+        if copy is not None and not torch.is_grad_enabled():  # the forward's contiguous A: not copied again
+            a3 = copy.view(a3.shape)
+        g, x, bm, a3, u, v = _common_dtype(g, x, bm, a3, u, v)
         native = None if torch.is_grad_enabled() else _native_kernel(x, bm, a3, u, v, g)
         if native is not None:
             code = _ATTENTION_CODES[ctx.attention]
@@ -187,7 +192,7 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
             ds = term if ds is None else ds + term
         if ds is None:
             ds = torch.zeros(x.shape[0], a3.shape[-1], dtype=v.dtype, device=v.device)
-        return ds, None, None
+        return ds, None, None, None
 
 
 def shared_bottom_up_scores(
@@ -204,10 +209,10 @@ def shared_bottom_up_scores(
         native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
         if native is None:
             return None
-        s, _, _ = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
+        s = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
         return s
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
-    s, _, _ = fn.apply(x, bm, a3, channels_first, attention, scale)
+    s = fn.apply(x, bm, a3, channels_first, attention, scale)[0]
     return s
 
 
@@ -252,9 +257,9 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     if native is None:
         return None
     if not _differentiated(x, bm, a3):
-        s, _, _ = native.scores_forward(x, bm, a3, cf, code, 1.0 / n)
+        s = native.scores_forward(x, bm, a3, cf, code, 1.0 / n)[0]
         return s
-    s, _, _ = _SharedBottomUpForwardMode.apply(x, bm, a3, cf, attention, 1.0 / n)
+    s = _SharedBottomUpForwardMode.apply(x, bm, a3, cf, attention, 1.0 / n)[0]
     return s
 
 

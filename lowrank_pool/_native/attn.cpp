@@ -914,7 +914,9 @@ void check_a(const torch::Tensor& a, const torch::Tensor& bm, const torch::Tenso
               "lowrank_pool native kernel: a (P, f, K) on the CPU in x's dtype");
 }
 
-// returns (s (B, K) = scale · vec(V) A, U (B, P, n), V (B, P, f)); a: A as a (P, f, K) view, any strides
+// returns (s (B, K) = scale · vec(V) A, U (B, P, n), V (B, P, f), A as a contiguous (M, K) copy or an empty tensor);
+// a: A as a (P, f, K) view, any strides. The copy exists where the product ran through at::mm on a strided A (rank-P's
+// permuted parameter): the caller keeps it for the backward, which would otherwise copy A again.
 std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, torch::Tensor a, bool cf, int64_t att,
                                           double scale) {
   check(x, bm, cf);
@@ -923,8 +925,8 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
   const int64_t K = a.size(2), M = P * f;
   auto u = torch::empty({B, P, n}, x.options());
   auto v = torch::empty({B, P, f}, x.options());
-  if (P == 0 || B == 0) return {torch::zeros({B, K}, x.options()), u, v.zero_()};
-  torch::Tensor s;
+  if (P == 0 || B == 0) return {torch::zeros({B, K}, x.options()), u, v.zero_(), torch::Tensor()};
+  torch::Tensor s, copy;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scores_forward", [&] {
     forward_impl<scalar_t>(x.data_ptr<scalar_t>(), bm.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
                            v.data_ptr<scalar_t>(), B, n, f, P, cf, static_cast<int>(att));
@@ -933,10 +935,12 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
       const std::vector<scalar_t> at = pack_at<scalar_t>(a);
       small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.data(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
     } else {
-      s = at::mm(v.view({B, M}), a.reshape({M, K})).mul_(scale);
+      const auto a2 = a.reshape({M, K});
+      s = at::mm(v.view({B, M}), a2).mul_(scale);
+      if (!a2.is_alias_of(a)) copy = a2;
     }
   });
-  return {s, u, v};
+  return {s, u, v, copy};
 }
 
 // returns (∂X in X's layout, ∂B (f, P), ∂A (P, f, K)), each an empty tensor where not needed; g: ∂L/∂s (B, K)
@@ -953,7 +957,7 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
   const int64_t K = a.size(2), M = P * f;
   auto gx = need_x ? cached_empty_like(x) : torch::Tensor();
   auto gbm = need_b ? torch::empty_like(bm) : torch::Tensor();
-  auto ga = need_a ? torch::empty({P, f, K}, x.options()) : torch::Tensor();
+  auto ga = need_a ? torch::empty({P, f, K}, x.options()) : torch::Tensor();  // (replaced by at::mm's result below)
   if (P == 0 || B == 0) {
     for (auto* t : {&gx, &gbm, &ga})
       if (t->defined()) t->zero_();
@@ -980,10 +984,11 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.data(), K, M);
         copy_tiles(gat.data(), 1, M, ga.data_ptr<T>(), K, 1, M, K);
       }
-    } else {
+    } else {  // scale on g (B × K), not on the M × K products
       const auto a2 = a.reshape({M, K});
-      if (maps) gv = at::mm(g, a2.t()).mul_(scale).view({B, P, f});
-      if (need_a) ga.view({M, K}).copy_(at::mm(v.view({B, M}).t(), g).mul_(scale));
+      const auto gs = g * scale;
+      if (maps) gv = at::mm(gs, a2.t()).view({B, P, f});
+      if (need_a) ga = at::mm(v.view({B, M}).t(), gs).view({P, f, K});
     }
     if (maps)
       backward_impl<T>(x.data_ptr<T>(), bm.data_ptr<T>(), u.data_ptr<T>(), gv.data_ptr<T>(),
