@@ -116,7 +116,7 @@ class _SharedBottomUp(torch.autograd.Function):
             return s, u, v, copy
         _, _, u, v = _maps(x, bm, channels_first, attention)
         a2 = a3.reshape(-1, a3.shape[-1])
-        return torch.matmul(v.flatten(1), a2) * scale, u, v, None if a2._is_view() else a2
+        return torch.matmul(v.flatten(1), a2) * scale, u, v, None if a3.is_contiguous() else a2
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
