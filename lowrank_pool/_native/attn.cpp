@@ -52,25 +52,17 @@ struct VecOf;
 template <>
 struct VecOf<float> {
   typedef float type __attribute__((vector_size(32)));
+  typedef int32_t mask __attribute__((vector_size(32)));  // lane masks (bitwise and)
 };
 template <>
 struct VecOf<double> {
   typedef double type __attribute__((vector_size(32)));
+  typedef int64_t mask __attribute__((vector_size(32)));
 };
 template <typename T>
 using vec = typename VecOf<T>::type;
 template <typename T>
 constexpr int kLanes = 32 / sizeof(T);
-template <typename T>
-struct MaskOf;
-template <>
-struct MaskOf<float> {
-  typedef int32_t type __attribute__((vector_size(32)));
-};
-template <>
-struct MaskOf<double> {
-  typedef int64_t type __attribute__((vector_size(32)));
-};
 
 template <typename T>
 inline vec<T> load(const T* p) {
@@ -474,7 +466,7 @@ void add_channel_dots(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len
 template <typename T, int NV>
 struct ShortRows {
   static constexpr int L = kLanes<T>;
-  using M = typename MaskOf<T>::type;
+  using M = typename VecOf<T>::mask;
   const T* xs;
   int64_t n, f, safe;  // rows c < safe can be read as NV full vectors
   M tail;              // the lanes of the last vector that are still in the row
