@@ -1,8 +1,9 @@
 """The attentional kernel in a tight loop: the regime where the interpreter and torch's dispatcher are warm.
 
 ``make bench`` times every call after other, unrelated calls (round-robin), so each call also pays for
-cold instruction and data caches in Python and torch — about 0.7 ms for a small forward and 1.4 ms for a
-small forward+backward on this machine, whatever the array sizes. This script times the same calls
+cold instruction and data caches in Python and torch — with tiny inputs after evicting the caches, about
+0.2 ms for a forward and 0.6-0.7 ms for a forward+backward of ``rank1_pool`` on this machine (plain
+autograd of four tensor operations: 0.45-0.65 ms). This script times the same calls
 back-to-back (X rewritten before each, gradients unset, as in ``make bench``) against the same
 roofline (X, A and b read once forward; X read twice and ∂X written once forward+backward), with the
 read bandwidth of a 1 GiB array measured in the same run. Run: ``.venv/bin/python benchmarks/steady.py``.
