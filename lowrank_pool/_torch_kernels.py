@@ -74,7 +74,7 @@ def _maps(x: torch.Tensor, bm: torch.Tensor, channels_first: bool, attention: st
 
 
 def _scores(v: torch.Tensor, a3: torch.Tensor, scale: float) -> torch.Tensor:
-    """s = scale · vec(V) A (B, K), A seen as (P, f, K)."""
+    """s = scale · vec(V) A (B, K), A seen as (P, f, K) (or already as (P·f, K))."""
     return torch.matmul(v.flatten(1), a3.reshape(-1, a3.shape[-1])) * scale
 
 
@@ -116,7 +116,7 @@ class _SharedBottomUp(torch.autograd.Function):
             return s, u, v, copy
         _, _, u, v = _maps(x, bm, channels_first, attention)
         a2 = a3.reshape(-1, a3.shape[-1])
-        return torch.matmul(v.flatten(1), a2) * scale, u, v, None if a3.is_contiguous() else a2
+        return _scores(v, a2, scale), u, v, None if a3.is_contiguous() else a2
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
@@ -219,12 +219,14 @@ def shared_bottom_up_scores(
 def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) -> torch.Tensor | None:
     """Scores of ``rank1_pool(x, a, bm)`` / shared-B ``rankp_pool(x, a, bm)`` for the common case, or None.
 
-    The common case: CPU float32/float64 tensors of one dtype, plain (not wrapped, not traced, no autocast),
-    X contiguous as (B, n, f) or channels-first (B, f, H, W) / (B, f, T, H, W), factors of matching shapes,
-    the default ``channel_axis`` and ``check_finite`` (the caller tests those). It then computes exactly what
-    the general path computes (the same kernel call on the same views), without its validation, whose
-    Python and dispatcher calls cost ~0.2 ms per call once the rest of a network has evicted them from the
-    caches. Anything else returns None, and the general path validates (and names a bad argument).
+    The common case: plain tensors (or parameters) of one float32/float64 dtype on one device, X as
+    (B, n, f) or contiguous channels-first (B, f, H, W) / (B, f, T, H, W), factors of matching shapes,
+    the default ``channel_axis`` and ``check_finite`` (the caller tests those). What the general path's
+    validation would then do is only to take these same views, so they go straight to
+    :func:`shared_bottom_up_scores`, skipping checks whose Python and dispatcher calls cost ~0.2 ms per
+    call once the rest of a network has evicted them from the caches. Anything else, and an inference
+    call the compiled kernel does not serve, returns None: the general path validates (and names a bad
+    argument) and computes.
     """
     code = _ATTENTION_CODES.get(attention) if type(attention) is str else None
     if code is None or type(a) not in _PLAIN or type(bm) not in _PLAIN:
@@ -234,10 +236,12 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     dtype, nd = x.dtype, x.dim()
     if dtype not in _KERNEL_DTYPES or a.dtype != dtype or bm.dtype != dtype or not 3 <= nd <= 5:
         return None
-    if x.device.type != "cpu" or a.device.type != "cpu" or bm.device.type != "cpu" or not x.is_contiguous():
+    if a.device != x.device or bm.device != x.device:
         return None
     shape = x.shape
     cf = nd > 3
+    if cf and not x.is_contiguous():  # channels_last memory or a strided view: the general path's layout rule
+        return None
     f = shape[1] if cf else shape[2]
     n = shape[1] if not cf else (shape[2] * shape[3] * (shape[4] if nd == 5 else 1))
     if rank1:
@@ -248,19 +252,10 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
         if a.dim() != 3 or bm.dim() != 2 or a.shape[0] != f or bm.shape[0] != f or a.shape[2] != bm.shape[1]:
             return None
         a3 = a.permute(2, 0, 1)
-    if shape[0] == 0 or n == 0 or f == 0 or a3.shape[0] == 0 or a3.shape[2] == 0 or not bm.is_contiguous():
+    if shape[0] == 0 or n == 0 or f == 0 or a3.shape[0] == 0 or a3.shape[2] == 0:
         return None
     x = x.view(shape[0], f, n) if cf else x
-    if _is_compiling() or torch.is_autocast_enabled("cpu") or _is_wrapped(x) or _is_wrapped(a3) or _is_wrapped(bm):
-        return None
-    native = _native.kernel()
-    if native is None:
-        return None
-    if not _differentiated(x, bm, a3):
-        s = native.scores_forward(x, bm, a3, cf, code, 1.0 / n)[0]
-        return s
-    s = _SharedBottomUpForwardMode.apply(x, bm, a3, cf, attention, 1.0 / n)[0]
-    return s
+    return shared_bottom_up_scores(x, bm, a3, channels_first=cf, attention=attention, positions=n)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -351,7 +351,7 @@ def torch_shared_scores(
 def torch_fast_scores(
     x: Array, a: Array, bm: Array, attention: Any, channel_axis: Any, check_finite: Any, *, rank1: bool
 ) -> Array | None:
-    """Scores of rank-1 / shared-B rank-P pooling for plain CPU torch tensors in the default layout rules,
+    """Scores of rank-1 / shared-B rank-P pooling for plain torch tensors in the default layout rules,
     computed without the general path's validation; None otherwise (see ``_torch_kernels.fast_shared_scores``)."""
     torch = sys.modules.get("torch")
     if torch is None or type(x) is not torch.Tensor or channel_axis is not None or check_finite is not False:

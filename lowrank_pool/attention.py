@@ -224,7 +224,7 @@ def rank1_pool(
     array([[0.5, 2. ]])
     """
     fast = torch_fast_scores(X, A, b, attention, channel_axis, check_finite, rank1=True)
-    if fast is not None:  # plain CPU torch tensors: the general path below computes the same, validated
+    if fast is not None:  # plain torch tensors: the general path below computes the same, validated
         return fast
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b)
@@ -284,7 +284,7 @@ def rankp_pool(
     array([[2.5]])
     """
     fast = torch_fast_scores(X, A, B, attention, channel_axis, check_finite, rank1=False)
-    if fast is not None:  # plain CPU torch tensors, shared B: the general path below computes the same
+    if fast is not None:  # plain torch tensors, shared B: the general path below computes the same
         return fast
     check_choice(attention, "attention", ATTENTIONS)
     xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, B=B)

@@ -175,7 +175,7 @@ def test_native_products_with_a_small_and_large(native, classes, layout):
     seed=st.integers(0, 2**16),
 )
 def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dtype, grad, strided_a, seed):
-    """Plain CPU tensors skip the general validation (lowrank_pool._torch_kernels.fast_shared_scores): the
+    """Plain tensors skip the general validation (lowrank_pool._torch_kernels.fast_shared_scores): the
     values and gradients are exactly the general path's, which the same call takes with the fast path off."""
     from lowrank_pool import _torch_kernels
 
@@ -212,7 +212,8 @@ def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dty
 
 
 def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatch):
-    """What the fast path does not take reaches the general path: its errors name the argument."""
+    """What the fast path does not take (or the kernel does not serve, for inference) reaches the general
+    path: its errors name the argument."""
     from lowrank_pool import _torch_kernels
 
     monkeypatch.setattr(_native, "kernel", lambda: native)
@@ -221,9 +222,10 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
         (X, A, torch.randn(5)),  # b of the wrong size
         (X, A.double(), b),  # mixed dtypes (the general path promotes)
         (X.half(), A.half(), b.half()),  # float16 (computed in float32 by the general path)
-        (X.mT, A[:2], b[:2]),  # (B, n, f) on transposed storage
+        (X.mT, A[:2], b[:2]),  # (B, n, f) on transposed storage: not served by the kernel (inference)
         (torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last), A, b),
-        (X, A, torch.randn(8)[::2]),  # a strided b
+        (X, A, torch.randn(8)[::2]),  # a strided b: not served by the kernel (inference)
+        (X, A.to("meta"), b.to("meta")),  # two devices
         (X, A.numpy(), b),  # mixed libraries
         (torch.randn(2, 0, 4), A, b),  # no positions
     ]
