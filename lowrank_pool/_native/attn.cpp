@@ -537,7 +537,8 @@ void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f,
 }
 
 // The backward of one (f, n) sample with short rows: ∂Z_p = σ'(Σ_c ∂v_pc x_c) from registers, ∂B by masked dot
-// products, then each ∂X row c = Σ_p ∂v_pc u_p + b_cp ∂z_p from U and ∂Z padded to whole vectors (in L1).
+// products, then each ∂X row c = Σ_p ∂v_pc u_p + b_cp ∂z_p from U and ∂Z padded to whole vectors (in L1), so that
+// the row's last vector is computed whole (combine's scalar remainder, tried here: backward 14 % slower at P = 1).
 template <typename T, int NV>
 void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, int64_t n, int64_t f, int64_t P,
                     int att, RowWriter<T>* out, std::vector<T>& pad /* 2 · P · NV · L */) {
@@ -949,9 +950,10 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
   const int64_t K = a.size(2), M = P * f;
   auto gx = need_x ? cached_empty_like(x) : torch::Tensor();
   auto gbm = need_b ? torch::empty_like(bm) : torch::Tensor();
-  auto ga = need_a ? torch::empty({P, f, K}, x.options()) : torch::Tensor();  // (replaced by at::mm's result below)
+  torch::Tensor ga;  // ∂A (P, f, K): made below, by the product that computes it
   if (P == 0 || B == 0) {
-    for (auto* t : {&gx, &gbm, &ga})
+    if (need_a) ga = torch::zeros({P, f, K}, x.options());
+    for (auto* t : {&gx, &gbm})
       if (t->defined()) t->zero_();
     return {gx, gbm, ga};
   }
@@ -971,6 +973,7 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         small_updates<T>(at.data(), K, coef.data(), gv.data_ptr<T>(), B, M);
       }
       if (need_a) {  // ∂Aᵀ_k = scale · Σ_b g_bk V_b, then transposed into (P, f, K)
+        ga = torch::empty({P, f, K}, x.options());
         for (int64_t k = 0; k < B * K; ++k) coef[k] = sc * gp[k];
         std::vector<T> gat(K * M);
         small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.data(), K, M);
