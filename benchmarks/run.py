@@ -136,9 +136,10 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
         return 4 * batch * n * f + 2 * batch * f * k, x + f * (k + 1) * item
     if method == "rankp":
         return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x + 4 * f * (k + 1) * item
-    if method == "compact":  # count sketches (a GEMM of width 2d), 2 rFFTs and an irFFT of length d per position
-        d = 8192
-        return 4 * batch * n * f * d + 3 * batch * n * 5 * d * math.log2(d), x + 3 * batch * n * d * item
+    if method == "compact":  # two count sketches (scatter-adds), two real FFTs of length d per position
+        d = 8192  # (2.5 d log2 d FLOPs each), the spectra's product, one inverse FFT per sample
+        fft = 2.5 * d * math.log2(d)
+        return 2 * batch * n * f + batch * n * (2 * fft + 3 * d) + batch * fft, x + batch * d * item
     kind = "cp" if method.startswith("cp") else "tucker"
     kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
     kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)

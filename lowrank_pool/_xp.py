@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import array_api_compat as aac
+import numpy as np
 
 from ._errors import ArgumentTypeError, BackendError, DTypeError, ShapeError, shape_of
 
@@ -121,7 +122,6 @@ def host_copy(x: Array) -> Any:
     Never used on a compute path: torch tensors are detached and copied to the host
     (bfloat16, which numpy lacks, becomes float32).
     """
-    import numpy as np
 
     if aac.is_torch_array(x):
         x = x.detach().to("cpu")
@@ -181,8 +181,6 @@ def acc_dtype(xp: Namespace, dtype: Any) -> Any:
     if dtype == xp.float32 or dtype == xp.float64:
         return dtype
     if is_numpy(xp):
-        import numpy as np
-
         width = np.dtype(dtype).itemsize
         return xp.float64 if width >= 8 else xp.float32
     return xp.float32
@@ -313,6 +311,42 @@ def project(xp: Namespace, feats: Features, m: Array) -> Array:
     return xp.reshape(xp.matmul(xp.reshape(x, (b * n, f)), m), (b, n, shape_of(m)[1]))
 
 
+def scatter_sum(xp: Namespace, y: Array, index: Any, size: int, axis: int) -> Array:
+    """Z (``size`` long on ``axis``) with Z[..., j, ...] = Σ over c with index[c] = j of y[..., c, ...].
+
+    ``index`` is a numpy integer array (len = y's length on ``axis``); repeated bins add up (a
+    count sketch). Each library's own scatter-add: O(y.size) work, where the generic form (a
+    product with the dense one-hot (len, size) matrix, kept for the other libraries) costs
+    O(y.size · size): 2.4 s instead of 0.1 s for a (32, 49, 2048) sketch of size 8192.
+    """
+    shape = list(shape_of(y))
+    shape[axis] = size
+    where = (slice(None),) * axis + (index,)
+    if is_torch(xp):
+        torch = sys.modules["torch"]
+        bins = torch.as_tensor(index, device=y.device)
+        return y.new_zeros(shape).index_add_(axis, bins, y)  # in place: the out-of-place form copies the zeros
+    if is_numpy(xp):
+        z = xp.zeros(shape, dtype=y.dtype)
+        np.add.at(z, where, y)
+        return z
+    if aac.is_jax_namespace(xp):
+        return xp.zeros(shape, dtype=y.dtype).at[where].add(y)
+    onehot = xp.asarray(index[:, None] == np.arange(size)[None, :], dtype=y.dtype, device=device_of(y))
+    moved = xp.moveaxis(y, axis, -1)
+    return xp.moveaxis(xp.matmul(moved, onehot), -1, axis)
+
+
+def fft_of(xp: Namespace) -> Any:
+    """The FFT functions for ``xp``'s arrays: ``scipy.fft`` for numpy (numpy 2's own float32 rfft measured
+    13x slower: 1.6 s against 0.12 s for 6 272 transforms of length 8192), else ``xp.fft``."""
+    if is_numpy(xp):
+        import scipy.fft
+
+        return scipy.fft
+    return xp.fft
+
+
 def weighted_sum(xp: Namespace, feats: Features, u: Array) -> Array:
     """V = Uᵀ X for every sample: (B, k, f) from position weights U (B, n, k).
 
@@ -382,7 +416,6 @@ def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
     """
     f = shape_of(s)[0]
     if is_numpy(xp) and 32 * p <= f:
-        import numpy as np
         import scipy.linalg
 
         low = scipy.linalg.eigh(s, subset_by_index=[0, p - 1], driver="evr")
@@ -482,8 +515,6 @@ def random_normal(xp: Namespace, shape: tuple[int, ...], like: Array, seed: int 
         if seed is not None:
             gen.manual_seed(seed)
         return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
-    import numpy as np
-
     values = np.random.default_rng(seed).standard_normal(shape)
     return xp.asarray(values, dtype=like.dtype, device=aac.device(like))
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -92,3 +97,53 @@ def test_function_and_layer_take_the_same_seeds():
             lp.compact_bilinear_pool(X, 8, seed=bad)
         with pytest.raises(lp.ArgumentTypeError, match="seed: expected an int"):
             CompactBilinearPool(3, 2, dim=8, seed=bad)
+
+
+@given(
+    B=st.integers(0, 3),
+    n=st.integers(1, 7),
+    f=st.integers(1, 9),
+    dim=st.integers(1, 24),
+    seed=st.integers(0, 2**31 - 1),
+    nchw=st.booleans(),
+)
+def test_sketch_is_the_definition_with_dense_count_sketch_matrices(bk, dtype, B, n, f, dim, seed, nchw):
+    """ψ(M_b) = mean_i IFFT(FFT(C₁ x_i) ⊙ FFT(C₂ x_i)) with the dense (f, d) matrices of ``count_sketches``
+    (repeated bins included: small d), whatever the scatter-add of the backend and the layout."""
+    from lowrank_pool.compact import count_sketches
+
+    x = np.random.default_rng(seed % 997).standard_normal((B, n, f))
+    c1, c2 = count_sketches(f, dim, seed)
+    z1, z2 = x @ c1, x @ c2
+    want = np.fft.irfft(np.fft.rfft(z1, n=dim) * np.fft.rfft(z2, n=dim), n=dim).mean(axis=1)
+    arg = np.ascontiguousarray(x.transpose(0, 2, 1))[..., None] if nchw else x  # (B, f, n, 1): channels first
+    got = to_numpy(lp.compact_bilinear_pool(bk(arg, dtype), dim, seed=seed))
+    assert got.shape == (B, dim)
+    eps = np.finfo(dtype).eps
+    scale = (np.abs(x) ** 2).sum(axis=2).mean(axis=1).max(initial=0.0) + 1  # |ψ| <= mean_i |x_i|² (Young)
+    assert np.abs(got - want).max(initial=0.0) <= 64 * eps * scale * np.log2(dim + 1) + 64 * eps * scale
+
+
+def test_the_sketch_costs_o_of_n_f_not_n_f_d():
+    """A (4, 49, 512) batch into d = 2¹⁶ bins: a dense (f, 2d) sketch matrix would be 512 MiB and
+    7 GFLOP; the scatter-add reads X once per sketch (timing-free: the peak memory tells)."""
+    pytest.importorskip("torch")
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc to reset the peak RSS")
+    code = textwrap.dedent(
+        """
+        import torch, lowrank_pool as lp
+        def kib(field):
+            return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+        x = torch.randn(4, 512, 7, 7)
+        lp.compact_bilinear_pool(x[:1], 16)
+        open("/proc/self/clear_refs", "w").write("5")
+        base = kib("VmRSS")
+        lp.compact_bilinear_pool(x, 2**16)
+        print((kib("VmHWM") - base) / 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    mib = float(out.stdout.strip().splitlines()[-1])
+    # B·n·d float32 sketches and their complex spectra: 4 · 49 · 65536 · 4 B = 49 MiB each
+    assert mib < 400, f"peak memory of the sketch: {mib:.0f} MiB"

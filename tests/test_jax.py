@@ -47,6 +47,7 @@ CASES = {
     "cp_pool dense": (lambda x, u, a, c: lp.cp_pool(x, (None, [u, a, c]), path="dense"), tuple(CP)),
     "tucker_pool": (lambda x, g, u, a, c: lp.tucker_pool(x, (g, [u, a, c]), path="factorized"), (TK[0], *TK[1])),
     "eig_pool": (lambda x, m, v: lp.eig_pool(x, (m, v)), EIG),
+    "compact_bilinear_pool": (lambda x: lp.compact_bilinear_pool(x, 7, seed=2), ()),  # jax scatter-add
 }
 
 
