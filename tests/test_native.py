@@ -57,7 +57,7 @@ def _run(X, A, B, attention, channel_axis):
 @given(
     batch=st.integers(0, 3),
     n=st.integers(1, 40),
-    f=st.integers(1, 70),  # past the unrolled vector loops (32 float32 numbers), in blocks of 4 rows
+    f=st.integers(1, 150),  # past the unrolled vector loops (up to 64 float32 numbers) and their remainders
     k=st.integers(1, 4),
     p=st.integers(1, 6),  # the maps go in blocks of up to 4: a full block and a remainder
     attention=st.sampled_from(["linear", "relu", "softmax"]),
