@@ -94,8 +94,10 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
     side = math.isqrt(n)
     grid = (side, n // side) if side * (n // side) == n else (n, 1)
 
-    def arr(*shape: int, scale: float = 1.0) -> Any:
+    def arr(*shape: int, scale: float = 1.0, axes: tuple[int, ...] | None = None) -> Any:
         a = (rng.standard_normal(shape) * scale).astype(dtype)
+        if axes is not None:  # a transposed view: this layout in memory, the transposed shape
+            a = a.transpose(axes)
         if backend == "numpy":
             return a
         t = torch.from_numpy(a)
@@ -107,7 +109,7 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
         "axis": 1 if nchw else -1,
         "A": arr(f, k, scale=f**-0.5),
         "b": arr(f, scale=f**-0.5),
-        "AP": arr(f, k, 4, scale=f**-0.5),
+        "AP": arr(4, f, k, scale=f**-0.5, axes=(1, 2, 0)),  # (f, K, P) in the (P, f, K) layout AttentionalPool keeps
         "BP": arr(f, 4, scale=f**-0.5),
         "W": arr(k, f, f, scale=1 / f) if k * f * f * np.dtype(dtype).itemsize < MEMORY_BUDGET / 4 else None,
         "cp": {r: (arr(r), [arr(k, r), arr(f, r, scale=f**-0.5), arr(f, r, scale=f**-0.5)]) for r in (16, 64)},

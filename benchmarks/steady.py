@@ -62,7 +62,10 @@ def main() -> None:
         x = torch.randn(BATCH, f, n, 1, requires_grad=True)
         params = {
             "rank1": ((torch.randn(f, k) / f**0.5).requires_grad_(), (torch.randn(f) / f**0.5).requires_grad_()),
-            "rankp": ((torch.randn(f, k, P) / f**0.5).requires_grad_(), (torch.randn(f, P) / f**0.5).requires_grad_()),
+            "rankp": (  # A (f, K, P) in the (P, f, K) layout AttentionalPool keeps
+                (torch.randn(P, f, k) / f**0.5).permute(1, 2, 0).requires_grad_(),
+                (torch.randn(f, P) / f**0.5).requires_grad_(),
+            ),
         }
         for method, (a, b) in params.items():
             pool = lp.rank1_pool if method == "rank1" else lp.rankp_pool
