@@ -288,8 +288,8 @@ def features(xp: Namespace, x: Array, channel_axis: int | None, name: str = "X")
 def project(xp: Namespace, feats: Features, m: Array) -> Array:
     """Z = X M for every sample: (B, n, k) from M (f, k), by one GEMM.
 
-    The result may be a transposed view of a (B, k, n) buffer (torch, and NCHW input),
-    which is what the fastest GEMM form writes.
+    With NCHW input the result is a transposed view of a (B, k, n) buffer, which is what
+    the fastest GEMM form writes there.
     """
     x = feats.data
     if feats.layout == "bfn":
@@ -305,8 +305,8 @@ def project(xp: Namespace, feats: Features, m: Array) -> Array:
             # k <= n (where it measured 1.5-3x faster; the fold won for k > n).
             mt = xp.broadcast_to(mt, (b, k, f))
         return xp.matrix_transpose(xp.matmul(mt, x))
-    if is_torch(xp):
-        return xp.matrix_transpose(xp.matmul(m.mT, x.mT))
+    if is_torch(xp):  # one GEMM on the (B·n, f) view; writing Z as (B, k, n) measured up to 1.35x slower
+        return xp.matmul(x, m)
     b, n, f = shape_of(x)
     return xp.reshape(xp.matmul(xp.reshape(x, (b * n, f)), m), (b, n, shape_of(m)[1]))
 
