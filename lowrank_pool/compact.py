@@ -63,7 +63,9 @@ def compact_bilinear_pool(
     bilinear head. Cost per sample: two count sketches (a scatter-add of the n·f numbers into d bins
     each, the library's own: ``torch.index_add``, ``numpy.add.at``, jax's ``.at[].add``; other
     libraries get a product with the one-hot (f, d) matrix), 2n real FFTs of length d, and one
-    inverse FFT of the mean spectrum. Memory O(B·n·d). The FFT comes from the array library
+    inverse FFT of the mean spectrum. Memory O(B·n·d). On CUDA, torch's scatter-add uses
+    atomic additions: the last bits can differ between runs unless
+    ``torch.use_deterministic_algorithms(True)``, under which it is deterministic. The FFT comes from the array library
     (torch.fft, jax.numpy.fft, the array-API fft extension), for numpy arrays from scipy.fft (one
     thread unless ``scipy.fft.set_workers`` says otherwise).
 
