@@ -301,10 +301,10 @@ def project(xp: Namespace, feats: Features, m: Array) -> Array:
             # when M has requires_grad set (inside no_grad too, for a parameter handed as
             # it is: rank-1 inference at (32, 49, 2048) 7.7 -> 0.68 ms), and hands back ∂X
             # in that layout: two transposing copies of X per training step (55 of 141 ms
-            # of a CP head's fwd+bwd at (32, 196, 2048), R = 64). The batched form reads X in place, writes ∂X in
-            # X's layout, and pays a (B, k, f) ∂M buffer instead, at most twice X for
-            # k <= 2n (measured 1.2-3x faster up to k = 1.3n, even at 2n; the fold won
-            # from k = 2.6n).
+            # of a CP head's fwd+bwd at (32, 196, 2048), R = 64). The batched form reads X
+            # in place, writes ∂X in X's layout, and pays a (B, k, f) ∂M buffer instead, at
+            # most twice X for k <= 2n (measured 1.2-3x faster up to k = 1.3n, even at 2n;
+            # the fold won from k = 2.6n).
             mt = xp.broadcast_to(mt, (b, k, f))
         return xp.matrix_transpose(xp.matmul(mt, x))
     if is_torch(xp):  # one GEMM on the (B·n, f) view; writing Z as (B, k, n) measured up to 1.35x slower
