@@ -500,37 +500,69 @@ struct ShortRows {
       : xs(xs_), n(n_), f(f_), safe(f_ * n_ < NV * L ? 0 : std::min<int64_t>(f_, (f_ * n_ - NV * L) / n_ + 1)) {
     for (int l = 0; l < L; ++l) tail[l] = (NV - 1) * L + l < n ? -1 : 0;
   }
-  // out[:n] = Σ_c coef[c · step] x_c (out holds NV · L numbers; those past n are not meaningful)
-  void sum_rows(const T* coef, int64_t step, T* out) const {
-    vec<T> z0[NV] = {}, z1[NV] = {};  // two sets: consecutive rows do not wait for each other's FMAs
+  // out[q][:n] = Σ_c coef[q][c · step] x_c for Q maps at once, each row loaded once for all of them (out[q]
+  // holds NV · L numbers; those past n are not meaningful)
+  template <int Q>
+  void sum_rows(const T* const* coef, int64_t step, T* const* out) const {
+    constexpr int S = Q == 1 ? 2 : 1;  // accumulator sets: consecutive rows do not wait for each other's FMAs
+    vec<T> z[S][Q][NV] = {};
     int64_t c = 0;
-    for (; c + 2 <= safe; c += 2) {
-      const T b0 = coef[c * step], b1 = coef[(c + 1) * step];
-      const T* r0 = xs + c * n;
-      for (int v = 0; v < NV; ++v) z0[v] += load(r0 + v * L) * b0, z1[v] += load(r0 + n + v * L) * b1;
-    }
-    for (int v = 0; v < NV; ++v) store(out + v * L, z0[v] + z1[v]);
+    for (; c + S <= safe; c += S)
+      for (int s = 0; s < S; ++s) {
+        const T* r = xs + (c + s) * n;
+        vec<T> x[NV];
+        for (int v = 0; v < NV; ++v) x[v] = in_register(load(r + v * L));
+        for (int q = 0; q < Q; ++q) {
+          const T b = coef[q][(c + s) * step];
+          for (int v = 0; v < NV; ++v) z[s][q][v] += x[v] * b;
+        }
+      }
+    for (int q = 0; q < Q; ++q)
+      for (int v = 0; v < NV; ++v) {
+        vec<T> t = z[0][q][v];
+        for (int s = 1; s < S; ++s) t += z[s][q][v];
+        store(out[q] + v * L, t);
+      }
     for (; c < f; ++c)
-      for (int64_t j = 0; j < n; ++j) out[j] += coef[c * step] * xs[c * n + j];
+      for (int q = 0; q < Q; ++q)
+        for (int64_t j = 0; j < n; ++j) out[q][j] += coef[q][c * step] * xs[c * n + j];
   }
-  // out[c] += x_c · w for every row c; w holds NV · L numbers, zero past n
-  void add_dots(const T* w, T* out) const {
-    vec<T> wv[NV];
-    for (int k = 0; k < NV; ++k) wv[k] = load(w + k * L);
+  // out[q][c] += x_c · w[q] for every row c and Q maps at once; w[q] holds NV · L numbers, zero past n
+  template <int Q>
+  void add_dots(const T* const* w, T* const* out) const {
+    vec<T> wv[Q][NV];
+    for (int q = 0; q < Q; ++q)
+      for (int k = 0; k < NV; ++k) wv[q][k] = load(w[q] + k * L);
     int64_t c = 0;
     for (; c + 2 <= safe; c += 2) {
       const T* r0 = xs + c * n;
-      vec<T> a0 = {}, a1 = {};
-      for (int k = 0; k + 1 < NV; ++k) a0 += load(r0 + k * L) * wv[k], a1 += load(r0 + n + k * L) * wv[k];
+      vec<T> a0[Q] = {}, a1[Q] = {};
+      for (int k = 0; k + 1 < NV; ++k) {
+        const vec<T> x0 = in_register(load(r0 + k * L)), x1 = in_register(load(r0 + n + k * L));
+        for (int q = 0; q < Q; ++q) a0[q] += x0 * wv[q][k], a1[q] += x1 * wv[q][k];
+      }
       const vec<T> t0 = reinterpret_cast<vec<T>>(reinterpret_cast<M>(load(r0 + (NV - 1) * L)) & tail);
       const vec<T> t1 = reinterpret_cast<vec<T>>(reinterpret_cast<M>(load(r0 + n + (NV - 1) * L)) & tail);
-      out[c] += lanes_sum<T>(a0 + t0 * wv[NV - 1]);
-      out[c + 1] += lanes_sum<T>(a1 + t1 * wv[NV - 1]);
+      for (int q = 0; q < Q; ++q) {
+        out[q][c] += lanes_sum<T>(a0[q] + t0 * wv[q][NV - 1]);
+        out[q][c + 1] += lanes_sum<T>(a1[q] + t1 * wv[q][NV - 1]);
+      }
     }
-    for (; c < f; ++c) {
-      T acc = 0;
-      for (int64_t j = 0; j < n; ++j) acc += w[j] * xs[c * n + j];
-      out[c] += acc;
+    for (; c < f; ++c)
+      for (int q = 0; q < Q; ++q) {
+        T acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += w[q][j] * xs[c * n + j];
+        out[q][c] += acc;
+      }
+  }
+  // The maps in pairs (one read of the sample serves two), then a last single one: body(first map, count, rows)
+  template <typename Body>
+  static void in_pairs(int64_t P, Body&& body) {
+    for (int64_t p0 = 0; p0 < P; p0 += 2) {
+      if (p0 + 2 <= P)
+        body(p0, std::integral_constant<int, 2>());
+      else
+        body(p0, std::integral_constant<int, 1>());
     }
   }
 };
@@ -540,25 +572,33 @@ template <typename T, int NV>
 void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f, int64_t P, int att,
                    RowScratch<T>& sc) {
   const ShortRows<T, NV> rows(xs, n, f);
-  alignas(32) T w[NV * kLanes<T>];
+  alignas(32) T wbuf[2][NV * kLanes<T>];
   sc.soft.reset();
   std::fill(vs, vs + P * f, T(0));
-  for (int64_t p = 0; p < P; ++p) {
-    T* u = us + p * n;
-    T* v = vs + p * f;
-    rows.sum_rows(bm + p, P, w);
-    std::copy(w, w + n, u);  // Z; σ is applied to U below, as in forward_rows
-    if (att == kRelu) {
-      for (int64_t j = 0; j < n; ++j) w[j] = relu(w[j]);
-    } else if (att == kSoftmax) {
-      sc.soft.grow(p, u, n, 1, v, f);
-      for (int64_t j = 0; j < n; ++j) w[j] = sc.soft.weight(p, u[j]);
+  ShortRows<T, NV>::in_pairs(P, [&](int64_t p0, auto q) {
+    constexpr int Q = decltype(q)::value;
+    const T* coef[Q];
+    T* w[Q];
+    T* v[Q];
+    for (int k = 0; k < Q; ++k) coef[k] = bm + p0 + k, w[k] = wbuf[k], v[k] = vs + (p0 + k) * f;
+    rows.template sum_rows<Q>(coef, P, w);
+    for (int k = 0; k < Q; ++k) {
+      const int64_t p = p0 + k;
+      T* u = us + p * n;
+      std::copy(w[k], w[k] + n, u);  // Z; σ is applied to U below, as in forward_rows
+      if (att == kRelu) {
+        for (int64_t j = 0; j < n; ++j) w[k][j] = relu(w[k][j]);
+      } else if (att == kSoftmax) {
+        sc.soft.grow(p, u, n, 1, v[k], f);
+        for (int64_t j = 0; j < n; ++j) w[k][j] = sc.soft.weight(p, u[j]);
+      }
+      std::fill(w[k] + n, w[k] + NV * kLanes<T>, T(0));
     }
-    std::fill(w + n, w + NV * kLanes<T>, T(0));
-    rows.add_dots(w, v);
+    rows.template add_dots<Q>(w, v);
     if (att == kRelu)
-      for (int64_t j = 0; j < n; ++j) u[j] = relu(u[j]);
-  }
+      for (int k = 0; k < Q; ++k)
+        for (int64_t j = 0; j < n; ++j) us[(p0 + k) * n + j] = relu(us[(p0 + k) * n + j]);
+  });
   if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
 
@@ -573,14 +613,21 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
   T* upad = pad.data();
   T* gzpad = pad.data() + P * W;
   std::fill(pad.begin(), pad.end(), T(0));
-  for (int64_t p = 0; p < P; ++p) {
-    T* gz = gzpad + p * W;
-    rows.sum_rows(gvs + p * f, 1, gz);
-    std::fill(gz + n, gz + W, T(0));
-    std::copy(us + p * n, us + (p + 1) * n, upad + p * W);
-    activation_derivative(us + p * n, gz, n, att);
-    if (gb) rows.add_dots(gz, gb + p * f);
-  }
+  ShortRows<T, NV>::in_pairs(P, [&](int64_t p0, auto q) {
+    constexpr int Q = decltype(q)::value;
+    const T* gv[Q];
+    T* gz[Q];
+    T* gbq[Q];
+    for (int k = 0; k < Q; ++k) gv[k] = gvs + (p0 + k) * f, gz[k] = gzpad + (p0 + k) * W, gbq[k] = gb ? gb + (p0 + k) * f : nullptr;
+    rows.template sum_rows<Q>(gv, 1, gz);
+    for (int k = 0; k < Q; ++k) {
+      const int64_t p = p0 + k;
+      std::fill(gz[k] + n, gz[k] + W, T(0));
+      std::copy(us + p * n, us + (p + 1) * n, upad + p * W);
+      activation_derivative(us + p * n, gz[k], n, att);
+    }
+    if (gb) rows.template add_dots<Q>(gz, gbq);
+  });
   if (out == nullptr) return;
   for (int64_t c = 0; c < f; ++c) {
     T* dst = out->row(c);
