@@ -425,31 +425,6 @@ def test_fused_kernel_saves_almost_nothing_for_backward():
     assert saved_plain > 5 * saved
 
 
-@pytest.mark.parametrize("rank", [1, 4])
-def test_attentional_a_is_kept_in_the_layout_its_products_read(rank):
-    """Shared bottom-up: A (f, K, P) lives in a (P, f, K) buffer, so the large products with A (K > 32)
-    save no re-laid-out copy of it, ∂A comes in the same layout, and the layout survives state_dict,
-    dtype moves and deepcopy; a seed gives the values a contiguous A would get."""
-    f, k = 64, 300
-    layer = AttentionalPool(f, k, rank=rank, generator=gen())
-    assert layer.A.shape == (f, k, rank) and layer.A.permute(2, 0, 1).is_contiguous()
-    x = torch.randn(2, f, 3, 3, requires_grad=True)
-    saved, out = _saved_bytes(lambda: layer(x), x, layer.A, layer.B)
-    assert saved < layer.A.numel() * layer.A.element_size() / 2, saved  # no copy of A kept
-    out.sum().backward()
-    assert layer.A.grad.stride() == layer.A.stride()
-    other = AttentionalPool(f, k, rank=rank)
-    other.load_state_dict(layer.state_dict())
-    for moved in (other, copy.deepcopy(layer), copy.deepcopy(layer).double()):
-        assert moved.A.permute(2, 0, 1).is_contiguous()
-    assert torch.equal(other.A, layer.A)
-    expect = torch.nn.init.normal_(torch.empty(f, k, rank), 0.0, 1 / math.sqrt(f * rank), generator=gen())
-    assert torch.equal(layer.A.detach(), expect)
-    flat = AttentionalPool(f, k, rank=rank)
-    flat.load_state_dict(layer.state_dict(), assign=True)  # a contiguous A: the same scores
-    assert_close(flat(x.detach()), layer(x.detach()), terms=4 * f * 9)
-
-
 def _gemm_form(x, a, b):
     z = torch.cat([a, b[:, None]], 1).mT @ x.flatten(2)  # (B, K+1, n)
     return (z[:, :-1] * z[:, -1:]).mean(-1)

@@ -120,13 +120,7 @@ class PoolingHead(nn.Module):
     def _init_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise lp.ArgumentTypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-        if t.is_contiguous():
-            nn.init.normal_(t, 0.0, std, generator=generator)
-            return
-        # the numbers in logical order, whatever the layout (AttentionalPool's A): a seed gives the same values
-        values = nn.init.normal_(torch.empty(t.shape, dtype=t.dtype, device=t.device), 0.0, std, generator=generator)
-        with torch.no_grad():
-            t.copy_(values)
+        nn.init.normal_(t, 0.0, std, generator=generator)
 
     def _common_repr(self) -> str:
         axis = "" if self.channel_axis is None else f", channel_axis={self.channel_axis}"

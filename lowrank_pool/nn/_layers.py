@@ -202,13 +202,6 @@ class AttentionalPool(PoolingHead):
     bottom-up ``(B, *grid)`` at rank 1, ``(B, K, P, *grid)`` and ``(B, P, *grid)`` / ``(B, K, P, *grid)``
     at rank P.
 
-    With shared bottom-up vectors, ``A`` has the shape (f, K, P) but the memory layout of a
-    (P, f, K) tensor (``A.permute(2, 0, 1)`` is contiguous; ``A.stride()`` is (K, 1, f·K)):
-    the products with A then read it as one (P·f, K) matrix, forward and backward, where a
-    contiguous (f, K, P) tensor is copied every step (rank 4 at f = 2048, K = 600: fwd+bwd
-    21 → 17 ms). ``load_state_dict`` copies into it and keeps the layout; a contiguous A
-    (``assign=True``) works the same, with that copy.
-
     Parameters
     ----------
     in_channels, num_classes : int
@@ -258,10 +251,8 @@ class AttentionalPool(PoolingHead):
         self.return_maps = check_flag(return_maps, "return_maps")
         b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self._reserve(A=(in_channels, num_classes, rank), B=b_shape)
-        if bottom_up == "shared":  # (f, K, P) seen in a (P, f, K) buffer: what the products with A read
-            self.A = torch.nn.Parameter(torch.empty(rank, in_channels, num_classes, **self.factory).permute(1, 2, 0))
-        else:
-            self.A = self._param(in_channels, num_classes, rank)
+        self.A = self._param(in_channels, num_classes, rank)
+        b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self.B = self._param(*b_shape)
         self.reset_parameters(generator)
 
