@@ -109,7 +109,7 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
         "axis": 1 if nchw else -1,
         "A": arr(f, k, scale=f**-0.5),
         "b": arr(f, scale=f**-0.5),
-        "AP": arr(4, f, k, scale=f**-0.5, axes=(1, 2, 0)),  # (f, K, P) in the (P, f, K) layout AttentionalPool keeps
+        "AP": arr(4, f, k, scale=f**-0.5, axes=(1, 2, 0)),  # (f, K, P) in a (P, f, K) layout: read in place
         "BP": arr(f, 4, scale=f**-0.5),
         "W": arr(k, f, f, scale=1 / f) if k * f * f * np.dtype(dtype).itemsize < MEMORY_BUDGET / 4 else None,
         "cp": {r: (arr(r), [arr(k, r), arr(f, r, scale=f**-0.5), arr(f, r, scale=f**-0.5)]) for r in (16, 64)},

@@ -62,7 +62,7 @@ def main() -> None:
         x = torch.randn(BATCH, f, n, 1, requires_grad=True)
         params = {
             "rank1": ((torch.randn(f, k) / f**0.5).requires_grad_(), (torch.randn(f) / f**0.5).requires_grad_()),
-            "rankp": (  # A (f, K, P) in the (P, f, K) layout AttentionalPool keeps
+            "rankp": (  # A (f, K, P) in a (P, f, K) layout: read in place
                 (torch.randn(P, f, k) / f**0.5).permute(1, 2, 0).requires_grad_(),
                 (torch.randn(f, P) / f**0.5).requires_grad_(),
             ),

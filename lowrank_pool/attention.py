@@ -264,10 +264,12 @@ def rankp_pool(
     X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     A : array, (f, K, P)
         Top-down vectors a_kp. With a shared B the (P·f, K) product reads A as
-        ``A.permute(2, 0, 1)``: a torch A whose memory has that layout (as
-        :class:`~lowrank_pool.nn.AttentionalPool` keeps it) is not copied; a contiguous
-        (f, K, P) one is, once per call, and the copy kept for backward (the CPU kernel
-        reads it in place when K ≤ 32 and P·f·K ≤ 2¹⁸).
+        ``A.permute(2, 0, 1)``: a torch A whose memory has that layout (e.g.
+        ``torch.empty(P, f, K).permute(1, 2, 0)``) is not copied; a contiguous (f, K, P)
+        one is, once per call, and the copy kept for backward (the CPU kernel reads it in
+        place when K ≤ 32 and P·f·K ≤ 2¹⁸). :class:`~lowrank_pool.nn.AttentionalPool`
+        keeps a contiguous A, so that ``.view(-1)`` works on every parameter
+        (``parameters_to_vector``, ``torch.optim.LBFGS``), and pays that copy.
     B : array, (f, K, P) per class or (f, P) shared by all classes
         Bottom-up vectors b_kp (or b_p).
     attention : {"linear", "softmax", "relu"}

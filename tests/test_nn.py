@@ -425,6 +425,28 @@ def test_fused_kernel_saves_almost_nothing_for_backward():
     assert saved_plain > 5 * saved
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameters_work_with_flat_vector_tools(name):
+    """Every head's parameters take `.view(-1)`: parameters_to_vector / vector_to_parameters and
+    torch.optim.LBFGS (which flattens each gradient with .view) run on them. (A parameter stored as a
+    permuted view of another layout, tried once for speed, broke both.)"""
+    layer = make(name)
+    vec = torch.nn.utils.parameters_to_vector(layer.parameters())
+    torch.nn.utils.vector_to_parameters(vec * 1.0, layer.parameters())
+    x = torch.randn(2, F_IN, 3, 3, dtype=torch.float64, generator=gen(1))
+    opt = torch.optim.LBFGS(layer.parameters(), max_iter=2)
+
+    def closure():
+        opt.zero_grad()
+        out = layer(x)
+        loss = (out[0] if isinstance(out, tuple) else out).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+
+
 def _gemm_form(x, a, b):
     z = torch.cat([a, b[:, None]], 1).mT @ x.flatten(2)  # (B, K+1, n)
     return (z[:, :-1] * z[:, -1:]).mean(-1)
