@@ -36,6 +36,7 @@ import array_api_compat.torch as xp
 import torch
 
 from . import _native
+from ._xp import result_dtype
 from .attention import activate
 
 __all__ = ["fast_shared_scores", "shared_bottom_up_scores"]
@@ -96,9 +97,7 @@ def _common_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
     parameters: the backward computes in the promoted dtype, and autograd casts each
     gradient back to its input's dtype.
     """
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = result_dtype(xp, *tensors)
     return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
@@ -209,11 +208,9 @@ def shared_bottom_up_scores(
         native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
         if native is None:
             return None
-        s = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
-        return s
+        return native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
-    s = fn.apply(x, bm, a3, channels_first, attention, scale)[0]
-    return s
+    return fn.apply(x, bm, a3, channels_first, attention, scale)[0]
 
 
 def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) -> torch.Tensor | None:

@@ -567,7 +567,8 @@ struct ShortRows {
   }
 };
 
-// The forward of one (f, n) sample with short rows: per map, Z from registers, σ, then V by masked dot products.
+// The forward of one (f, n) sample with short rows, two maps per read of the sample: Z from registers, σ, then V by
+// masked dot products.
 template <typename T, int NV>
 void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f, int64_t P, int att,
                    RowScratch<T>& sc) {
@@ -618,7 +619,8 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
     const T* gv[Q];
     T* gz[Q];
     T* gbq[Q];
-    for (int k = 0; k < Q; ++k) gv[k] = gvs + (p0 + k) * f, gz[k] = gzpad + (p0 + k) * W, gbq[k] = gb ? gb + (p0 + k) * f : nullptr;
+    for (int k = 0; k < Q; ++k)
+      gv[k] = gvs + (p0 + k) * f, gz[k] = gzpad + (p0 + k) * W, gbq[k] = gb ? gb + (p0 + k) * f : nullptr;
     rows.template sum_rows<Q>(gv, 1, gz);
     for (int k = 0; k < Q; ++k) {
       const int64_t p = p0 + k;
@@ -972,13 +974,13 @@ void check(const torch::Tensor& x, const torch::Tensor& bm, bool cf) {
   TORCH_CHECK(bm.size(0) == (cf ? x.size(1) : x.size(2)), "lowrank_pool native kernel: channel mismatch");
 }
 
-}  // namespace
-
 void check_a(const torch::Tensor& a, const torch::Tensor& bm, const torch::Tensor& x) {
   TORCH_CHECK(a.device().is_cpu() && a.dim() == 3 && a.size(0) == bm.size(1) && a.size(1) == bm.size(0) &&
                   a.scalar_type() == x.scalar_type(),
               "lowrank_pool native kernel: a (P, f, K) on the CPU in x's dtype");
 }
+
+}  // namespace
 
 // returns (s (B, K) = scale · vec(V) A, U (B, P, n), V (B, P, f), A as a contiguous (M, K) copy or an empty tensor);
 // a: A as a (P, f, K) view, any strides. The copy exists where the product ran through at::mm on a strided A (rank-P's
