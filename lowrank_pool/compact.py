@@ -12,10 +12,14 @@ positions, and ⟨ψ(M₁), ψ(M₂)⟩ is an unbiased estimate of ⟨M₁, M₂
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from ._checks import check_int, check_positive_int, prepare
-from ._xp import Array, device_of, fft_of, full_precision, scatter_sum
+from ._checks import check_factor, check_int, check_positive_int, prepare
+from ._errors import ArgumentError, ArgumentTypeError
+from ._xp import Array, Features, Namespace, device_of, fft_of, full_precision, is_numpy_array, namespace, scatter_sum
 
 __all__ = ["compact_bilinear_pool", "count_sketches", "sketch_hashes"]
 
@@ -49,6 +53,7 @@ def compact_bilinear_pool(
     /,
     *,
     seed: int = 0,
+    hashes: Sequence[tuple[Any, Any]] | None = None,
     channel_axis: int | None = None,
     check_finite: bool = False,
 ) -> Array:
@@ -77,6 +82,12 @@ def compact_bilinear_pool(
     seed : int
         Chooses the hashes and signs (numpy's generator): the same seed gives the same sketch on every
         backend; a layer keeps its seed fixed.
+    hashes : sequence of two (bins, signs) pairs, optional
+        The hashes themselves instead of a seed's: bins (f,) integers in [0, d) and signs (f,) of ±1,
+        as :func:`sketch_hashes` returns them (numpy arrays, copied to X's device on every call), or
+        as arrays of X's library already on its device, which
+        :class:`lowrank_pool.nn.CompactBilinearPool` keeps as buffers: on a GPU each host-to-device
+        copy waits for the device. Their values are not checked on a device (that would wait too).
     channel_axis : int, optional
     check_finite : bool
 
@@ -101,6 +112,37 @@ def compact_bilinear_pool(
     dim = check_positive_int(dim, "dim")
     seed = check_int(seed, "seed")
     xp, feats, _ = prepare(X, channel_axis, check_finite)
+    if hashes is None:
+        hashes = sketch_hashes(feats.channels, dim, seed)
+    else:
+        if seed != 0:
+            raise ArgumentError(f"seed: the hashes were given, so seed must be left at 0, got {seed}")
+        hashes = _checked_hashes(feats, hashes, dim, channel_axis)
+    return _sketch(xp, feats, dim, hashes)
+
+
+def _checked_hashes(feats: Features, hashes: Any, dim: int, channel_axis: int | None) -> list[tuple[Any, Any]]:
+    """Two (bins, signs) pairs of X's channel count; bins in [0, d) where they are numpy arrays."""
+    try:
+        pairs = [(bins, signs) for bins, signs in hashes]
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(
+            f"hashes: expected two (bins, signs) pairs as sketch_hashes returns them, got {type(hashes).__name__}"
+        ) from None
+    if len(pairs) != 2:
+        raise ArgumentError(f"hashes: expected two (bins, signs) pairs, got {len(pairs)}")
+    for bins, signs in pairs:
+        for v in (bins, signs):
+            if not is_numpy_array(v):  # else X's library on X's device
+                namespace(X=feats.data, hashes=v)
+            check_factor(feats, "hashes", v, ("f",), channel_axis)
+        if is_numpy_array(bins) and bins.size and not (bins.min() >= 0 and bins.max() < dim):
+            raise ArgumentError(f"hashes: expected bins in [0, {dim}), got values from {bins.min()} to {bins.max()}")
+    return pairs
+
+
+def _sketch(xp: Namespace, feats: Features, dim: int, hashes: Sequence[tuple[Any, Any]]) -> Array:
+    """ψ (B, d) of validated features with the two (bins, signs) pairs ``hashes``."""
     # the sketches and their FFTs along the last axis: channels-first X is read as a (B, n, f) view (the
     # scatter-add reads it in place; an FFT along a strided axis measured 2x slower)
     x = feats.data if feats.layout == "bnf" else xp.matrix_transpose(feats.data)
@@ -108,7 +150,7 @@ def compact_bilinear_pool(
         return xp.zeros((0, dim), dtype=x.dtype, device=device_of(x)) + xp.sum(x) * 0
     fft, spectra = fft_of(xp), []
     with full_precision(xp, x):  # under autocast too: the signed square root magnifies rounding
-        for bins, signs in sketch_hashes(feats.channels, dim, seed):
+        for bins, signs in hashes:
             sign = xp.asarray(signs, dtype=x.dtype, device=device_of(x))
             z = scatter_sum(xp, x * sign, bins, dim, 2)  # C x for every position: (B, n, d)
             spectra.append(fft.rfft(z, n=dim, axis=2))

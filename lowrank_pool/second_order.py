@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ._checks import check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
-from ._xp import Array, Features, Namespace, gram_product
+from ._xp import Array, Features, Namespace, full_precision, gram_product
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 
 __all__ = ["NORMALIZATIONS", "bilinear_pool", "gram"]
@@ -147,8 +147,12 @@ def bilinear_pool(
     check_factor(feats, "W", w, ("K", "f", "f"), channel_axis, f_axis=1)
     if normalize is None:
         return bilinear_scores(xp, feats, w)
-    m = normalized_descriptor(xp, second_moment(xp, feats), normalize, eps, num_iters)
-    return descriptor_scores(xp, m, w)
+    if "signed_sqrt" in normalize:  # its derivative 1/(2√(|m|+ε)) magnifies the rounding of M: not under autocast
+        with full_precision(xp, feats.data):
+            m = second_moment(xp, feats)
+    else:
+        m = second_moment(xp, feats)
+    return descriptor_scores(xp, normalized_descriptor(xp, m, normalize, eps, num_iters), w)
 
 
 def descriptor_scores(xp: Namespace, m: Array, w: Array) -> Array:

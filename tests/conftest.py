@@ -1,6 +1,7 @@
 """The one backend/dtype fixture pair, hypothesis profiles and thread settings shared by the tests.
 
-``bk`` runs a test once per array library (numpy, torch, array_api_strict) and
+``bk`` runs a test once per array library (numpy, torch, array_api_strict; torch on CUDA and CuPy
+where a GPU answers) and
 ``dtype`` once per float32/float64. Both are session-scoped, so hypothesis' ``@given``
 can draw many examples under one fixture value. A test that needs other dtypes
 parametrizes ``dtype`` itself, which overrides the fixture.
@@ -14,6 +15,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
+# On a GPU, JAX would take 75 % of the device's memory when first used, and the torch and CuPy tests in
+# the same process would then fail to allocate cuBLAS workspaces: JAX allocates as it goes here.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers import BACKENDS, DTYPES
 

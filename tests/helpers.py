@@ -39,6 +39,7 @@ def _backends() -> list[Any]:
                 id="torch",
             )
         )
+        out.append(_torch_cuda(torch))
     except ImportError:  # pragma: no cover - torch is in the test set-up
         out.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="torch not installed")))
     try:
@@ -54,6 +55,15 @@ def _backends() -> list[Any]:
         out.append(pytest.param(None, id="array_api_strict", marks=pytest.mark.skip(reason="not installed")))
     out.append(_cupy())
     return out
+
+
+def _torch_cuda(torch: Any) -> Any:
+    """torch tensors on the first CUDA device (the path every GPU user runs), or a skip that says why not."""
+    if not torch.cuda.is_available():
+        return pytest.param(None, id="torch_cuda", marks=pytest.mark.skip(reason="no CUDA device on this machine"))
+    return pytest.param(
+        Backend("torch_cuda", torch, lambda a, dt: torch.from_numpy(a.astype(dt)).to("cuda")), id="torch_cuda"
+    )
 
 
 def _cupy() -> Any:

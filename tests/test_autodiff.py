@@ -16,16 +16,23 @@ from lowrank_pool.nn import AttentionalPool  # noqa: E402
 
 ATTENTIONS = ["linear", "softmax", "relu"]
 LAYOUTS = ["bnf", "nchw"]
+# the CPU runs the compiled kernel where it is built; a GPU runs the same autograd Function's torch path
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    ),
+]
 F, K, P = 4, 3, 2
 
 
-def _inputs(layout, seed=0):
+def _inputs(layout, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     shape = (2, 5, F) if layout == "bnf" else (2, F, 2, 3)
     x = torch.randn(*shape, generator=g, dtype=torch.float64)
     A = torch.randn(F, K, P, generator=g, dtype=torch.float64)
     B = torch.randn(F, P, generator=g, dtype=torch.float64)
-    return x, A, B
+    return x.to(device), A.to(device), B.to(device)
 
 
 def _plain(x, A, B, attention):
@@ -53,21 +60,23 @@ def _plain_form(name, attention):
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_gradgradcheck(attention, layout):
-    x, A, B = (t.requires_grad_() for t in _inputs(layout))
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradgradcheck(attention, layout, device):
+    x, A, B = (t.requires_grad_() for t in _inputs(layout, device=device))
     for name, fn in _forms(attention).items():
         assert torch.autograd.gradgradcheck(fn, (x, A, B)), name
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_gradient_penalty_matches_plain_autograd(attention, layout):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_penalty_matches_plain_autograd(attention, layout, device):
     """g = ∇_X Σ s², then ∇ of Σ g² with respect to X, A and B, as a gradient penalty computes it."""
     for name, fn in _forms(attention).items():
         ref_fn = _plain_form(name, attention)
         results = []
         for f in (fn, ref_fn):
-            x, A, B = (t.requires_grad_() for t in _inputs(layout))
+            x, A, B = (t.requires_grad_() for t in _inputs(layout, device=device))
             s = f(x, A, B)
             (g,) = torch.autograd.grad(s.square().sum(), x, create_graph=True)
             results.append(torch.autograd.grad(g.square().sum(), (x, A, B)))
@@ -79,9 +88,10 @@ def test_gradient_penalty_matches_plain_autograd(attention, layout):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_forward_mode_matches_plain(attention, layout):
-    x, A, B = _inputs(layout)
-    tangents = _inputs(layout, seed=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_mode_matches_plain(attention, layout, device):
+    x, A, B = _inputs(layout, device=device)
+    tangents = _inputs(layout, seed=1, device=device)
     for name, fn in _forms(attention).items():
         ref_fn = _plain_form(name, attention)
         # the dual-tensor API, with inputs that require grad (the fused kernel runs, through its jvp)
@@ -102,10 +112,11 @@ def test_forward_mode_matches_plain(attention, layout):
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
-def test_layer_hessian_vector_product(attention):
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_hessian_vector_product(attention, device):
     """A Hessian-vector product through AttentionalPool's parameters equals that of the plain formula."""
-    layer = AttentionalPool(F, K, P, attention=attention, bias=False, dtype=torch.float64)
-    x, _, _ = _inputs("nchw")
+    layer = AttentionalPool(F, K, P, attention=attention, bias=False, dtype=torch.float64).to(device)
+    x, _, _ = _inputs("nchw", device=device)
     params = (layer.A, layer.B)
     vec = tuple(torch.randn_like(p) for p in params)
     s = layer(x)

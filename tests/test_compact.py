@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowrank_pool as lp
+from lowrank_pool.compact import sketch_hashes
 from lowrank_pool.testing import to_numpy
 
 
@@ -82,6 +83,41 @@ def test_bad_input_is_named(kwargs, exc, pattern):
     dim = kwargs.pop("dim")
     with pytest.raises(exc, match=pattern):
         lp.compact_bilinear_pool(np.ones((1, 2, 3)), dim, **kwargs)
+
+
+@given(seed=st.integers(0, 2**31 - 1), dim=st.integers(1, 40))
+def test_given_hashes_equal_their_seed_on_every_backend(bk, dtype, seed, dim):
+    """hashes=sketch_hashes(f, d, seed) is the seed's sketch, as numpy arrays or as arrays of X's library."""
+    x = np.random.default_rng(seed % 1000).standard_normal((2, 3, 2, 5))  # NCHW: f = 3
+    ref = lp.compact_bilinear_pool(bk(x, dtype), dim, seed=seed)
+    pairs = sketch_hashes(3, dim, seed)
+    for hashes in (pairs, [(bk(b, "int64"), bk(s, dtype)) for b, s in pairs]):
+        got = lp.compact_bilinear_pool(bk(x, dtype), dim, hashes=hashes)
+        assert np.array_equal(to_numpy(got), to_numpy(ref))
+
+
+def test_given_hashes_are_checked():
+    X = np.ones((1, 2, 3))
+    pairs = sketch_hashes(3, 8, 0)
+    cases = [
+        ({"hashes": pairs[:1]}, lp.ArgumentError, r"hashes: expected two \(bins, signs\) pairs, got 1"),
+        ({"hashes": 5}, lp.ArgumentTypeError, r"hashes: expected two \(bins, signs\) pairs as sketch_hashes"),
+        ({"hashes": sketch_hashes(4, 8, 0)}, lp.ShapeError, r"hashes: expected shape \(f,\) with f = 3, got \(4,\)"),
+        (
+            {"hashes": [(pairs[0][0] + 8, pairs[0][1]), pairs[1]]},
+            lp.ArgumentError,
+            r"hashes: expected bins in \[0, 8\)",
+        ),
+        ({"hashes": pairs, "seed": 2}, lp.ArgumentError, r"seed: the hashes were given, so seed must be left at 0"),
+        ({"hashes": [(b, s) for b in (1, 2) for s in (3,)]}, lp.BackendError, r"hashes: expected an array"),
+    ]
+    torch = pytest.importorskip("torch")
+    mixed = [(torch.as_tensor(b), torch.as_tensor(s)) for b, s in pairs]
+    with pytest.raises(lp.BackendError, match="arrays of different libraries cannot be mixed"):
+        lp.compact_bilinear_pool(X, 8, hashes=mixed)
+    for kwargs, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            lp.compact_bilinear_pool(X, 8, **kwargs)
 
 
 def test_function_and_layer_take_the_same_seeds():

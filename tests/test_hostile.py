@@ -186,6 +186,7 @@ ARGUMENTS = [
     "x",
     "bias",
     "weights",
+    "hashes",
     "cp",
     "tucker",
     "eig",

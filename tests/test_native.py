@@ -212,8 +212,8 @@ def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dty
 
 
 def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatch):
-    """What the fast path does not take (or the kernel does not serve, for inference) reaches the general
-    path: its errors name the argument."""
+    """What the fast path does not take reaches the general path: its errors name the argument. Inference
+    calls that the kernel does not serve stay on the fast path, with the torch products (as on a GPU)."""
     from lowrank_pool import _torch_kernels
 
     monkeypatch.setattr(_native, "kernel", lambda: native)
@@ -222,15 +222,21 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
         (X, A, torch.randn(5)),  # b of the wrong size
         (X, A.double(), b),  # mixed dtypes (the general path promotes)
         (X.half(), A.half(), b.half()),  # float16 (computed in float32 by the general path)
-        (X.mT, A[:2], b[:2]),  # (B, n, f) on transposed storage: not served by the kernel (inference)
+        (X.mT, A[:2], b[:2]),  # (B, n, f) = (2, 4, 5) against A, b of f = 2
         (torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last), A, b),
-        (X, A, torch.randn(8)[::2]),  # a strided b: not served by the kernel (inference)
         (X, A.to("meta"), b.to("meta")),  # two devices
         (X, A.numpy(), b),  # mixed libraries
         (torch.randn(2, 0, 4), A, b),  # no positions
     ]
     for x, a, bb in declined:
         assert _torch_kernels.fast_shared_scores(x, a, bb, "linear", rank1=True) is None
+    not_served = [
+        (torch.randn(2, 4, 5).mT, A, b),  # (B, n, f) on transposed storage
+        (X, A, torch.randn(8)[::2]),  # a strided b
+    ]
+    for x, a, bb in not_served:  # the general path's answer (channel_axis given: the fast path declines)
+        got = _torch_kernels.fast_shared_scores(x, a, bb, "linear", rank1=True)
+        torch.testing.assert_close(got, lp.rank1_pool(x, a, bb, channel_axis=-1))
     assert _torch_kernels.fast_shared_scores(X, A, b, "sigmoid", rank1=True) is None
     assert _torch_kernels.fast_shared_scores(X, A, b, ["linear"], rank1=True) is None
     with pytest.raises(lp.ShapeError, match="b: expected shape"):

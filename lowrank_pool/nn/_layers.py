@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 import lowrank_pool as lp
+from lowrank_pool.compact import sketch_hashes
 from lowrank_pool.validation import (
     ATTENTIONS,
     NORMALIZATIONS,
@@ -649,7 +651,19 @@ class CompactBilinearPool(PoolingHead):
         self.eps = check_number(eps, "eps")
         self._reserve(weight=(self.dim, num_classes))
         self.weight = self._param(self.dim, num_classes)  # (d, K)
+        # the seed's hashes on the layer's device (not saved: the seed makes them), so that a step on a
+        # GPU makes no host-to-device copy; rebuilt if the seed or dim is changed afterwards
+        self._hashed: tuple[int, int] | None = None
+        self.register_buffer("sketch_bins", None, persistent=False)
+        self.register_buffer("sketch_signs", None, persistent=False)
+        self._hash(device, dtype)
         self.reset_parameters(generator)
+
+    def _hash(self, device: Any, dtype: torch.dtype | None) -> None:
+        pairs = sketch_hashes(self.in_channels, self.dim, self.seed)
+        self.sketch_bins = torch.as_tensor(np.stack([b for b, _ in pairs]), device=device)  # (2, f) int64
+        self.sketch_signs = torch.as_tensor(np.stack([s for _, s in pairs]), dtype=dtype, device=device)  # ±1
+        self._hashed = (self.seed, self.dim)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         std = fan_std(self.dim) if self.normalize else 1.0 / self.in_channels
@@ -658,7 +672,10 @@ class CompactBilinearPool(PoolingHead):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        psi = lp.compact_bilinear_pool(x, self.dim, seed=self.seed, channel_axis=self.channel_axis)
+        if self._hashed != (self.seed, self.dim):
+            self._hash(self.weight.device, self.weight.dtype)
+        pairs = [(self.sketch_bins[i], self.sketch_signs[i]) for i in range(2)]
+        psi = lp.compact_bilinear_pool(x, self.dim, hashes=pairs, channel_axis=self.channel_axis)
         norm = self.normalize or ""
         if norm.startswith("signed_sqrt"):
             psi = lp.signed_sqrt(psi, eps=self.eps)

@@ -1,0 +1,177 @@
+"""The attentional and CP heads on a CUDA device, against the forms users write by hand, with a roofline.
+
+The GPU runs the torch path of every function (the compiled kernel is CPU-only). For the four
+reference shapes of ``make bench`` (NCHW input, float32, TF32 off), this times the forward under
+``no_grad`` and a forward+backward with CUDA events (median of ``--reps`` calls, X rewritten before
+each, as a backbone would have just written it), and reports each time against a roofline measured in
+the same run: max(FLOPs of the cheapest algorithm / the device's float32 GEMM rate, bytes that must
+move / the device's read bandwidth). The hand-written baselines are those of ``make bench``: the GEMM
+form ``((X @ [A | b]) ...)`` and the re-associated form, in plain autograd and under torch.compile
+(inductor). Peak device memory of a training step is reported in units of X.
+Run: ``python benchmarks/gpu.py [--batch 32] [--out DIR]`` on a machine with a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from run import SHAPES, _gemm_form, _reassociated_form, roofline_costs  # benchmarks/run.py, beside this script
+
+import lowrank_pool as lp
+
+P, R = 4, 64  # as make bench: rank-P attention with P = 4 maps, CP of rank 64
+
+
+def _events_ms(fn: Callable[[], Any], before: Callable[[], Any], reps: int) -> float:
+    """Median device time of fn() in ms, before() run (untimed) ahead of each call."""
+    for _ in range(3):
+        before()
+        fn()
+    times = []
+    for _ in range(reps):
+        before()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def machine_limits() -> dict[str, float]:
+    """float32 GEMM rate (GF/s, TF32 off) and read bandwidth (GB/s) of the device, measured now."""
+    a = torch.randn(8192, 8192, device="cuda")
+    gemm_ms = min(_events_ms(functools.partial(torch.matmul, a, a), lambda: None, 5) for _ in range(3))
+    big = torch.ones(2**29, device="cuda")  # 2 GiB
+    read_ms = min(_events_ms(big.sum, lambda: None, 5) for _ in range(3))
+    return {"gflops": 2 * 8192**3 / gemm_ms / 1e6, "read_gbps": 2**31 / read_ms / 1e6}
+
+
+def _forms(f: int, k: int) -> dict[str, tuple[str, Callable[..., Any], tuple[torch.Tensor, ...]]]:
+    """name -> (roofline method, callable(x, *params), params), all on the device."""
+
+    def param(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, device="cuda") / f**0.5).requires_grad_()
+
+    a, b = param(f, k), param(f)
+    ap = (torch.randn(P, f, k, device="cuda") / f**0.5).permute(1, 2, 0).requires_grad_()  # read in place
+    bp = param(f, P)
+    cp = (None, [param(k, R), param(f, R), param(f, R)])
+    compiled_gemm = torch.compile(_gemm_form, dynamic=False)
+    compiled_re = torch.compile(_reassociated_form, dynamic=False)
+    compiled_ours = torch.compile(lp.rank1_pool, dynamic=False, fullgraph=True)
+    return {
+        "rank1_pool": ("rank1", lp.rank1_pool, (a, b)),
+        "hand: GEMM form": ("rank1", _gemm_form, (a, b)),
+        "hand: re-associated": ("rank1", _reassociated_form, (a, b)),
+        "hand: GEMM form, compiled": ("rank1", compiled_gemm, (a, b)),
+        "hand: re-associated, compiled": ("rank1", compiled_re, (a, b)),
+        "rank1_pool, compiled": ("rank1", compiled_ours, (a, b)),
+        "rankp_pool (P = 4)": ("rankp", lp.rankp_pool, (ap, bp)),
+        "cp_pool (R = 64)": ("cp64", lambda x, *fs: lp.cp_pool(x, (None, list(fs))), tuple(cp[1])),
+    }
+
+
+def _measure(fn: Callable[..., Any], x: torch.Tensor, params: tuple[torch.Tensor, ...], reps: int) -> dict[str, float]:
+    leaves = [x, *params]
+
+    def prepare() -> None:
+        for t in leaves:
+            t.grad = None
+        with torch.no_grad():
+            x.mul_(1.0)
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(x, *params)
+
+    def step() -> None:
+        fn(x, *params).sum().backward()
+
+    out = {"fwd": _events_ms(forward, prepare, reps), "fwd+bwd": _events_ms(step, prepare, reps)}
+    prepare()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    out["peak_x"] = (torch.cuda.max_memory_allocated() - base) / (x.numel() * x.element_size())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure (make bench measures the CPU)", file=sys.stderr)
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here, as on the CPU
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    limits = machine_limits()
+    torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name()
+    head = (
+        f"{name}; torch {torch.__version__}; batch {args.batch}, float32 (TF32 off), NCHW input; "
+        f"float32 GEMM {limits['gflops']:.0f} GF/s, read bandwidth {limits['read_gbps']:.0f} GB/s (measured now)"
+    )
+    lines = [
+        f"# GPU benchmark, batch {args.batch}",
+        "",
+        head,
+        "",
+        "| (n, f, K) | method | fwd ms (eff) | fwd+bwd ms (eff) | fwd+bwd: rank1_pool's lead | peak of a step |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    rows = []
+    for n, f, k in SHAPES:
+        side = round(n**0.5)
+        hw = (side, side) if side * side == n else (n, 1)
+        x = torch.randn(args.batch, f, *hw, device="cuda", requires_grad=True)
+        ours = None
+        for label, (method, fn, params) in _forms(f, k).items():
+            m = _measure(fn, x, params, args.reps)
+            roof = {
+                mode: max(
+                    c[0] / limits["gflops"] / 1e6,
+                    c[1] / limits["read_gbps"] / 1e6,
+                )
+                for mode, c in (
+                    ("fwd", roofline_costs(method, args.batch, n, f, k, R, 4, False)),
+                    ("fwd+bwd", roofline_costs(method, args.batch, n, f, k, R, 4, True)),
+                )
+            }
+            if label == "rank1_pool":
+                ours = m["fwd+bwd"]
+            lead = f"{m['fwd+bwd'] / ours:.2f}x" if label.startswith(("hand", "rank1_pool,")) and ours else ""
+            row = (
+                f"| {(n, f, k)} | {label} | {m['fwd']:.3f} ({roof['fwd'] / m['fwd']:.2f}) | "
+                f"{m['fwd+bwd']:.3f} ({roof['fwd+bwd'] / m['fwd+bwd']:.2f}) | {lead} | {m['peak_x']:.2f} X |"
+            )
+            print(row, flush=True)
+            lines.append(row)
+            rows.append({"shape": [n, f, k], "method": label, **m, **{f"roof_{k_}": v for k_, v in roof.items()}})
+        del x
+        torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "gpu.json"), "w") as fh:
+        json.dump({"device": name, "torch": torch.__version__, "limits": limits, "rows": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
