@@ -158,6 +158,7 @@ def test_factorized_training_step_on_nchw_makes_no_copy_of_x(head):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:TensorFloat32 tensor cores:UserWarning")  # float32 is kept: TF32 stays off
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex:UserWarning")  # FFT
 @pytest.mark.parametrize(
     "name", ["attn1", "attn3_softmax", "attn2_perclass_relu", "cp", "tucker", "eig", "bilinear", "compact", "pose"]
 )
