@@ -47,27 +47,38 @@ _ATTENTION_CODES = {"linear": 0, "relu": 1, "softmax": 2}
 
 def _native_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor) -> Any:
     """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, plain tensors outside
-    autocast, vmap and torch.compile; X and B contiguous); None sends the call down the torch path."""
-    if x.device.type != "cpu" or _is_compiling() or torch.is_autocast_enabled("cpu"):  # a GPU's calls stop here
+    autocast, vmap and torch.compile; X and B contiguous); None sends the call down the torch path.
+
+    Every test here runs on every call: each costs 2-25 µs when the rest of a network has evicted torch's
+    bindings from the caches (``t.device.type`` 25 µs, ``t.is_cpu`` 2 µs), so the cheap ones come first
+    and functorch's wrappers are looked for only inside a functorch transform.
+    """
+    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu"):  # a GPU's calls stop here
         return None
     kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
     if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
         return None
     dtype = x.dtype
-    for t in (x, bm, *others):
-        if t.device.type != "cpu" or t.dtype != dtype or _is_wrapped(t):
-            return None
-    if dtype not in (torch.float32, torch.float64):
+    if dtype not in _KERNEL_DTYPES:
+        return None
+    tensors = (x, bm, *others)
+    for t in tensors:
+        if (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)) or not t.is_cpu or t.dtype != dtype:
+            return None  # (a tensor subclass: the kernel needs plain storage)
+    if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
         return None
     return kernel
 
 
-def _is_wrapped(t: torch.Tensor) -> bool:
-    """A functorch (vmap/grad) wrapper or a tensor subclass: the compiled kernel needs plain storage."""
-    functorch = getattr(torch._C, "_functorch", None)
-    if functorch is not None and functorch.is_functorch_wrapped_tensor(t):
-        return True
-    return type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)
+_FUNCTORCH = getattr(torch._C, "_functorch", None)
+_PEEK = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
+
+
+def _in_functorch_transform() -> bool:
+    """Whether a vmap/grad transform is active (only then can a tensor be one of its wrappers)."""
+    if _FUNCTORCH is None:
+        return False
+    return _PEEK is None or _PEEK() is not None
 
 
 def _bottom_up(xt: torch.Tensor, m: torch.Tensor, channels_first: bool) -> torch.Tensor:
@@ -257,7 +268,7 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     dtype, nd = x.dtype, x.dim()
     if dtype not in _KERNEL_DTYPES or a.dtype != dtype or bm.dtype != dtype or not 3 <= nd <= 5:
         return None
-    if a.device != x.device or bm.device != x.device:
+    if not (x.is_cpu and a.is_cpu and bm.is_cpu) and (a.device != x.device or bm.device != x.device):
         return None
     shape = x.shape
     cf = nd > 3
@@ -268,13 +279,18 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     if rank1:
         if a.dim() != 2 or bm.dim() != 1 or a.shape[0] != f or bm.shape[0] != f:
             return None
-        a3, bm = a.unsqueeze(0), bm.view(f, 1)
+        if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0:
+            return None
     else:
         if a.dim() != 3 or bm.dim() != 2 or a.shape[0] != f or bm.shape[0] != f or a.shape[2] != bm.shape[1]:
             return None
-        a3 = a.permute(2, 0, 1)
-    if shape[0] == 0 or n == 0 or f == 0 or a3.shape[0] == 0 or a3.shape[2] == 0:
-        return None
+        if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0 or a.shape[2] == 0:
+            return None
+    if not _differentiated(x, a, bm):  # inference: one call into the kernel, which takes the views itself
+        kernel = _native_kernel(x, bm, a)
+        if kernel is not None:
+            return kernel.scores_inference(x, bm, a, cf, code, 1.0 / n)
+    a3, bm = (a.unsqueeze(0), bm.view(f, 1)) if rank1 else (a.permute(2, 0, 1), bm)
     x = x.view(shape[0], f, n) if cf else x
     s = shared_bottom_up_scores(x, bm, a3, channels_first=cf, attention=attention, positions=n)
     return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n) if s is None else s
@@ -292,8 +308,8 @@ def _differentiated(*tensors: torch.Tensor) -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
 
 
+_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling  # < 2.3
+
+
 def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    return bool(torch._dynamo.is_compiling())  # torch < 2.3
+    return bool(_COMPILING())

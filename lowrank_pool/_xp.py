@@ -412,9 +412,14 @@ def torch_fast_scores(
     torch = sys.modules.get("torch")
     if torch is None or type(x) is not torch.Tensor or channel_axis is not None or check_finite is not False:
         return None
-    from ._torch_kernels import fast_shared_scores
+    if not _FAST:  # imported once: an import statement per call costs ~10 µs once caches are cold
+        from . import _torch_kernels
 
-    return fast_shared_scores(x, a, bm, attention, rank1=rank1)
+        _FAST.append(_torch_kernels)
+    return _FAST[0].fast_shared_scores(x, a, bm, attention, rank1=rank1)
+
+
+_FAST: list[Any] = []
 
 
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:

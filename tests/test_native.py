@@ -37,6 +37,10 @@ def counted(native, monkeypatch):
             calls["backward"] += 1
             return native.scores_backward(*args)
 
+        def scores_inference(self, *args):
+            calls["forward"] += 1
+            return native.scores_inference(*args)
+
     monkeypatch.setattr(_native, "kernel", lambda: Counting())
     return calls
 

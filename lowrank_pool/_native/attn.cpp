@@ -1011,6 +1011,17 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
   return {s, u, v, copy};
 }
 
+// Inference: s (B, K) alone, from the tensors as the caller holds them (one call from Python, no views made
+// there: with cold caches each tensor Python creates or returns costs tens of microseconds). x: (B, n, f), or
+// channels-first (B, f, ...) contiguous; b: (f,) or (f, P); a: (f, K) with a (f,) b, else (f, K, P).
+torch::Tensor scores_inference(torch::Tensor x, torch::Tensor b, torch::Tensor a, bool cf, int64_t att, double scale) {
+  if (cf && x.dim() > 3) x = x.view({x.size(0), x.size(1), -1});
+  const bool rank1 = b.dim() == 1;
+  TORCH_CHECK(a.dim() == (rank1 ? 2 : 3), "lowrank_pool native kernel: a (f, K) with b (f,), (f, K, P) with B (f, P)");
+  return scores_forward(x, rank1 ? b.view({b.size(0), 1}) : b, rank1 ? a.unsqueeze(0) : a.permute({2, 0, 1}), cf,
+                        att, scale)[0];
+}
+
 // returns (∂X in X's layout, ∂B (f, P), ∂A (P, f, K)), each an empty tensor where not needed; g: ∂L/∂s (B, K)
 std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, torch::Tensor a, torch::Tensor u,
                                            torch::Tensor v, torch::Tensor g, bool cf, int64_t att, double scale,
@@ -1083,6 +1094,7 @@ int64_t cache_bytes(bool release) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scores_forward", &scores_forward, "s, U, V of attention-weighted pooling with a shared B");
+  m.def("scores_inference", &scores_inference, "s alone, from X, b or B, and A as the caller holds them");
   m.def("scores_backward", &scores_backward, "dX, dB, dA of attention-weighted pooling with a shared B");
   m.def("cache_bytes", &cache_bytes, "bytes held by the dX cache; release=True frees them");
 }
