@@ -31,6 +31,13 @@ from lowrank_pool.nn import (  # noqa: E402
 from lowrank_pool.testing import assert_close  # noqa: E402
 
 F_IN, K = 6, 4
+# the tests that take a device run on the CPU, and on CUDA where a GPU answers (tests/test_cuda.py has more)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    ),
+]
 
 
 def gen(seed=0):
@@ -152,10 +159,11 @@ def test_layer_channel_axis_option(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_layer_gradients(name):
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_gradients(name, device):
     """gradcheck of the scores with respect to the input and every parameter (float64)."""
-    layer = make(name)
-    x = _inputs("nchw")[:2, :, :, :3].clone().requires_grad_()
+    layer = make(name).to(device)
+    x = _inputs("nchw")[:2, :, :, :3].to(device).requires_grad_()
     params = dict(layer.named_parameters())
 
     def fn(x, *values):
@@ -465,24 +473,25 @@ def test_autocast_bfloat16():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_training_under_autocast_with_backward_outside_the_block(name):
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_under_autocast_with_backward_outside_the_block(name, device):
     """The usual bfloat16 loop: forward under autocast, loss and backward() after it; gradients close to float32."""
-    layer = make(name, dtype=torch.float32)
-    x = torch.randn(4, F_IN, 5, 5, generator=gen(7))
-    w = torch.randn(4, K, generator=gen(8))
+    layer = make(name, dtype=torch.float32).to(device)
+    x = torch.randn(4, F_IN, 5, 5, generator=gen(7)).to(device)
+    w = torch.randn(4, K, generator=gen(8)).to(device)
     grads = []
     for amp in (False, True):
         layer.zero_grad()
         xi = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             s = scores(layer, xi)
         (s.float() * w).sum().backward()
         grads.append([xi.grad, *(p.grad for p in layer.parameters())])
     for ref, got in zip(*grads, strict=True):
         assert got is not None and got.dtype == ref.dtype and torch.isfinite(got).all(), name
         # bfloat16 keeps 8 significant bits: every product is off by a few 2^-8 of its scale (the compact
-        # sketch stays in float32 under autocast: its signed square root's derivative 1/(2√|ψ|) would
-        # magnify that rounding on its near-zero entries)
+        # sketch and a bilinear M followed by a signed square root stay in float32 under autocast: the
+        # root's derivative 1/(2√|m|) would magnify that rounding on their near-zero entries)
         assert (got - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-6, (name, (got - ref).abs().max())
 
 
