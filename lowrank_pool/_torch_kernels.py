@@ -70,8 +70,8 @@ def _native_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor) -> 
     return kernel
 
 
-_FUNCTORCH = getattr(torch._C, "_functorch", None)
-_PEEK = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
+_FUNCTORCH: Any = getattr(torch._C, "_functorch", None)
+_PEEK: Any = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
 
 
 def _in_functorch_transform() -> bool:
