@@ -229,16 +229,25 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
 
 
 def shared_bottom_up_scores(
-    x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, *, channels_first: bool, attention: str, positions: int
+    x: torch.Tensor,
+    bm: torch.Tensor,
+    a3: torch.Tensor,
+    *,
+    channels_first: bool,
+    attention: str,
+    positions: int,
+    differentiated: bool | None = None,
 ) -> torch.Tensor | None:
     """Scores (B, K), divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f), a3 is A as
-    (P, f, K) (any strides).
+    (P, f, K) (any strides). ``differentiated``: the caller's answer of :func:`_differentiated`, if it has one.
 
     None for an inference call that the compiled kernel does not serve (the caller's stock products
     are then as good as the Function's torch path, without its set-up).
     """
     scale = 1.0 / positions
-    if not _differentiated(x, bm, a3):  # inference: the compiled kernel without the autograd Function
+    if differentiated is None:
+        differentiated = _differentiated(x, bm, a3)
+    if not differentiated:  # inference: the compiled kernel without the autograd Function
         native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
         if native is None:
             return None
@@ -286,13 +295,14 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
             return None
         if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0 or a.shape[2] == 0:
             return None
-    if not _differentiated(x, a, bm):  # inference: one call into the kernel, which takes the views itself
+    grad = _differentiated(x, a, bm)
+    if not grad:  # inference: one call into the kernel, which takes the views itself
         kernel = _native_kernel(x, bm, a)
         if kernel is not None:
             return kernel.scores_inference(x, bm, a, cf, code, 1.0 / n)
     a3, bm = (a.unsqueeze(0), bm.view(f, 1)) if rank1 else (a.permute(2, 0, 1), bm)
     x = x.view(shape[0], f, n) if cf else x
-    s = shared_bottom_up_scores(x, bm, a3, channels_first=cf, attention=attention, positions=n)
+    s = shared_bottom_up_scores(x, bm, a3, channels_first=cf, attention=attention, positions=n, differentiated=grad)
     return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n) if s is None else s
 
 
