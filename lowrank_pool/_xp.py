@@ -325,8 +325,7 @@ def scatter_sum(xp: Namespace, y: Array, index: Any, size: int, axis: int) -> Ar
     ``index`` is an integer array (len = y's length on ``axis``), numpy or of y's library on its
     device; repeated bins add up (a count sketch). Each library's own scatter-add: O(y.size) work,
     where the generic form (a product with the dense one-hot (len, size) matrix, kept for the other
-    libraries) costs
-    O(y.size · size): 2.4 s instead of 0.1 s for a (32, 49, 2048) sketch of size 8192.
+    libraries) costs O(y.size · size): 2.4 s instead of 0.1 s for a (32, 49, 2048) sketch of size 8192.
     """
     shape = list(shape_of(y))
     shape[axis] = size
@@ -455,7 +454,7 @@ def full_precision(xp: Namespace, x: Array) -> Iterator[None]:
     device = getattr(getattr(x, "device", None), "type", "")
     available = getattr(getattr(torch, "amp", None), "is_autocast_available", None)  # torch >= 2.4
     compiler = getattr(torch, "compiler", None)
-    if available is None or getattr(compiler, "is_compiling", bool)():  # dynamo < 2.13 cannot trace it
+    if available is None or getattr(compiler, "is_compiling", bool)():  # torch 2.11's dynamo cannot trace it
         available = ("cpu", "cuda", "xpu", "mps", "hpu").__contains__
     if torch is None or not available(device):
         yield  # not torch, or a device without autocast (meta): nothing to turn off

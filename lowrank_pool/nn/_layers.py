@@ -656,10 +656,10 @@ class CompactBilinearPool(PoolingHead):
         self._hashed: tuple[int, int] | None = None
         self.register_buffer("sketch_bins", None, persistent=False)
         self.register_buffer("sketch_signs", None, persistent=False)
-        self._hash(device, dtype)
+        self._hash(self.weight.device, self.weight.dtype)
         self.reset_parameters(generator)
 
-    def _hash(self, device: Any, dtype: torch.dtype | None) -> None:
+    def _hash(self, device: torch.device, dtype: torch.dtype) -> None:
         pairs = sketch_hashes(self.in_channels, self.dim, self.seed)
         self.sketch_bins = torch.as_tensor(np.stack([b for b, _ in pairs]), device=device)  # (2, f) int64
         self.sketch_signs = torch.as_tensor(np.stack([s for _, s in pairs]), dtype=dtype, device=device)  # ±1
