@@ -103,6 +103,29 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
         assert torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1.0)), (got - want).abs().max()
 
 
+@pytest.mark.parametrize(("f", "k", "p"), [(2048, 5, 3), (1000, 32, 1), (4096, 2, 4)])
+@pytest.mark.parametrize("layout", ["pfk", "fkp"])
+def test_transpositions_of_a_split_across_threads(native, f, k, p, layout):
+    """A's transpositions (Aᵀ for the small products, ∂A back to (P, f, K)) run in tasks of about 8K
+    numbers: at these sizes in several, on both A layouts; values and gradients equal the torch path's."""
+    g = torch.Generator().manual_seed(f + k + p)
+    X = torch.randn(3, f, 4, 2, generator=g, dtype=torch.float64)
+    A = torch.randn(p, f, k, generator=g, dtype=torch.float64).permute(1, 2, 0)
+    if layout == "fkp":
+        A = A.contiguous()
+    B = torch.randn(f, p, generator=g, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        s_native, g_native = _run(X, A, B, "relu", None)
+        with torch.no_grad():
+            inference = lp.rankp_pool(X, A, B, attention="relu")
+        mp.setattr(_native, "kernel", lambda: None)
+        s_torch, g_torch = _run(X, A, B, "relu", None)
+    tol = 8 * (f + 8 + k * p) * eps_of(torch.float64)
+    for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
+        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+
+
 @pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 def test_native_path_runs_and_passes_gradcheck(counted, attention, layout):
