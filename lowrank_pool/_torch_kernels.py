@@ -229,29 +229,26 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
 
 
 def shared_bottom_up_scores(
-    x: torch.Tensor,
-    bm: torch.Tensor,
-    a3: torch.Tensor,
-    *,
-    channels_first: bool,
-    attention: str,
-    positions: int,
-    differentiated: bool | None = None,
-) -> torch.Tensor | None:
+    x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, *, channels_first: bool, attention: str, positions: int
+) -> torch.Tensor:
     """Scores (B, K), divided by ``positions``; x is (B, f, n) if ``channels_first`` else (B, n, f), a3 is A as
-    (P, f, K) (any strides). ``differentiated``: the caller's answer of :func:`_differentiated`, if it has one.
+    (P, f, K) (any strides).
 
-    None for an inference call that the compiled kernel does not serve (the caller's stock products
-    are then as good as the Function's torch path, without its set-up).
+    Training runs the autograd Function (∂X written once, in X's layout). Inference runs without it:
+    the compiled kernel where it serves the call, else the Function's stock products.
     """
     scale = 1.0 / positions
-    if differentiated is None:
-        differentiated = _differentiated(x, bm, a3)
-    if not differentiated:  # inference: the compiled kernel without the autograd Function
-        native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
-        if native is None:
-            return None
+    if _differentiated(x, bm, a3):
+        return _function_scores(x, bm, a3, channels_first, attention, scale)
+    native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
+    if native is not None:
         return native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
+    return _scores(_maps(x, bm, channels_first, attention)[3], a3, scale)
+
+
+def _function_scores(
+    x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: str, scale: float
+) -> torch.Tensor:
     fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
     return fn.apply(x, bm, a3, channels_first, attention, scale)[0]
 
@@ -263,11 +260,10 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     (B, n, f) or contiguous channels-first (B, f, H, W) / (B, f, T, H, W), factors of matching shapes,
     the default ``channel_axis`` and ``check_finite`` (the caller tests those). What the general path's
     validation would then do is only to take these same views, so they go straight to
-    :func:`shared_bottom_up_scores`, skipping checks whose Python and dispatcher calls cost ~0.2 ms per
-    call once the rest of a network has evicted them from the caches. An inference call that the
-    compiled kernel does not serve (every call on a GPU) runs the Function's stock products without
-    the Function: the general path's checks cost 0.12 ms more per call than the products at small
-    sizes. Anything else returns None: the general path validates (and names a bad argument) and computes.
+    the computation of :func:`shared_bottom_up_scores`, skipping checks whose Python and dispatcher calls
+    cost ~0.2 ms per call once the rest of a network has evicted them from the caches (on a GPU the
+    general path's checks cost 0.12 ms more per call than the products at small sizes). Anything else
+    returns None: the general path validates (and names a bad argument) and computes.
     """
     code = _ATTENTION_CODES.get(attention) if type(attention) is str else None
     if code is None or type(a) not in _PLAIN or type(bm) not in _PLAIN:
@@ -302,8 +298,9 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
             return kernel.scores_inference(x, bm, a, cf, code, 1.0 / n)
     a3, bm = (a.unsqueeze(0), bm.view(f, 1)) if rank1 else (a.permute(2, 0, 1), bm)
     x = x.view(shape[0], f, n) if cf else x
-    s = shared_bottom_up_scores(x, bm, a3, channels_first=cf, attention=attention, positions=n, differentiated=grad)
-    return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n) if s is None else s
+    if grad:
+        return _function_scores(x, bm, a3, cf, attention, 1.0 / n)
+    return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n)  # inference the kernel does not serve (GPUs)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

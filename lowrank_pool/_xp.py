@@ -340,7 +340,7 @@ def scatter_sum(xp: Namespace, y: Array, index: Any, size: int, axis: int) -> Ar
         return z
     if aac.is_jax_namespace(xp):
         return xp.zeros(shape, dtype=y.dtype).at[where].add(y)
-    if isinstance(index, np.ndarray):
+    if is_numpy_array(index):
         index = xp.asarray(index, device=device_of(y))
     onehot = xp.astype(index[:, None] == xp.arange(size, dtype=index.dtype, device=device_of(y))[None, :], y.dtype)
     moved = xp.moveaxis(y, axis, -1)
@@ -388,13 +388,13 @@ def gram_product(xp: Namespace, feats: Features) -> Array:
 def torch_shared_scores(
     xp: Namespace, x: Array, bm: Array, a3: Array, *, channels_first: bool, attention: str, positions: int
 ) -> Array | None:
-    """Scores of attention-weighted pooling with a shared B through the torch kernel, or None.
+    """Scores of attention-weighted pooling with a shared B for torch arrays (None for other libraries).
 
-    The kernel runs for torch arrays that autograd may differentiate (its Function writes ∂X once,
-    in X's layout) and, for inference, where the compiled CPU kernel serves the inputs (it reads X
-    once per pass in its own layout: measured 1.2-5x faster than the stock batched products); None
-    asks the caller for the stock products. One call, one set of checks: with cold caches each
-    check costs tens of microseconds.
+    Training runs the torch kernel's autograd Function (∂X written once, in X's layout); inference the
+    compiled CPU kernel where it serves the inputs (it reads X once per pass in its own layout:
+    measured 1.2-5x faster than the stock batched products), else the same stock products as the
+    Function's torch path. One call, one set of checks: with cold caches each check costs tens of
+    microseconds.
     """
     if not is_torch(xp):
         return None

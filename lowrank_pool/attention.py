@@ -140,13 +140,13 @@ def _maps(xp: Namespace, feats: Features, a: Array, bm: Array, attention: str) -
 def _shared_scores(xp: Namespace, feats: Features, bm: Array, a3: Array, attention: str) -> Array:
     """(1/n) Σ_p (X a_kp)ᵀ σ(X b_p) as vec(Xᵀ σ(X B)) @ A / n, with B (f, P) and A seen as (P, f, K).
 
-    With torch tensors that need gradients the product runs as one autograd Function whose
-    backward writes ∂X once, in X's layout (``_torch_kernels``).
+    Torch tensors go to ``_torch_kernels`` (an autograd Function whose backward writes ∂X once, in X's
+    layout; the compiled CPU kernel for inference); the products below serve the other libraries.
     """
     s = torch_shared_scores(
         xp, feats.data, bm, a3, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
     )
-    if s is not None:
+    if s is not None:  # torch
         return s
     u = activate(xp, project(xp, feats, bm), attention)  # (B, n, P)
     v = weighted_sum(xp, feats, u)  # (B, P, f): Xᵀ σ(X B)

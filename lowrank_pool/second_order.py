@@ -11,6 +11,7 @@ Why the mean and not the sum: docs/conventions.md, "Scale"; the math: docs/math.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 from ._checks import check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
@@ -147,10 +148,8 @@ def bilinear_pool(
     check_factor(feats, "W", w, ("K", "f", "f"), channel_axis, f_axis=1)
     if normalize is None:
         return bilinear_scores(xp, feats, w)
-    if "signed_sqrt" in normalize:  # its derivative 1/(2√(|m|+ε)) magnifies the rounding of M: not under autocast
-        with full_precision(xp, feats.data):
-            m = second_moment(xp, feats)
-    else:
+    # the signed square root's derivative 1/(2√(|m|+ε)) magnifies the rounding of M: M not under autocast
+    with full_precision(xp, feats.data) if "signed_sqrt" in normalize else nullcontext():
         m = second_moment(xp, feats)
     return descriptor_scores(xp, normalized_descriptor(xp, m, normalize, eps, num_iters), w)
 
