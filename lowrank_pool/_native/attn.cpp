@@ -864,13 +864,18 @@ void copy_tiles(const T* src, int64_t si, int64_t sj, T* dst, int64_t di, int64_
 constexpr int64_t kCopyTile = 16;
 constexpr int64_t kCopyGrain = 8192;  // numbers per task
 
+// `blocks` transpositions of rows × cols at src + b·sb / dst + b·db, their tiles split into tasks of about
+// kCopyGrain numbers over every thread
 template <typename T>
-void copy_tiles_parallel(const T* src, int64_t si, int64_t sj, T* dst, int64_t di, int64_t dj, int64_t rows,
-                         int64_t cols) {
+void copy_tiles_parallel(const T* src, int64_t sb, int64_t si, int64_t sj, T* dst, int64_t db, int64_t di, int64_t dj,
+                         int64_t blocks, int64_t rows, int64_t cols) {
+  const int64_t tiles = (rows + kCopyTile - 1) / kCopyTile;
   const int64_t grain = std::max<int64_t>(1, kCopyGrain / (kCopyTile * std::max<int64_t>(1, cols)));
-  at::parallel_for(0, (rows + kCopyTile - 1) / kCopyTile, grain, [&](int64_t t0, int64_t t1) {
-    const int64_t r0 = t0 * kCopyTile, r1 = std::min(rows, t1 * kCopyTile);
-    copy_tiles(src + r0 * si, si, sj, dst + r0 * di, di, dj, r1 - r0, cols);
+  at::parallel_for(0, blocks * tiles, grain, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / tiles, r0 = (q % tiles) * kCopyTile;
+      copy_tiles(src + b * sb + r0 * si, si, sj, dst + b * db + r0 * di, di, dj, std::min(kCopyTile, rows - r0), cols);
+    }
   });
 }
 
@@ -878,17 +883,8 @@ void copy_tiles_parallel(const T* src, int64_t si, int64_t sj, T* dst, int64_t d
 template <typename T>
 std::vector<T> pack_at(const torch::Tensor& a) {
   const int64_t P = a.size(0), f = a.size(1), K = a.size(2), M = P * f;
-  const int64_t s0 = a.stride(0), s1 = a.stride(1), s2 = a.stride(2);
-  const T* ap = a.data_ptr<T>();
   std::vector<T> at(K * M);
-  const int64_t tiles = (f + kCopyTile - 1) / kCopyTile;
-  const int64_t grain = std::max<int64_t>(1, kCopyGrain / (kCopyTile * std::max<int64_t>(1, K)));
-  at::parallel_for(0, P * tiles, grain, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = q / tiles, c0 = (q % tiles) * kCopyTile;
-      copy_tiles(ap + p * s0 + c0 * s1, s1, s2, at.data() + p * f + c0, 1, M, std::min(kCopyTile, f - c0), K);
-    }
-  });
+  copy_tiles_parallel(a.data_ptr<T>(), a.stride(0), a.stride(1), a.stride(2), at.data(), f, 1, M, P, f, K);
   return at;
 }
 
@@ -1086,7 +1082,7 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         for (int64_t k = 0; k < B * K; ++k) coef[k] = sc * gp[k];
         std::vector<T> gat(K * M);
         small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.data(), K, M);
-        copy_tiles_parallel(gat.data(), 1, M, ga.data_ptr<T>(), K, 1, M, K);
+        copy_tiles_parallel(gat.data(), 0, 1, M, ga.data_ptr<T>(), 0, K, 1, 1, M, K);
       }
     } else {  // scale on g (B × K), not on the M × K products
       const auto a2 = a.reshape({M, K});
