@@ -178,10 +178,11 @@ class _SharedBottomUp(torch.autograd.Function):
         batch, p, f = v.shape
         a2 = a3.reshape(p * f, a3.shape[-1])
         gx = gbm = ga = None
+        g = g * ctx.scale  # on g (B × K), once for both products (one kernel fewer on a GPU)
         if need_a:
-            ga = (torch.matmul(v.flatten(1).mT, g) * ctx.scale).view(a3.shape)
+            ga = torch.matmul(v.flatten(1).mT, g).view(a3.shape)
         if need_x or need_b:
-            gv = (torch.matmul(g, a2.mT) * ctx.scale).view(batch, p, f)
+            gv = torch.matmul(g, a2.mT).view(batch, p, f)
             gz = _activation_derivative(u, torch.matmul(gv, xt), ctx.attention)  # (B, P, n)
             if need_b:
                 gbm = torch.matmul(xt, gz.mT).sum(0)
