@@ -32,6 +32,7 @@
 #include <cstring>
 #include <deque>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -939,10 +940,10 @@ void copy_tiles_parallel(const T* src, int64_t sb, int64_t si, int64_t sj, T* ds
 
 // Aᵀ (K, M) packed from a (P, f, K) view: Aᵀ[k, p·f + c] = A[p, c, k]; the P maps' tiles in one parallel region
 template <typename T>
-std::vector<T> pack_at(const torch::Tensor& a) {
+std::unique_ptr<T[]> pack_at(const torch::Tensor& a) {
   const int64_t P = a.size(0), f = a.size(1), K = a.size(2), M = P * f;
-  std::vector<T> at(K * M);
-  copy_tiles_parallel(a.data_ptr<T>(), a.stride(0), a.stride(1), a.stride(2), at.data(), f, 1, M, P, f, K);
+  std::unique_ptr<T[]> at(new T[K * M]);  // (not zeroed: every number is written below)
+  copy_tiles_parallel(a.data_ptr<T>(), a.stride(0), a.stride(1), a.stride(2), at.get(), f, 1, M, P, f, K);
   return at;
 }
 
@@ -1077,8 +1078,8 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
                            v.data_ptr<scalar_t>(), B, n, f, P, cf, static_cast<int>(att));
     if (small_product(M, K)) {
       s = torch::empty({B, K}, x.options());
-      const std::vector<scalar_t> at = pack_at<scalar_t>(a);
-      small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.data(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
+      const auto at = pack_at<scalar_t>(a);
+      small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.get(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
     } else {
       const auto a2 = a.reshape({M, K});
       s = at::mm(v.view({B, M}), a2).mul_(scale);
@@ -1127,20 +1128,20 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
     const T* gp = g.data_ptr<T>();
     torch::Tensor gv;
     if (small) {
-      const std::vector<T> at = pack_at<T>(a);
       std::vector<T> coef(B * K);
       if (maps) {  // ∂V_b = scale · Σ_k g_bk Aᵀ_k
+        const auto at = pack_at<T>(a);
         gv = torch::empty({B, P, f}, x.options());
         for (int64_t b = 0; b < B; ++b)
           for (int64_t k = 0; k < K; ++k) coef[k * B + b] = sc * gp[b * K + k];
-        small_updates<T>(at.data(), K, coef.data(), gv.data_ptr<T>(), B, M);
+        small_updates<T>(at.get(), K, coef.data(), gv.data_ptr<T>(), B, M);
       }
       if (need_a) {  // ∂Aᵀ_k = scale · Σ_b g_bk V_b, then transposed into (P, f, K)
         ga = torch::empty({P, f, K}, x.options());
         for (int64_t k = 0; k < B * K; ++k) coef[k] = sc * gp[k];
-        std::vector<T> gat(K * M);
-        small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.data(), K, M);
-        copy_tiles_parallel(gat.data(), 0, 1, M, ga.data_ptr<T>(), 0, K, 1, 1, M, K);
+        std::unique_ptr<T[]> gat(new T[K * M]);  // (small_updates writes every number)
+        small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.get(), K, M);
+        copy_tiles_parallel(gat.get(), 0, 1, M, ga.data_ptr<T>(), 0, K, 1, 1, M, K);
       }
     } else {  // scale on g (B × K), not on the M × K products
       const auto a2 = a.reshape({M, K});
