@@ -1,4 +1,5 @@
-"""Autograd kernel for attention-weighted pooling with a shared bottom-up basis (torch only).
+"""Autograd Functions of the torch path: attention-weighted pooling with a shared bottom-up basis, and
+the Gram matrix XᵀX of second-order pooling (:func:`gram`, below; torch only).
 
 Forward (the same three steps as :func:`lowrank_pool.rankp_pool` with a shared B, on the
 (B, f, n) view of X; for (B, n, f) input that view is a transpose, not a copy):
@@ -40,7 +41,7 @@ from . import _native
 from ._xp import result_dtype
 from .attention import activate
 
-__all__ = ["fast_shared_scores", "shared_bottom_up_scores"]
+__all__ = ["fast_shared_scores", "gram", "shared_bottom_up_scores"]
 
 _ATTENTION_CODES = {"linear": 0, "relu": 1, "softmax": 2}
 
@@ -302,6 +303,85 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     if grad:
         return _function_scores(x, bm, a3, cf, attention, 1.0 / n)
     return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n)  # inference the kernel does not serve (GPUs)
+
+
+# ------------------------------------------------------------------------------------------- Gram matrices
+def _gram_of(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
+    """X_b X_bᵀ of (B, f, n) X, X_bᵀ X_b of (B, n, f) X: (B, f, f)."""
+    return torch.matmul(x, x.mT) if channels_first else torch.matmul(x.mT, x)
+
+
+# Samples per batched product in the backward: S = G + Gᵀ is formed for at most this many numbers at once
+# (its buffer is the backward's only one beyond ∂X).
+_GRAM_CHUNK = 1 << 24
+
+
+class _Gram(torch.autograd.Function):
+    """M = XᵀX per sample with a backward of one batched GEMM.
+
+    Plain autograd of ``X.mT @ X`` differentiates each operand apart: ∂X = X G + X Gᵀ, two batched
+    GEMMs of 2·B·n·f² FLOPs each and a pass that adds their (B, n, f) results. Here
+    ∂X = X (G + Gᵀ): one pass over G (B·f² numbers, in chunks of samples, so that the extra
+    buffer stays under 64 MiB in float32) and one GEMM. (For (B, f, n) X: ∂X = (G + Gᵀ) X.) It is
+    written in differentiable operations on the saved input X, so higher derivatives are those of
+    the formula; forward mode (:class:`_GramForwardMode`): ∂M = ∂Xᵀ X + (∂Xᵀ X)ᵀ.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        return _gram_of(x, channels_first)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, channels_first = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        ctx.channels_first = channels_first
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        (x,) = ctx.saved_tensors
+        g, x = _common_dtype(g, x)
+        cf = ctx.channels_first
+        batch, f = x.shape[0], g.shape[-1]
+        per = max(1, _GRAM_CHUNK // max(1, f * f))
+        if torch.is_grad_enabled() or per >= batch:  # (create_graph: one differentiable expression)
+            sym = g + g.mT
+            return (torch.matmul(sym, x) if cf else torch.matmul(x, sym)), None
+        gx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for b0 in range(0, batch, per):
+            b1 = min(batch, b0 + per)
+            sym = g[b0:b1] + g[b0:b1].mT
+            if cf:
+                torch.matmul(sym, x[b0:b1], out=gx[b0:b1])
+            else:
+                torch.matmul(x[b0:b1], sym, out=gx[b0:b1])
+        return gx, None
+
+
+_Gram.forward.__signature__ = inspect.signature(_Gram.forward)  # type: ignore[attr-defined]
+
+
+class _GramForwardMode(_Gram):
+    """:class:`_Gram` with a ``jvp``, outside ``torch.compile`` (dynamo does not trace custom jvps)."""
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Any, _dcf: Any) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        dx, x = _common_dtype(dx, x)
+        t = torch.matmul(dx, x.mT) if ctx.channels_first else torch.matmul(dx.mT, x)
+        return t + t.mT
+
+
+def gram(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
+    """X_bᵀX_b (B, f, f) of (B, n, f) X, or X_b X_bᵀ of (B, f, n) X; differentiated through :class:`_Gram`
+    where X needs derivatives (real floating dtypes), plain products otherwise."""
+    if not (x.is_floating_point() and _differentiated(x)):
+        return _gram_of(x, channels_first)
+    fn = _Gram if _is_compiling() else _GramForwardMode
+    return fn.apply(x, channels_first)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -379,6 +379,10 @@ def gram_product(xp: Namespace, feats: Features) -> Array:
     batched GEMM with numpy/OpenBLAS, and torch has none.
     """
     x = feats.data
+    if is_torch(xp):  # ∂X in one batched GEMM where X is differentiated (see _torch_kernels._Gram)
+        from ._torch_kernels import gram
+
+        return gram(x, feats.layout != "bnf")
     xt = xp.matrix_transpose(x)
     if is_numpy(xp) and feats.positions < feats.channels:
         xt = xp.asarray(xt, copy=True)

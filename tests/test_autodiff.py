@@ -1,4 +1,5 @@
-"""Higher-order and forward-mode derivatives through the fused attentional kernel.
+"""Higher-order and forward-mode derivatives through the fused attentional kernel and the Gram matrix's
+autograd Function (second-order pooling).
 
 The kernel (a custom autograd Function) must agree with plain autograd of the literal formula
 s_k = (1/n) Σ_p (X a_kp)ᵀ σ(X b_p) for second derivatives (gradient penalties, Hessian-vector
@@ -156,3 +157,147 @@ def test_first_order_backward_does_not_recompute(path, monkeypatch):
         torch.matmul = orig
     # ∂V, ∂A, ∂U, ∂B, ∂X: five products, none of them the forward's Bᵀ X again; natively none in torch
     assert len(calls) == (5 if path == "torch" else 0), calls
+
+
+# --------------------------------------------------------------------------- the Gram matrix's Function
+# M = XᵀX per sample (gram, bilinear_pool and the dense paths of the factorised heads) is differentiated by
+# its own autograd Function: ∂X = X (G + Gᵀ) in one batched GEMM. It must agree with plain autograd of the
+# product to every order and in forward mode.
+
+
+def _second_order_forms():
+    """name -> f(x, W) through the package (W: (K, F, F), a dense bilinear classifier)."""
+    cp = lambda W: (None, [W[:, 0, :2], W[0, :, :2], W[1, :, :2]])  # noqa: E731 (U, A, C)
+    return {
+        "gram": lambda x, W: lp.gram(x),
+        "bilinear": lambda x, W: lp.bilinear_pool(x, W),
+        "bilinear_ssqrt_l2": lambda x, W: lp.bilinear_pool(x, W, normalize="signed_sqrt+l2"),
+        "cp_dense": lambda x, W: lp.cp_pool(x, cp(W), path="dense"),
+    }
+
+
+def _plain_gram(x):
+    xb = x if x.ndim == 3 else x.flatten(2).mT  # (B, n, f)
+    return torch.einsum("bnf,bng->bfg", xb, xb) / xb.shape[1]
+
+
+def _plain_second_order(name):
+    """The same form with the Gram matrix by plain autograd of stock products (the Function switched off)."""
+    from lowrank_pool import _torch_kernels as tk
+
+    fn = _second_order_forms()[name]
+
+    def plain(x, W):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tk, "gram", lambda x, channels_first: tk._gram_of(x, channels_first))
+            return fn(x, W)
+
+    return plain
+
+
+def _gram_inputs(layout, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, 5, F) if layout == "bnf" else (3, F, 2, 3)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) + 0.5  # (positive Gram entries: sqrt is smooth)
+    W = torch.randn(K, F, F, generator=g, dtype=torch.float64)
+    return x.to(device), W.to(device)
+
+
+@pytest.fixture
+def gram_calls(monkeypatch):
+    """Count the Function's backward and jvp calls, to prove the forms run through it."""
+    from lowrank_pool import _torch_kernels as tk
+
+    calls = {"backward": 0, "jvp": 0}
+    backward, jvp = tk._Gram.backward, tk._GramForwardMode.jvp
+
+    def counted_backward(ctx, g):
+        calls["backward"] += 1
+        return backward(ctx, g)
+
+    def counted_jvp(ctx, dx, dcf):
+        calls["jvp"] += 1
+        return jvp(ctx, dx, dcf)
+
+    monkeypatch.setattr(tk._Gram, "backward", staticmethod(counted_backward))
+    monkeypatch.setattr(tk._GramForwardMode, "jvp", staticmethod(counted_jvp))
+    return calls
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram_function_gradients_to_second_order(layout, device, gram_calls):
+    """First derivatives, gradgradcheck and a gradient penalty of every second-order form equal plain autograd."""
+    x, W = _gram_inputs(layout, device=device)
+    for name, fn in _second_order_forms().items():
+        ref_fn = _plain_second_order(name)
+        weights = torch.linspace(-1, 1, fn(x, W).numel(), dtype=x.dtype, device=device).reshape(fn(x, W).shape)
+        xr, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+        before = gram_calls["backward"]
+        (g,) = torch.autograd.grad((fn(xr, W) * weights).sum(), xr, create_graph=True)
+        (ref,) = torch.autograd.grad((ref_fn(xp, W) * weights).sum(), xp, create_graph=True)
+        assert gram_calls["backward"] == before + 1, name
+        assert torch.allclose(g, ref, rtol=1e-10, atol=1e-12), name
+        (pen,) = torch.autograd.grad(g.square().sum(), xr)
+        (ref_pen,) = torch.autograd.grad(ref.square().sum(), xp)
+        assert torch.allclose(pen, ref_pen, rtol=1e-9, atol=1e-11), name
+        assert torch.autograd.gradgradcheck(lambda x, fn=fn: fn(x, W), (x.clone().requires_grad_(),)), name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # (as above)
+def test_gram_function_forward_mode(layout, device, gram_calls):
+    """jvp, jacfwd and hessian through the Function's jvp equal those of plain autograd."""
+    x, W = _gram_inputs(layout, device=device)
+    tangent, _ = _gram_inputs(layout, seed=1, device=device)
+    for name, fn in _second_order_forms().items():
+        ref_fn = _plain_second_order(name)
+        before = gram_calls["jvp"]
+        _, got = torch.func.jvp(lambda x, fn=fn: fn(x, W), (x,), (tangent,))
+        assert gram_calls["jvp"] > before, name
+        _, ref = torch.func.jvp(lambda x, f=ref_fn: f(x, W), (x,), (tangent,))
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12), name
+        hess = torch.func.hessian(lambda x, fn=fn: fn(x, W).sum())(x.clone().requires_grad_())
+        ref_hess = torch.func.hessian(lambda x, f=ref_fn: f(x, W).sum())(x)
+        assert torch.allclose(hess, ref_hess, rtol=1e-9, atol=1e-11), name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gram_function_per_sample_gradients_by_vmap(layout):
+    """torch.func.vmap of torch.func.grad (per-sample gradients) through the Function."""
+    x, W = _gram_inputs(layout)
+    fn = lambda xi: lp.bilinear_pool(xi[None], W, normalize=None).square().sum()  # noqa: E731
+    ref_fn = lambda xi: torch.einsum("bfg,kfg->bk", _plain_gram(xi[None]), W).square().sum()  # noqa: E731
+    got = torch.func.vmap(torch.func.grad(fn))(x)
+    ref = torch.func.vmap(torch.func.grad(ref_fn))(x)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gram_function_backward_is_one_product_per_chunk(layout, monkeypatch):
+    """∂X = X (G + Gᵀ): one batched GEMM (plain autograd: two, and a pass adding them); with the batch cut into
+    chunks (to bound the G + Gᵀ buffer) one per chunk, and the same ∂X."""
+    from lowrank_pool import _torch_kernels as tk
+
+    x, _ = _gram_inputs(layout)
+    weights = torch.randn(x.shape[0], F, F, dtype=x.dtype)
+    xp = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad((_plain_gram(xp) * weights).sum(), xp)
+    orig = torch.matmul
+    calls = []
+
+    def counting(a, b, *args, **kwargs):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return orig(a, b, *args, **kwargs)
+
+    for chunk, products in ((1 << 24, 1), (2 * F * F, 2)):  # the whole batch; chunks of 2 samples (3 in all)
+        monkeypatch.setattr(tk, "_GRAM_CHUNK", chunk)
+        xr = x.detach().clone().requires_grad_()
+        m = lp.gram(xr)
+        calls.clear()
+        monkeypatch.setattr(torch, "matmul", counting)
+        (got,) = torch.autograd.grad((m * weights).sum(), xr)
+        monkeypatch.setattr(torch, "matmul", orig)
+        assert len(calls) == products, calls
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
