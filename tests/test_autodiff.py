@@ -203,10 +203,13 @@ def _gram_inputs(layout, seed=0, device="cpu"):
     return x.to(device), W.to(device)
 
 
-@pytest.fixture
-def gram_calls(monkeypatch):
-    """Count the Function's backward and jvp calls, to prove the forms run through it."""
+@pytest.fixture(params=[True, False], ids=["X(G+Gt)", "XG+XGt"])
+def gram_calls(request, monkeypatch):
+    """Count the Function's backward and jvp calls, to prove the forms run through it; each test runs with
+    both forms of the backward (G + Gᵀ formed first, or two GEMMs accumulated)."""
     from lowrank_pool import _torch_kernels as tk
+
+    monkeypatch.setattr(tk, "_symmetrize_first", lambda n, f: request.param)
 
     calls = {"backward": 0, "jvp": 0}
     backward, jvp = tk._Gram.backward, tk._GramForwardMode.jvp
@@ -264,7 +267,7 @@ def test_gram_function_forward_mode(layout, device, gram_calls):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_gram_function_per_sample_gradients_by_vmap(layout):
+def test_gram_function_per_sample_gradients_by_vmap(layout, gram_calls):
     """torch.func.vmap of torch.func.grad (per-sample gradients) through the Function."""
     x, W = _gram_inputs(layout)
     fn = lambda xi: lp.bilinear_pool(xi[None], W, normalize=None).square().sum()  # noqa: E731
@@ -275,29 +278,43 @@ def test_gram_function_per_sample_gradients_by_vmap(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_gram_function_backward_is_one_product_per_chunk(layout, monkeypatch):
-    """∂X = X (G + Gᵀ): one batched GEMM (plain autograd: two, and a pass adding them); with the batch cut into
-    chunks (to bound the G + Gᵀ buffer) one per chunk, and the same ∂X."""
+def test_gram_function_backward_products(layout, monkeypatch):
+    """Many positions: ∂X = X (G + Gᵀ), one batched GEMM (plain autograd: two, and a pass adding them), one per
+    chunk of samples where the batch is cut to bound the G + Gᵀ buffer. Few positions: X G, then X Gᵀ added into
+    it by baddbmm. The same ∂X every way."""
     from lowrank_pool import _torch_kernels as tk
 
-    x, _ = _gram_inputs(layout)
-    weights = torch.randn(x.shape[0], F, F, dtype=x.dtype)
-    xp = x.clone().requires_grad_()
-    (want,) = torch.autograd.grad((_plain_gram(xp) * weights).sum(), xp)
-    orig = torch.matmul
+    assert tk._symmetrize_first(4096, 128) and tk._symmetrize_first(300, 2048)
+    assert not tk._symmetrize_first(49, 2048) and not tk._symmetrize_first(3, 16)
+    orig_matmul, orig_baddbmm = torch.matmul, torch.baddbmm
     calls = []
 
-    def counting(a, b, *args, **kwargs):
-        calls.append((tuple(a.shape), tuple(b.shape)))
-        return orig(a, b, *args, **kwargs)
+    def counting(name, fn):
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
 
-    for chunk, products in ((1 << 24, 1), (2 * F * F, 2)):  # the whole batch; chunks of 2 samples (3 in all)
+        return counted
+
+    for n, f, chunk, products in (
+        (12, 8, 1 << 24, ["matmul"]),  # the whole batch at once
+        (12, 8, 2 * 8 * 8, ["matmul", "matmul"]),  # chunks of 2 samples (3 in all)
+        (3, 16, 1 << 24, ["matmul", "baddbmm"]),  # few positions
+    ):
+        g = torch.Generator().manual_seed(n)
+        shape = (3, n, f) if layout == "bnf" else (3, f, n, 1)
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        weights = torch.randn(3, f, f, generator=g, dtype=torch.float64)
+        xp = x.clone().requires_grad_()
+        (want,) = torch.autograd.grad((_plain_gram(xp) * weights).sum(), xp)
         monkeypatch.setattr(tk, "_GRAM_CHUNK", chunk)
-        xr = x.detach().clone().requires_grad_()
+        xr = x.clone().requires_grad_()
         m = lp.gram(xr)
         calls.clear()
-        monkeypatch.setattr(torch, "matmul", counting)
+        monkeypatch.setattr(torch, "matmul", counting("matmul", orig_matmul))
+        monkeypatch.setattr(torch, "baddbmm", counting("baddbmm", orig_baddbmm))
         (got,) = torch.autograd.grad((m * weights).sum(), xr)
-        monkeypatch.setattr(torch, "matmul", orig)
-        assert len(calls) == products, calls
+        monkeypatch.setattr(torch, "matmul", orig_matmul)
+        monkeypatch.setattr(torch, "baddbmm", orig_baddbmm)
+        assert calls == products, (n, f, calls)
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
