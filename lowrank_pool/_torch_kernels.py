@@ -350,12 +350,14 @@ class _Gram(torch.autograd.Function):
         x, channels_first = inputs
         ctx.save_for_backward(x)
         ctx.save_for_forward(x)
-        ctx.channels_first = channels_first
+        ctx.channels_first, ctx.dtype = channels_first, output.dtype
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
-        g, x = _common_dtype(g, x)
+        # in M's dtype (g's): under autocast the forward's product ran in bfloat16/float16, and so do the
+        # backward's, as in autograd of an autocast matmul (autograd casts ∂X back to X's dtype)
+        x = x if x.dtype == g.dtype else x.to(g.dtype)
         cf = ctx.channels_first
         batch, f = x.shape[0], g.shape[-1]
         if not _symmetrize_first(x.shape[2 if cf else 1], f):
@@ -386,7 +388,7 @@ class _GramForwardMode(_Gram):
     @staticmethod
     def jvp(ctx: Any, dx: Any, _dcf: Any) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        dx, x = _common_dtype(dx, x)
+        dx, x = (t if t.dtype == ctx.dtype else t.to(ctx.dtype) for t in (dx, x))  # (M's dtype, as backward)
         t = torch.matmul(dx, x.mT) if ctx.channels_first else torch.matmul(dx.mT, x)
         return t + t.mT
 

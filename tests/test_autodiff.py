@@ -318,3 +318,40 @@ def test_gram_function_backward_products(layout, monkeypatch):
         monkeypatch.setattr(torch, "baddbmm", orig_baddbmm)
         assert calls == products, (n, f, calls)
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_gram_function_under_autocast_follows_autograd(gram_calls, monkeypatch):
+    """Under autocast M = XᵀX is a bfloat16 product; the backward's products run in bfloat16 too (as autograd's
+    of an autocast matmul), ∂X comes back in X's dtype and close to plain autograd's (both backward forms: the
+    fixture's parameter)."""
+    from lowrank_pool.testing import eps_of
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 20, 8, generator=g)
+    w = torch.randn(3, 8, 8, generator=g)
+
+    def grad_of(fn):
+        xr = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m = fn(xr)
+        assert m.dtype == torch.bfloat16
+        return torch.autograd.grad((m.float() * w).sum(), xr)[0]
+
+    want = grad_of(lambda x: torch.matmul(x.mT, x) / x.shape[1])
+    dtypes = []
+    orig = torch.matmul
+
+    def recording(a, b, *args, **kwargs):
+        dtypes.append((a.dtype, b.dtype))
+        return orig(a, b, *args, **kwargs)
+
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m = lp.gram(xr)
+    monkeypatch.setattr(torch, "matmul", recording)
+    (got,) = torch.autograd.grad((m.float() * w).sum(), xr)
+    monkeypatch.setattr(torch, "matmul", orig)
+    assert dtypes and all(d == (torch.bfloat16, torch.bfloat16) for d in dtypes), dtypes
+    assert got.dtype == torch.float32
+    tol = 32 * eps_of(torch.bfloat16) * want.abs().max().item()
+    assert torch.allclose(got, want, rtol=0, atol=tol), (got - want).abs().max()
