@@ -315,15 +315,16 @@ def _gram_of(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
 _GRAM_CHUNK = 1 << 24
 
 
-def _symmetrize_first(n: int, f: int) -> bool:
+def _symmetrize_first(n: int, f: int, cpu: bool) -> bool:
     """Whether ∂X = X (G + Gᵀ) (one GEMM, after a pass forming G + Gᵀ) beats X G + X Gᵀ (two GEMMs, the second
     accumulating into the first's result) at n positions and f channels.
 
     Forming G + Gᵀ reads Gᵀ a column at a time: measured on the CPU 0.4-0.5 ns a number at f <= 256, 2.3 ns at
     512, 3-4.5 ns at 1024-2048 (rows f apart), against ~0.015-0.02 ns per number and position for the GEMM it
-    saves: the one GEMM wins from n ≈ 50-70 at f = 128-256, 170 at 512, 250-270 at 1024-2048.
+    saves: the one GEMM wins from n ≈ 50-70 at f = 128-256, 170 at 512, 250-270 at 1024-2048. On an H100
+    (float32, batch 32, f = 128-2048) it won from n = 196 at every f and lost at n = 49 from f = 512.
     """
-    return n >= min(256, f // 2)
+    return n >= (min(256, f // 2) if cpu else 128)
 
 
 class _Gram(torch.autograd.Function):
@@ -360,7 +361,7 @@ class _Gram(torch.autograd.Function):
         x = x if x.dtype == g.dtype else x.to(g.dtype)
         cf = ctx.channels_first
         batch, f = x.shape[0], g.shape[-1]
-        if not _symmetrize_first(x.shape[2 if cf else 1], f):
+        if not _symmetrize_first(x.shape[2 if cf else 1], f, x.is_cpu):
             if cf:
                 return torch.baddbmm(torch.matmul(g, x), g.mT, x), None
             return torch.baddbmm(torch.matmul(x, g), x, g.mT), None

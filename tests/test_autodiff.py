@@ -209,7 +209,7 @@ def gram_calls(request, monkeypatch):
     both forms of the backward (G + Gᵀ formed first, or two GEMMs accumulated)."""
     from lowrank_pool import _torch_kernels as tk
 
-    monkeypatch.setattr(tk, "_symmetrize_first", lambda n, f: request.param)
+    monkeypatch.setattr(tk, "_symmetrize_first", lambda n, f, cpu: request.param)
 
     calls = {"backward": 0, "jvp": 0}
     backward, jvp = tk._Gram.backward, tk._GramForwardMode.jvp
@@ -284,8 +284,9 @@ def test_gram_function_backward_products(layout, monkeypatch):
     it by baddbmm. The same ∂X every way."""
     from lowrank_pool import _torch_kernels as tk
 
-    assert tk._symmetrize_first(4096, 128) and tk._symmetrize_first(300, 2048)
-    assert not tk._symmetrize_first(49, 2048) and not tk._symmetrize_first(3, 16)
+    assert tk._symmetrize_first(4096, 128, True) and tk._symmetrize_first(300, 2048, True)
+    assert not tk._symmetrize_first(49, 2048, True) and not tk._symmetrize_first(3, 16, True)
+    assert tk._symmetrize_first(196, 2048, False) and not tk._symmetrize_first(49, 512, False)  # (a GPU's rule)
     orig_matmul, orig_baddbmm = torch.matmul, torch.baddbmm
     calls = []
 
