@@ -38,7 +38,7 @@ import array_api_compat.torch as xp
 import torch
 
 from . import _native
-from ._xp import result_dtype
+from ._xp import channels_first_product, result_dtype
 from .attention import activate
 
 __all__ = ["fast_shared_scores", "gram", "shared_bottom_up_scores"]
@@ -83,16 +83,11 @@ def _in_functorch_transform() -> bool:
 
 
 def _bottom_up(xt: torch.Tensor, m: torch.Tensor, channels_first: bool) -> torch.Tensor:
-    """Mᵀ X_bᵀ (B, P, n) of every sample, X read in place.
-
-    ``torch.matmul(m.mT, xt)`` folds a channels-first X into a (B·n, f) copy whenever M requires grad
-    (a parameter, inside the Function's forward too): a read and a write of X per call on every device
-    the compiled kernel does not serve (GPUs). Channels-first X goes through a batched product with M
-    broadcast instead; (B, n, f) X is one GEMM on its (B·n, f) view.
-    """
+    """Mᵀ X_bᵀ (B, P, n) of every sample, X read in place: channels-first X by the batched product of
+    :func:`~lowrank_pool._xp.channels_first_product` (a plain ``torch.matmul`` copies it whenever M
+    requires grad), (B, n, f) X by one GEMM on its (B·n, f) view."""
     if channels_first:
-        mt = m.mT
-        return torch.matmul(mt.expand(xt.shape[0], *mt.shape), xt)
+        return channels_first_product(torch, m.mT, xt)
     return torch.matmul(xt.mT, m).mT
 
 

@@ -31,6 +31,7 @@ Namespace = Any
 __all__ = [
     "Features",
     "acc_dtype",
+    "channels_first_product",
     "device_of",
     "features",
     "form_kind",
@@ -291,6 +292,24 @@ def features(xp: Namespace, x: Array, channel_axis: int | None, name: str = "X")
     return Features(xp.reshape(moved, (batch, n, f)), "bnf", batch, spatial, f, shape, ax)
 
 
+def channels_first_product(xp: Namespace, mt: Array, x: Array) -> Array:
+    """Mᵀ X_b (B, k, n) of every channels-first sample X_b (f, n), from Mᵀ (k, f), X read in place.
+
+    torch.matmul folds (k, f) @ (B, f, n) into one GEMM on a (B·n, f) copy of X when M has
+    requires_grad set (inside no_grad too, for a parameter handed as it is: rank-1 inference at
+    (32, 49, 2048) 7.7 -> 0.68 ms), and hands back ∂X in that layout: two transposing copies of X
+    per training step (55 of 141 ms of a CP head's fwd+bwd at (32, 196, 2048), R = 64). The
+    batched form with Mᵀ broadcast reads X in place, writes ∂X in X's layout, and pays a (B, k, f)
+    ∂M buffer instead, at most twice X for k <= 2n (measured 1.2-3x faster up to k = 1.3n, even at
+    2n; the fold won from k = 2.6n). ``xp`` may be ``torch`` itself (the autograd Functions' hot path).
+    """
+    b, f, n = shape_of(x)
+    k = shape_of(mt)[0]
+    if is_torch(xp) and k <= 2 * n:
+        mt = xp.broadcast_to(mt, (b, k, f))
+    return xp.matmul(mt, x)
+
+
 def project(xp: Namespace, feats: Features, m: Array) -> Array:
     """Z = X M for every sample: (B, n, k) from M (f, k), by one GEMM.
 
@@ -299,20 +318,7 @@ def project(xp: Namespace, feats: Features, m: Array) -> Array:
     """
     x = feats.data
     if feats.layout == "bfn":
-        mt = xp.matrix_transpose(m)
-        b, f, n = shape_of(x)
-        k = shape_of(m)[1]
-        if is_torch(xp) and k <= 2 * n:
-            # torch.matmul folds (k, f) @ (B, f, n) into one GEMM on a (B·n, f) copy of X
-            # when M has requires_grad set (inside no_grad too, for a parameter handed as
-            # it is: rank-1 inference at (32, 49, 2048) 7.7 -> 0.68 ms), and hands back ∂X
-            # in that layout: two transposing copies of X per training step (55 of 141 ms
-            # of a CP head's fwd+bwd at (32, 196, 2048), R = 64). The batched form reads X
-            # in place, writes ∂X in X's layout, and pays a (B, k, f) ∂M buffer instead, at
-            # most twice X for k <= 2n (measured 1.2-3x faster up to k = 1.3n, even at 2n;
-            # the fold won from k = 2.6n).
-            mt = xp.broadcast_to(mt, (b, k, f))
-        return xp.matrix_transpose(xp.matmul(mt, x))
+        return xp.matrix_transpose(channels_first_product(xp, xp.matrix_transpose(m), x))
     if is_torch(xp):  # one GEMM on the (B·n, f) view; writing Z as (B, k, n) measured up to 1.35x slower
         return xp.matmul(x, m)
     b, n, f = shape_of(x)
