@@ -360,10 +360,10 @@ class _Gram(torch.autograd.Function):
             if cf:
                 return torch.baddbmm(torch.matmul(g, x), g.mT, x), None
             return torch.baddbmm(torch.matmul(x, g), x, g.mT), None
-        per = max(1, _GRAM_CHUNK // max(1, f * f))
-        if torch.is_grad_enabled() or per >= batch:  # (create_graph: one differentiable expression)
+        if torch.is_grad_enabled():  # create_graph: one differentiable expression
             sym = g + g.mT
             return (torch.matmul(sym, x) if cf else torch.matmul(x, sym)), None
+        per = max(1, _GRAM_CHUNK // max(1, f * f))
         gx = torch.empty_like(x, memory_format=torch.contiguous_format)
         for b0 in range(0, batch, per):
             b1 = min(batch, b0 + per)

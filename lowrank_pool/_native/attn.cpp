@@ -269,12 +269,7 @@ struct RowWriter {
   std::vector<T>& staging;
   int64_t first = 0, held = 0;
   // where row r goes now
-  T* row(int64_t r) {
-    if (!streamed) return base + r * stride;
-    if (held > 0 && (r != first + held || (held + 1) * len > int64_t(staging.size()))) flush();
-    if (held == 0) first = r;
-    return staging.data() + (held++) * len;
-  }
+  T* row(int64_t r) { return rows(r, 1); }
   // rows r .. r + count - 1 at once (row k at the result + k · len when staged, + k · stride in place)
   T* rows(int64_t r, int64_t count) {
     if (!streamed) return base + r * stride;
