@@ -167,6 +167,31 @@ def test_native_large_samples_in_blocks(native, attention, layout):
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
 
 
+@pytest.mark.parametrize(("layout", "n", "f"), [("bnf", 1003, 512), ("bnf", 1001, 520), ("nchw", 3024, 130)])
+@pytest.mark.parametrize("attention", ["relu", "softmax"])
+def test_native_gradient_streamed_in_whole_lines(native, layout, n, f, attention):
+    """A ∂X of 4 MiB or more whose rows are whole 64-byte lines goes to memory straight from the registers
+    (rows of 512 and 520 channels: the second leaves combine's remainder; a (130, 3024) sample in blocks of
+    752 positions and a last block of 16); the rows that do not fill a block of 4 (n = 1003, 1001) are staged.
+    ∂X equals the torch path's."""
+    g = torch.Generator().manual_seed(n + f)
+    X = torch.randn(2, n, f, generator=g, dtype=torch.float64)
+    X = X if layout == "bnf" else X.mT.contiguous()[..., None]
+    assert X.numel() * X.element_size() >= 4 << 20  # the kernel streams ∂X from this size on
+    A, B = torch.randn(f, 3, 4, generator=g, dtype=torch.float64), torch.randn(f, 4, generator=g, dtype=torch.float64)
+    B = B / f**0.5
+    axis = -1 if layout == "bnf" else 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        got = _run(X, A, B, attention, axis)
+        mp.setattr(_native, "kernel", lambda: None)
+        want = _run(X, A, B, attention, axis)
+    tol = 8 * (f + n) * eps_of(torch.float64)
+    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
+        scale = b.abs().max().item()
+        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+
+
 @pytest.mark.parametrize("classes", [3, 300])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 def test_native_products_with_a_small_and_large(native, classes, layout):

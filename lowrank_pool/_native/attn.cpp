@@ -184,15 +184,25 @@ inline void stream_store(T* p, vec<T> v) {
 #endif
 }
 
+// a store, non-temporal with `stream`
+template <typename T>
+inline void put(T* p, vec<T> v, bool stream) {
+  if (stream)
+    stream_store(p, v);
+  else
+    store(p, v);
+}
+
 inline void stream_fence() {
 #if defined(__AVX__)
   _mm_sfence();  // the thread's streamed stores are visible before the result is used
 #endif
 }
 
-// dst[j] = Σ_r coef[r] srcs[r][j] (the ∂X rows)
+// dst[j] = Σ_r coef[r] srcs[r][j] (the ∂X rows); with `stream`, the full vectors by non-temporal stores (dst then
+// starts on a 64-byte line and len fills whole lines)
 template <typename T>
-void combine(const T* const* srcs, const T* coef, int64_t count, T* dst, int64_t len) {
+void combine(const T* const* srcs, const T* coef, int64_t count, T* dst, int64_t len, bool stream = false) {
   // 8 vectors of dst at a time: each is a chain of `count` dependent FMAs, and the FMA's latency (4 cycles)
   // times its throughput (2 a cycle) asks for 8 chains in flight (2 left the FMA units 3/4 idle)
   constexpr int L = kLanes<T>, V = 8;
@@ -204,12 +214,12 @@ void combine(const T* const* srcs, const T* coef, int64_t count, T* dst, int64_t
       const vec<T> c = vec<T>{} + coef[r];
       for (int v = 0; v < V; ++v) a[v] += load(s + v * L) * c;
     }
-    for (int v = 0; v < V; ++v) store(dst + j + v * L, a[v]);
+    for (int v = 0; v < V; ++v) put(dst + j + v * L, a[v], stream);
   }
   for (; j + L <= len; j += L) {
     vec<T> a = {};
     for (int64_t r = 0; r < count; ++r) a += load(srcs[r] + j) * coef[r];
-    store(dst + j, a);
+    put(dst + j, a, stream);
   }
   for (; j < len; ++j) {
     T acc = 0;
@@ -221,8 +231,10 @@ void combine(const T* const* srcs, const T* coef, int64_t count, T* dst, int64_t
 // dsts[q][j] = Σ_r coef[q·count + r] srcs[r][j] for Q rows at once (the (n, f) layout's ∂X rows, 4 at a time): each
 // loaded vector of a source row serves the Q rows, so the 2P source rows (∂V and B: 64 KB at f = 2048, P = 4, read
 // from L2) are read once per Q rows instead of once per row.
+// With `stream`, the full vectors go to memory by non-temporal stores (the rows then start on a 64-byte line and
+// the loop's 4 vectors are whole lines).
 template <typename T, int Q>
-void combine_rows(const T* const* srcs, const T* coef, int64_t count, T* const* dsts, int64_t len) {
+void combine_rows(const T* const* srcs, const T* coef, int64_t count, T* const* dsts, int64_t len, bool stream) {
   constexpr int L = kLanes<T>, V = 4;
   int64_t j = 0;
   for (; j + V * L <= len; j += V * L) {
@@ -237,12 +249,12 @@ void combine_rows(const T* const* srcs, const T* coef, int64_t count, T* const* 
       }
     }
     for (int q = 0; q < Q; ++q)
-      for (int v = 0; v < V; ++v) store(dsts[q] + j + v * L, a[q][v]);
+      for (int v = 0; v < V; ++v) put(dsts[q] + j + v * L, a[q][v], stream);
   }
   if (j < len) {
     const T* rest[64];
     for (int64_t r = 0; r < count && r < 64; ++r) rest[r] = srcs[r] + j;
-    for (int q = 0; q < Q; ++q) combine(rest, coef + q * count, count, dsts[q] + j, len - j);
+    for (int q = 0; q < Q; ++q) combine(rest, coef + q * count, count, dsts[q] + j, len - j, stream);
   }
 }
 
@@ -259,8 +271,18 @@ void stream_copy(const T* src, T* dst, int64_t len) {
   for (; j < len; ++j) dst[j] = src[j];
 }
 
+// Whether p[0:len] is whole 64-byte lines: rows of such runs, `len` apart, can be streamed straight from the
+// registers (no staging buffer, no second pass over it).
+template <typename T>
+inline bool is_line_run(const T* p, int64_t len) {
+  return reinterpret_cast<std::uintptr_t>(p) % 64 == 0 && (len * int64_t(sizeof(T))) % 64 == 0;
+}
+
 // Writes ∂X rows: straight into place, or, for a large ∂X, through a staging buffer of consecutive rows that
 // is then streamed as one run (runs of a few hundred bytes, one per row, were slower streamed than cached).
+// Rows that are whole lines (is_line_run) skip it: combine/combine_rows stream them from the registers
+// (rank-P backward at (32, 49, 2048) and (32, 4096, 128) 16-25 % faster than through the staging buffer, whose
+// 16-32 KB also pushed the rows being read out of L1).
 template <typename T>
 struct RowWriter {
   T* base;  // the sample's ∂X
@@ -793,6 +815,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
         if (!cf) {  // X (n, f): ∂X_i = Σ_p u_pi ∂v_p + ∂z_pi b_p, ∂Bᵀ_p += ∂z_pi x_i
           for (int64_t p = 0; p < P; ++p) src[p] = gvs + p * f, src[P + p] = btv.data() + p * f;
           RowWriter<T> out{gxs, f, f, streamed, staging};
+          const bool direct = streamed && gxs && is_line_run(gxs, f);
           auto finish = [&](int64_t i0, const T* const* rows, int count) {
             for (int r = 0; r < count; ++r)
               for (int64_t p = 0; p < P; ++p) gzc[r * P + p] = gz[p * n + i0 + r];
@@ -801,9 +824,10 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
               for (int r = 0; r < 4; ++r)
                 for (int64_t p = 0; p < P; ++p)
                   coef[r * 2 * P + p] = us[p * n + i0 + r], coef[r * 2 * P + P + p] = gzc[r * P + p];
-              T* first = out.rows(i0, 4);  // staged or in place, the rows are f apart
+              // rows that start on a cache line are streamed from registers; others staged or in place
+              T* first = direct ? gxs + i0 * f : out.rows(i0, 4);
               T* dsts[4] = {first, first + f, first + 2 * f, first + 3 * f};
-              combine_rows<T, 4>(src.data(), coef.data(), 2 * P, dsts, f);
+              combine_rows<T, 4>(src.data(), coef.data(), 2 * P, dsts, f, direct);
             } else {
               for (int r = 0; r < count && gxs; ++r) {
                 for (int64_t p = 0; p < P; ++p) coef[p] = us[p * n + i0 + r], coef[P + p] = gzc[r * P + p];
@@ -860,9 +884,10 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
             if (gb)  // X_J again, from L2, before ∂X's writes compete for it
               add_channel_dots(xs, f, n, j0, len, gzrows.data(), P, gb, part);
             RowWriter<T> out{gxs + j0, n, len, streamed, staging};
+            const bool direct = streamed && gxs && is_line_run(gxs + j0, len) && is_line_run(gxs, n);
             for (int64_t c = 0; c < f && gxs; ++c) {
               for (int64_t p = 0; p < P; ++p) coef[p] = gvs[p * f + c], coef[P + p] = bm[c * P + p];
-              combine(src.data(), coef.data(), 2 * P, out.row(c), len);
+              combine(src.data(), coef.data(), 2 * P, direct ? gxs + j0 + c * n : out.row(c), len, direct);
             }
             if (gxs) out.flush();
           }
