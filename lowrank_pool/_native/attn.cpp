@@ -109,6 +109,26 @@ inline T lanes_sum(vec<T> v) {
   return tree_sum<T, 32>(v);
 }
 
+// out[i] = Σ of a[i]'s lanes, i < 4: four sums at once (AVX: three horizontal adds and one of the halves, against
+// four trees of three shuffles and three adds each)
+template <typename T>
+inline void lanes_sums4(const vec<T>* a, T* out) {
+#if defined(__AVX__)
+  if constexpr (sizeof(T) == 4) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(reinterpret_cast<const __m256&>(a[0]), reinterpret_cast<const __m256&>(a[1])),
+                                    _mm256_hadd_ps(reinterpret_cast<const __m256&>(a[2]), reinterpret_cast<const __m256&>(a[3])));
+    _mm_storeu_ps(reinterpret_cast<float*>(out), _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  } else {
+    const __m256d h01 = _mm256_hadd_pd(reinterpret_cast<const __m256d&>(a[0]), reinterpret_cast<const __m256d&>(a[1]));
+    const __m256d h23 = _mm256_hadd_pd(reinterpret_cast<const __m256d&>(a[2]), reinterpret_cast<const __m256d&>(a[3]));
+    _mm256_storeu_pd(reinterpret_cast<double*>(out), _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20),
+                                                                    _mm256_permute2f128_pd(h01, h23, 0x31)));
+  }
+#else
+  for (int i = 0; i < 4; ++i) out[i] = lanes_sum<T>(a[i]);
+#endif
+}
+
 // out[r * Q + q] = Σ_j rows[r][j] vecs[q][j]: R·Q dot products in one pass over the rows
 template <typename T, int R, int Q>
 void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out) {
@@ -129,14 +149,20 @@ void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out) 
       for (int q = 0; q < Q; ++q) acc[r][q][0] += x * load(vecs[q] + j);
     }
   }
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
+    vec<T> s[Q];
     for (int q = 0; q < Q; ++q) {
-      vec<T> s = acc[r][q][0];
-      for (int u = 1; u < U; ++u) s += acc[r][q][u];
-      T t = lanes_sum<T>(s);
-      for (int64_t i = j; i < len; ++i) t += rows[r][i] * vecs[q][i];
-      out[r * Q + q] = t;
+      s[q] = acc[r][q][0];
+      for (int u = 1; u < U; ++u) s[q] += acc[r][q][u];
     }
+    if constexpr (Q == 4) {
+      lanes_sums4<T>(s, out + r * Q);
+    } else {
+      for (int q = 0; q < Q; ++q) out[r * Q + q] = lanes_sum<T>(s[q]);
+    }
+    for (int q = 0; q < Q; ++q)
+      for (int64_t i = j; i < len; ++i) out[r * Q + q] += rows[r][i] * vecs[q][i];
+  }
 }
 
 // dsts[q][j] += Σ_r coef[q * R + r] srcs[r][j]: Q outputs updated from R rows in one pass
@@ -589,6 +615,24 @@ struct ShortRows {
     for (int q = 0; q < Q; ++q)
       for (int k = 0; k < NV; ++k) wv[q][k] = load(w[q] + k * L);
     int64_t c = 0;
+    for (; c + 4 <= safe; c += 4) {  // 4 rows: their sums for a map at once (lanes_sums4)
+      const T* r0 = xs + c * n;
+      vec<T> a[Q][4] = {};
+      for (int k = 0; k < NV; ++k) {
+        vec<T> x[4];
+        for (int i = 0; i < 4; ++i) {
+          x[i] = in_register(load(r0 + i * n + k * L));
+          if (k + 1 == NV) x[i] = reinterpret_cast<vec<T>>(reinterpret_cast<M>(x[i]) & tail);
+        }
+        for (int q = 0; q < Q; ++q)
+          for (int i = 0; i < 4; ++i) a[q][i] += x[i] * wv[q][k];
+      }
+      for (int q = 0; q < Q; ++q) {
+        T t[4];
+        lanes_sums4<T>(a[q], t);
+        for (int i = 0; i < 4; ++i) out[q][c + i] += t[i];
+      }
+    }
     for (; c + 2 <= safe; c += 2) {
       const T* r0 = xs + c * n;
       vec<T> a0[Q] = {}, a1[Q] = {};
