@@ -167,17 +167,27 @@ def test_native_large_samples_in_blocks(native, attention, layout):
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
 
 
-@pytest.mark.parametrize(("layout", "n", "f"), [("bnf", 1003, 512), ("bnf", 1001, 520), ("nchw", 3024, 130)])
+@pytest.mark.parametrize(
+    ("layout", "n", "f", "streamed"),
+    [
+        ("bnf", 1003, 512, True),
+        ("bnf", 1001, 520, True),
+        ("nchw", 3024, 130, True),
+        ("nchw", 3001, 130, True),
+        ("nchw", 301, 130, False),
+    ],
+)
 @pytest.mark.parametrize("attention", ["relu", "softmax"])
-def test_native_gradient_streamed_in_whole_lines(native, layout, n, f, attention):
-    """A ∂X of 4 MiB or more whose rows are whole 64-byte lines goes to memory straight from the registers
-    (rows of 512 and 520 channels: the second leaves combine's remainder; a (130, 3024) sample in blocks of
-    752 positions and a last block of 16); the rows that do not fill a block of 4 (n = 1003, 1001) are staged.
-    ∂X equals the torch path's."""
+def test_native_gradient_rows_streamed_staged_or_in_place(native, layout, n, f, streamed, attention):
+    """∂X rows are written 4 at a time and reach memory three ways: a ∂X of 4 MiB or more whose rows are
+    whole 64-byte lines straight from the registers (rows of 512 and 520 channels, the second leaving a
+    remainder; a (130, 3024) sample in blocks of 752 positions and a last one of 16), other large ones
+    through a staging buffer ((130, 3001)), small ones in place ((130, 301)); the rows that do not fill a
+    block of 4 (n = 1003, 1001; 130 channels) one at a time. ∂X equals the torch path's."""
     g = torch.Generator().manual_seed(n + f)
     X = torch.randn(2, n, f, generator=g, dtype=torch.float64)
     X = X if layout == "bnf" else X.mT.contiguous()[..., None]
-    assert X.numel() * X.element_size() >= 4 << 20  # the kernel streams ∂X from this size on
+    assert (X.numel() * X.element_size() >= 4 << 20) == streamed  # the kernel streams ∂X from 4 MiB on
     A, B = torch.randn(f, 3, 4, generator=g, dtype=torch.float64), torch.randn(f, 4, generator=g, dtype=torch.float64)
     B = B / f**0.5
     axis = -1 if layout == "bnf" else 1
