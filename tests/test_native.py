@@ -202,25 +202,28 @@ def test_native_gradient_rows_streamed_staged_or_in_place(native, layout, n, f, 
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
 
 
-@pytest.mark.parametrize("classes", [3, 300])
+@pytest.mark.parametrize(("classes", "f"), [(3, 512), (300, 512), (37, 600), (33, 600)])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
-def test_native_products_with_a_small_and_large(native, classes, layout):
-    """The products with A run in the kernel while A is small (here P·f·K = 1 920) and through at::mm
-    when it is large (307 200 numbers, past the kernel's 2^18); A reaches it as a permuted (P, f, K)
-    view of rank-P's (f, K, P) parameter, and B's batch of 5 leaves a remainder to the blocks of 4."""
-    g = torch.Generator().manual_seed(3)
-    f, p = 512, 2
-    X = torch.randn(5, 9, f, generator=g, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_products_with_a_small_and_large(native, classes, f, layout, dtype):
+    """The products with A run as dot products on a packed Aᵀ while A is small (here P·f·K = 3 072) and
+    as the wide products on A in place beyond (past the kernel's 32 classes): column tiles of 3 vectors,
+    single vectors and a last partial one (300, 37 and 33 classes in float32 and float64 leave each),
+    B's batch of 5 a partial block of rows, and 1 200 rows of A (f = 600, P = 2) an inner dimension in
+    two blocks. A reaches the kernel as a permuted (P, f, K) view of rank-P's (f, K, P) parameter."""
+    g = torch.Generator().manual_seed(3 + classes)
+    p = 2
+    X = torch.randn(5, 9, f, generator=g, dtype=dtype)
     X = X if layout == "bnf" else X.mT.contiguous()[..., None]
-    A = torch.randn(f, classes, p, generator=g, dtype=torch.float64)
-    B = torch.randn(f, p, generator=g, dtype=torch.float64) / f**0.5
+    A = torch.randn(f, classes, p, generator=g, dtype=dtype)
+    B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
     axis = -1 if layout == "bnf" else 1
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_native, "kernel", lambda: native)
         got = _run(X, A, B, "softmax", axis)
         mp.setattr(_native, "kernel", lambda: None)
         want = _run(X, A, B, "softmax", axis)
-    tol = 8 * (f + classes * p) * eps_of(torch.float64)
+    tol = 8 * (f + classes * p) * eps_of(dtype)
     for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
         scale = b.abs().max().item()
         assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)

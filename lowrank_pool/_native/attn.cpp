@@ -993,8 +993,8 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
 // K classes; rank-P's (f, K, P) parameter permuted, without a copy). These are skinny products (B = 32 rows, inner
 // dimension K or B): MKL took 50-200 µs for each at (B, M, K) = (32, 2048, 10) on the AMD machine measured here,
 // more than the maps themselves. With few classes they run here, on A packed as Aᵀ (K, M), with the same blocked
-// dot products and updates as the maps; wider A keeps at::mm, where a GEMM library is at its best (at K = 100 MKL
-// was as fast as these loops and their transposes).
+// dot products and updates as the maps; wider A runs through wide_product on A in place (below: a GEMM library
+// packs A first, which at these shapes costs about as much as the product).
 bool small_product(int64_t M, int64_t K) { return K <= 32 && M * K <= (int64_t(1) << 18); }
 
 // dst[i·di + j·dj] = src[i·si + j·sj] for i < rows, j < cols, in 16 × 16 tiles: walking a whole row against a whole
@@ -1081,6 +1081,87 @@ void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, 
       axpy_block<T>(rows, count, coef + r * D, D, drows.data(), m1 - m0);
     }
   });
+}
+
+// The wide products (K > 32 classes): out[r·ors + c] = Σ_i w[r·wrs + i·wis] · a[i·lda + c], r < R, c < N, i < I.
+// A GEMM library packs both operands into panels first; with one side this thin (B = 32 rows against M·K numbers of A)
+// packing A costs about as much as the product: MKL reached 80-110 GF/s of the machine's 178 on the three products of
+// rank-P at (32, 8192, 600). Here A is read in place: a tile of 8 rows × 3 vectors of columns keeps 24 accumulators
+// in registers; each step loads 3 vectors of a row of A and broadcasts 8 numbers of w (no packing, no horizontal
+// sums). The inner dimension runs in blocks of kWideInner so that a tile's strip of A stays in L2 for the other row
+// tiles. Threads take column tiles (each reads its share of A once) or, when the rows outnumber the columns, row
+// tiles. Columns past the last whole vector are computed on a zero-padded copy of their strip.
+constexpr int64_t kWideRows = 8, kWideVecs = 3, kWideInner = 1024;
+
+// Rows r0.. (at most kWideRows, fewer at the end) × NV vectors of columns, over `count` inner steps: a and w start at
+// the first inner step (a's rows lda apart, w's steps wis apart, w's rows wrs apart); out at row r0, first column;
+// `first`: the block starts the sum (else it adds to out)
+template <typename T, int NV>
+void wide_tile(const T* w, int64_t wrs, int64_t wis, int64_t rows, const T* a, int64_t lda, int64_t count, T* out,
+               int64_t ors, bool first) {
+  constexpr int L = kLanes<T>, RT = int(kWideRows);
+  vec<T> acc[RT][NV];
+  const T* wr[RT];
+  for (int r = 0; r < RT; ++r) {
+    const int64_t row = std::min<int64_t>(r, rows - 1);  // rows past the end repeat the last one, not stored
+    wr[r] = w + row * wrs;
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? vec<T>{} : load(out + row * ors + v * L);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const T* ar = a + i * lda;
+    vec<T> x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = in_register(load(ar + v * L));
+    for (int r = 0; r < RT; ++r) {
+      const vec<T> b = vec<T>{} + wr[r][i * wis];
+      for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
+    }
+  }
+  for (int r = 0; r < RT && r < rows; ++r)
+    for (int v = 0; v < NV; ++v) store(out + r * ors + v * L, acc[r][v]);
+}
+
+template <typename T>
+void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, int64_t lda, int64_t N, int64_t I, T* out,
+                  int64_t ors) {
+  constexpr int64_t L = kLanes<T>, TW = kWideVecs * L;
+  const int64_t whole = N / TW, singles = (N % TW) / L, rest = N % L;
+  const int64_t col_tiles = whole + singles + (rest > 0), row_tiles = (R + kWideRows - 1) / kWideRows;
+  // one task: the column tiles [t0, t1) and the row tiles [q0, q1), over the whole inner dimension
+  auto run = [&](int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
+    std::vector<T> pad;  // the last partial vector's strip of A, zero-padded to L columns
+    for (int64_t i0 = 0; i0 < I; i0 += kWideInner) {
+      const int64_t count = std::min(I, i0 + kWideInner) - i0;
+      const bool first = i0 == 0;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t < whole ? t * TW : whole * TW + (t - whole) * L;
+        if (t >= whole + singles) {
+          pad.assign(count * L, T(0));
+          for (int64_t i = 0; i < count; ++i)
+            for (int64_t c = 0; c < rest; ++c) pad[i * L + c] = a[(i0 + i) * lda + c0 + c];
+        }
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t r0 = q * kWideRows, rows = std::min(kWideRows, R - r0);
+          const T* wq = w + r0 * wrs + i0 * wis;
+          if (t < whole) {
+            wide_tile<T, int(kWideVecs)>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
+          } else if (t < whole + singles) {
+            wide_tile<T, 1>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
+          } else {  // the last `rest` columns, through a block of L-wide rows
+            T part[kWideRows * L];
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < L; ++c) part[r * L + c] = first || c >= rest ? T(0) : out[(r0 + r) * ors + c0 + c];
+            wide_tile<T, 1>(wq, wrs, wis, rows, pad.data(), L, count, part, L, false);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < rest; ++c) out[(r0 + r) * ors + c0 + c] = part[r * L + c];
+          }
+        }
+      }
+    }
+  };
+  if (R > N)  // more rows than columns (∂A: M rows): threads take row tiles
+    at::parallel_for(0, row_tiles, 1, [&](int64_t q0, int64_t q1) { run(0, col_tiles, q0, q1); });
+  else
+    at::parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) { run(t0, t1, 0, row_tiles); });
 }
 
 // ------------------------------------------------------------------------------------------- ∂X cache
@@ -1183,8 +1264,12 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
       const auto at = pack_at<scalar_t>(a);
       small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.get(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
     } else {
-      const auto a2 = a.reshape({M, K});
-      s = at::mm(v.view({B, M}), a2).mul_(scale);
+      auto a2 = a.reshape({M, K});
+      if (a2.stride(1) != 1) a2 = a2.contiguous();
+      s = torch::empty({B, K}, x.options());
+      wide_product<scalar_t>(v.data_ptr<scalar_t>(), M, 1, B, a2.data_ptr<scalar_t>(), a2.stride(0), K, M,
+                             s.data_ptr<scalar_t>(), K);
+      s.mul_(scale);
       if (!a2.is_alias_of(a)) copy = a2;
     }
   });
@@ -1248,8 +1333,18 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
     } else {  // scale on g (B × K), not on the M × K products
       const auto a2 = a.reshape({M, K});
       const auto gs = g * scale;
-      if (maps) gv = at::mm(gs, a2.t()).view({B, P, f});
-      if (need_a) ga = at::mm(v.view({B, M}).t(), gs).view({P, f, K});
+      if (maps) {  // ∂Vᵀ (M, B) = A gsᵀ, rows of A read in place, then transposed into ∂V (B, P, f)
+        const auto a2c = a2.stride(1) == 1 ? a2 : a2.contiguous();
+        const auto gst = gs.t().contiguous();
+        std::unique_ptr<T[]> gvt(new T[M * B]);  // (written whole)
+        wide_product<T>(a2c.data_ptr<T>(), a2c.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
+        gv = torch::empty({B, P, f}, x.options());
+        copy_tiles_parallel(gvt.get(), 0, B, 1, gv.data_ptr<T>(), 0, 1, M, 1, M, B);
+      }
+      if (need_a) {  // ∂A (M, K) = Vᵀ gs: rows m of Vᵀ are columns of V
+        ga = torch::empty({P, f, K}, x.options());
+        wide_product<T>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
+      }
     }
     if (maps)
       backward_impl<T>(x.data_ptr<T>(), bm.data_ptr<T>(), u.data_ptr<T>(), gv.data_ptr<T>(),
