@@ -109,6 +109,20 @@ inline T lanes_sum(vec<T> v) {
   return tree_sum<T, 32>(v);
 }
 
+// The lanes l ≥ from of a vector (all ones there, zeros below): the last, partial vector of a row of len ≥ kLanes
+// numbers is read as the full vector ending at len, and its lanes before `from` (already summed) are masked off.
+template <typename T>
+inline typename VecOf<T>::mask lanes_from(int64_t from) {
+  typename VecOf<T>::mask m;
+  for (int l = 0; l < kLanes<T>; ++l) m[l] = l >= from ? -1 : 0;
+  return m;
+}
+template <typename T>
+inline vec<T> masked(vec<T> v, typename VecOf<T>::mask m) {
+  using M = typename VecOf<T>::mask;
+  return reinterpret_cast<vec<T>>(reinterpret_cast<M>(v) & m);
+}
+
 // out[i] = Σ of a[i]'s lanes, i < 4: four sums at once (AVX: three horizontal adds and one of the halves, against
 // four trees of three shuffles and three adds each)
 template <typename T>
@@ -149,6 +163,15 @@ void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out) 
       for (int q = 0; q < Q; ++q) acc[r][q][0] += x * load(vecs[q] + j);
     }
   }
+  if (j < len && len >= L) {  // the last numbers as the vector ending at len, its first lanes masked off
+    const int64_t t0 = len - L;
+    const auto m = lanes_from<T>(j - t0);
+    for (int r = 0; r < R; ++r) {
+      const vec<T> x = load(rows[r] + t0);
+      for (int q = 0; q < Q; ++q) acc[r][q][0] += masked<T>(x * load(vecs[q] + t0), m);
+    }
+    j = len;
+  }
   for (int r = 0; r < R; ++r) {
     vec<T> s[Q];
     for (int q = 0; q < Q; ++q) {
@@ -186,6 +209,18 @@ void multi_axpy(const T* const* srcs, const T* coef, T* const* dsts, int64_t len
       for (int r = 0; r < R; ++r) acc += s[r] * c[q * R + r];
       store(dst[q] + j, acc);
     }
+  }
+  if (j < len && len >= L) {  // as in multi_dot: the vector ending at len, the lanes before j unchanged
+    const int64_t t0 = len - L;
+    const auto m = lanes_from<T>(j - t0);
+    vec<T> s[R];
+    for (int r = 0; r < R; ++r) s[r] = load(src[r] + t0);
+    for (int q = 0; q < Q; ++q) {
+      vec<T> add = {};
+      for (int r = 0; r < R; ++r) add += s[r] * c[q * R + r];
+      store(dst[q] + t0, load(dst[q] + t0) + masked<T>(add, m));
+    }
+    j = len;
   }
   for (; j < len; ++j)
     for (int q = 0; q < Q; ++q) {
@@ -246,6 +281,13 @@ void combine(const T* const* srcs, const T* coef, int64_t count, T* dst, int64_t
     vec<T> a = {};
     for (int64_t r = 0; r < count; ++r) a += load(srcs[r] + j) * coef[r];
     put(dst + j, a, stream);
+  }
+  if (j < len && len >= L) {  // the last numbers as the vector ending at len (its first lanes written again)
+    const int64_t t0 = len - L;
+    vec<T> a = {};
+    for (int64_t r = 0; r < count; ++r) a += load(srcs[r] + t0) * coef[r];
+    store(dst + t0, a);
+    j = len;
   }
   for (; j < len; ++j) {
     T acc = 0;
