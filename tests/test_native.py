@@ -143,6 +143,18 @@ def test_native_path_runs_and_passes_gradcheck(counted, attention, layout):
     assert counted["forward"] > 0 and counted["backward"] > 0
 
 
+def _assert_native_equals_torch(native, X, A, B, attention, axis, tol):
+    """Scores and the gradients of X, A and B through the kernel equal the torch path's within tol."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        got = _run(X, A, B, attention, axis)
+        mp.setattr(_native, "kernel", lambda: None)
+        want = _run(X, A, B, attention, axis)
+    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
+        scale = b.abs().max().item()
+        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+
+
 @pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 def test_native_large_samples_in_blocks(native, attention, layout):
@@ -156,15 +168,7 @@ def test_native_large_samples_in_blocks(native, attention, layout):
     A, B = torch.randn(f, 3, 5, generator=g, dtype=torch.float64), torch.randn(f, 5, generator=g, dtype=torch.float64)
     B = B / f**0.5
     axis = -1 if layout == "bnf" else 1
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_native, "kernel", lambda: native)
-        got = _run(X, A, B, attention, axis)
-        mp.setattr(_native, "kernel", lambda: None)
-        want = _run(X, A, B, attention, axis)
-    tol = 8 * (f + n) * eps_of(torch.float64)
-    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
-        scale = b.abs().max().item()
-        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n) * eps_of(torch.float64))
 
 
 @pytest.mark.parametrize(
@@ -191,15 +195,7 @@ def test_native_gradient_rows_streamed_staged_or_in_place(native, layout, n, f, 
     A, B = torch.randn(f, 3, 4, generator=g, dtype=torch.float64), torch.randn(f, 4, generator=g, dtype=torch.float64)
     B = B / f**0.5
     axis = -1 if layout == "bnf" else 1
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_native, "kernel", lambda: native)
-        got = _run(X, A, B, attention, axis)
-        mp.setattr(_native, "kernel", lambda: None)
-        want = _run(X, A, B, attention, axis)
-    tol = 8 * (f + n) * eps_of(torch.float64)
-    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
-        scale = b.abs().max().item()
-        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n) * eps_of(torch.float64))
 
 
 @pytest.mark.parametrize(("classes", "f"), [(3, 512), (300, 512), (37, 600), (33, 600)])
@@ -218,15 +214,7 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
     A = torch.randn(f, classes, p, generator=g, dtype=dtype)
     B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
     axis = -1 if layout == "bnf" else 1
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_native, "kernel", lambda: native)
-        got = _run(X, A, B, "softmax", axis)
-        mp.setattr(_native, "kernel", lambda: None)
-        want = _run(X, A, B, "softmax", axis)
-    tol = 8 * (f + classes * p) * eps_of(dtype)
-    for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
-        scale = b.abs().max().item()
-        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+    _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p) * eps_of(dtype))
 
 
 @settings(max_examples=40, deadline=None)
