@@ -217,6 +217,33 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
     _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p) * eps_of(dtype))
 
 
+@pytest.mark.parametrize("classes", [10, 40])
+def test_native_rank1_with_a_transposed_view(counted, classes):
+    """A rank-1 A handed over as the transpose of a (K, f) parameter (columns f apart, not adjacent): the
+    products with A read it through a contiguous copy where they need rows of A (past 32 classes) and as
+    it is otherwise; scores and gradients equal the torch path's, with and without autograd."""
+    g = torch.Generator().manual_seed(classes)
+    X = torch.randn(3, 7, 64, generator=g, dtype=torch.float64)
+    At = torch.randn(classes, 64, generator=g, dtype=torch.float64)
+    b = torch.randn(64, generator=g, dtype=torch.float64)
+
+    def run():
+        x, at, bb = (t.clone().requires_grad_() for t in (X, At, b))
+        s = lp.rank1_pool(x, at.t(), bb)
+        with torch.no_grad():
+            inference = lp.rank1_pool(x, at.t(), bb)
+        return s.detach(), inference, torch.autograd.grad(s.square().sum(), (x, at, bb))
+
+    s, inference, grads = run()
+    assert counted["forward"] == 2 and counted["backward"] == 1
+    with pytest.MonkeyPatch.context() as mp:
+        _torch_path(mp)
+        s_t, _, grads_t = run()
+    tol = 64 * (64 + classes) * eps_of(torch.float64)
+    for got, want in zip((s, inference, *grads), (s_t, s_t, *grads_t), strict=True):
+        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     rank1=st.booleans(),
