@@ -218,6 +218,18 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
 
 
 @pytest.mark.parametrize("classes", [10, 40])
+def test_native_kernel_without_channels_gives_zeros(native, classes):
+    """The kernel called directly with f = 0 (the package's checks refuse it before): empty sums, so the
+    scores and ∂A are zeros, on both product paths (past 32 classes the wide products' inner dimension
+    is empty)."""
+    x, bm, a = torch.randn(2, 3, 0), torch.randn(0, 2), torch.randn(2, 0, classes)
+    s, u, v, _ = native.scores_forward(x, bm, a, False, 0, 1.0)
+    assert s.shape == (2, classes) and torch.equal(s, torch.zeros_like(s))
+    gx, gb, ga = native.scores_backward(x, bm, a, u, v, torch.ones(2, classes), False, 0, 1.0, True, True, True)
+    assert gx.shape == x.shape and gb.shape == bm.shape and ga.shape == a.shape
+
+
+@pytest.mark.parametrize("classes", [10, 40])
 def test_native_rank1_with_a_transposed_view(counted, classes):
     """A rank-1 A handed over as the transpose of a (K, f) parameter (columns f apart, not adjacent): the
     products with A read it through a contiguous copy where they need rows of A (past 32 classes) and as

@@ -1166,6 +1166,10 @@ template <typename T>
 void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, int64_t lda, int64_t N, int64_t I, T* out,
                   int64_t ors) {
   constexpr int64_t L = kLanes<T>, TW = kWideVecs * L;
+  if (I == 0) {  // an empty sum (no channels): zeros, as a GEMM with an empty inner dimension gives
+    for (int64_t r = 0; r < R; ++r) std::fill(out + r * ors, out + r * ors + N, T(0));
+    return;
+  }
   const int64_t whole = N / TW, singles = (N % TW) / L, rest = N % L;
   const int64_t col_tiles = whole + singles + (rest > 0), row_tiles = (R + kWideRows - 1) / kWideRows;
   // one task: the column tiles [t0, t1) and the row tiles [q0, q1), over the whole inner dimension
