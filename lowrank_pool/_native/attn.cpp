@@ -658,39 +658,33 @@ struct ShortRows {
     vec<T> wv[Q][NV];
     for (int q = 0; q < Q; ++q)
       for (int k = 0; k < NV; ++k) wv[q][k] = load(w[q] + k * L);
-    int64_t c = 0;
-    for (; c + 4 <= safe; c += 4) {  // 4 rows: their sums for a map at once (lanes_sums4)
+    // C rows from c, their last vector masked to the row; 4 rows give a map's 4 sums at once (lanes_sums4)
+    auto rows_block = [&](int64_t c, auto rows_in_block) {
+      constexpr int C = decltype(rows_in_block)::value;
       const T* r0 = xs + c * n;
-      vec<T> a[Q][4] = {};
+      vec<T> a[Q][C] = {};
       for (int k = 0; k < NV; ++k) {
-        vec<T> x[4];
-        for (int i = 0; i < 4; ++i) {
+        vec<T> x[C];
+        for (int i = 0; i < C; ++i) {
           x[i] = in_register(load(r0 + i * n + k * L));
-          if (k + 1 == NV) x[i] = reinterpret_cast<vec<T>>(reinterpret_cast<M>(x[i]) & tail);
+          if (k + 1 == NV) x[i] = masked<T>(x[i], tail);
         }
         for (int q = 0; q < Q; ++q)
-          for (int i = 0; i < 4; ++i) a[q][i] += x[i] * wv[q][k];
+          for (int i = 0; i < C; ++i) a[q][i] += x[i] * wv[q][k];
       }
       for (int q = 0; q < Q; ++q) {
         T t[4];
-        lanes_sums4<T>(a[q], t);
-        for (int i = 0; i < 4; ++i) out[q][c + i] += t[i];
+        if constexpr (C == 4) {
+          lanes_sums4<T>(a[q], t);
+        } else {
+          for (int i = 0; i < C; ++i) t[i] = lanes_sum<T>(a[q][i]);
+        }
+        for (int i = 0; i < C; ++i) out[q][c + i] += t[i];
       }
-    }
-    for (; c + 2 <= safe; c += 2) {
-      const T* r0 = xs + c * n;
-      vec<T> a0[Q] = {}, a1[Q] = {};
-      for (int k = 0; k + 1 < NV; ++k) {
-        const vec<T> x0 = in_register(load(r0 + k * L)), x1 = in_register(load(r0 + n + k * L));
-        for (int q = 0; q < Q; ++q) a0[q] += x0 * wv[q][k], a1[q] += x1 * wv[q][k];
-      }
-      const vec<T> t0 = reinterpret_cast<vec<T>>(reinterpret_cast<M>(load(r0 + (NV - 1) * L)) & tail);
-      const vec<T> t1 = reinterpret_cast<vec<T>>(reinterpret_cast<M>(load(r0 + n + (NV - 1) * L)) & tail);
-      for (int q = 0; q < Q; ++q) {
-        out[q][c] += lanes_sum<T>(a0[q] + t0 * wv[q][NV - 1]);
-        out[q][c + 1] += lanes_sum<T>(a1[q] + t1 * wv[q][NV - 1]);
-      }
-    }
+    };
+    int64_t c = 0;
+    for (; c + 4 <= safe; c += 4) rows_block(c, std::integral_constant<int, 4>());
+    for (; c < safe; ++c) rows_block(c, std::integral_constant<int, 1>());
     for (; c < f; ++c)
       for (int q = 0; q < Q; ++q) {
         T acc = 0;
