@@ -1204,6 +1204,13 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
     at::parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) { run(t0, t1, 0, row_tiles); });
 }
 
+// A (P, f, K) as M = P·f rows of K numbers with unit column stride, as wide_product reads it: a view where A's
+// strides allow one, else a copy (the forward hands its copy to the backward)
+torch::Tensor a_rows(const torch::Tensor& a, int64_t M, int64_t K) {
+  const auto a2 = a.reshape({M, K});
+  return a2.stride(1) == 1 ? a2 : a2.contiguous();
+}
+
 // ------------------------------------------------------------------------------------------- ∂X cache
 struct Cache {
   std::mutex mu;
@@ -1304,8 +1311,7 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
       const auto at = pack_at<scalar_t>(a);
       small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.get(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
     } else {
-      auto a2 = a.reshape({M, K});
-      if (a2.stride(1) != 1) a2 = a2.contiguous();
+      const auto a2 = a_rows(a, M, K);
       s = torch::empty({B, K}, x.options());
       wide_product<scalar_t>(v.data_ptr<scalar_t>(), M, 1, B, a2.data_ptr<scalar_t>(), a2.stride(0), K, M,
                              s.data_ptr<scalar_t>(), K);
@@ -1371,13 +1377,12 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         copy_tiles_parallel(gat.get(), 0, 1, M, ga.data_ptr<T>(), 0, K, 1, 1, M, K);
       }
     } else {  // scale on g (B × K), not on the M × K products
-      const auto a2 = a.reshape({M, K});
       const auto gs = g * scale;
       if (maps) {  // ∂Vᵀ (M, B) = A gsᵀ, rows of A read in place, then transposed into ∂V (B, P, f)
-        const auto a2c = a2.stride(1) == 1 ? a2 : a2.contiguous();
+        const auto a2 = a_rows(a, M, K);
         const auto gst = gs.t().contiguous();
         std::unique_ptr<T[]> gvt(new T[M * B]);  // (written whole)
-        wide_product<T>(a2c.data_ptr<T>(), a2c.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
+        wide_product<T>(a2.data_ptr<T>(), a2.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
         gv = torch::empty({B, P, f}, x.options());
         copy_tiles_parallel(gvt.get(), 0, B, 1, gv.data_ptr<T>(), 0, 1, M, 1, M, B);
       }
