@@ -195,6 +195,27 @@ def _plain_second_order(name):
     return plain
 
 
+class _RecordedProducts:
+    """Within the block, each torch.matmul / torch.baddbmm call is recorded as (name, operand dtypes)."""
+
+    def __init__(self):
+        self.monkeypatch, self.calls = pytest.MonkeyPatch(), []
+
+    def __enter__(self):
+        for name in ("matmul", "baddbmm"):
+            fn = getattr(torch, name)
+
+            def recorded(*args, _name=name, _fn=fn, **kwargs):
+                self.calls.append((_name, tuple(a.dtype for a in args if isinstance(a, torch.Tensor))))
+                return _fn(*args, **kwargs)
+
+            self.monkeypatch.setattr(torch, name, recorded)
+        return self.calls
+
+    def __exit__(self, *exc):
+        self.monkeypatch.undo()
+
+
 def _gram_inputs(layout, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     shape = (3, 5, F) if layout == "bnf" else (3, F, 2, 3)
@@ -287,16 +308,6 @@ def test_gram_function_backward_products(layout, monkeypatch):
     assert tk._symmetrize_first(4096, 128, True) and tk._symmetrize_first(300, 2048, True)
     assert not tk._symmetrize_first(49, 2048, True) and not tk._symmetrize_first(3, 16, True)
     assert tk._symmetrize_first(196, 2048, False) and not tk._symmetrize_first(49, 512, False)  # (a GPU's rule)
-    orig_matmul, orig_baddbmm = torch.matmul, torch.baddbmm
-    calls = []
-
-    def counting(name, fn):
-        def counted(*args, **kwargs):
-            calls.append(name)
-            return fn(*args, **kwargs)
-
-        return counted
-
     for n, f, chunk, products in (
         (12, 8, 1 << 24, ["matmul"]),  # the whole batch at once
         (12, 8, 2 * 8 * 8, ["matmul", "matmul"]),  # chunks of 2 samples (3 in all)
@@ -311,17 +322,13 @@ def test_gram_function_backward_products(layout, monkeypatch):
         monkeypatch.setattr(tk, "_GRAM_CHUNK", chunk)
         xr = x.clone().requires_grad_()
         m = lp.gram(xr)
-        calls.clear()
-        monkeypatch.setattr(torch, "matmul", counting("matmul", orig_matmul))
-        monkeypatch.setattr(torch, "baddbmm", counting("baddbmm", orig_baddbmm))
-        (got,) = torch.autograd.grad((m * weights).sum(), xr)
-        monkeypatch.setattr(torch, "matmul", orig_matmul)
-        monkeypatch.setattr(torch, "baddbmm", orig_baddbmm)
-        assert calls == products, (n, f, calls)
+        with _RecordedProducts() as calls:
+            (got,) = torch.autograd.grad((m * weights).sum(), xr)
+        assert [name for name, _ in calls] == products, (n, f, calls)
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_gram_function_under_autocast_follows_autograd(gram_calls, monkeypatch):
+def test_gram_function_under_autocast_follows_autograd(gram_calls):
     """Under autocast M = XᵀX is a bfloat16 product; the backward's products run in bfloat16 too (as autograd's
     of an autocast matmul), ∂X comes back in X's dtype and close to plain autograd's (both backward forms: the
     fixture's parameter)."""
@@ -339,20 +346,12 @@ def test_gram_function_under_autocast_follows_autograd(gram_calls, monkeypatch):
         return torch.autograd.grad((m.float() * w).sum(), xr)[0]
 
     want = grad_of(lambda x: torch.matmul(x.mT, x) / x.shape[1])
-    dtypes = []
-    orig = torch.matmul
-
-    def recording(a, b, *args, **kwargs):
-        dtypes.append((a.dtype, b.dtype))
-        return orig(a, b, *args, **kwargs)
-
     xr = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m = lp.gram(xr)
-    monkeypatch.setattr(torch, "matmul", recording)
-    (got,) = torch.autograd.grad((m.float() * w).sum(), xr)
-    monkeypatch.setattr(torch, "matmul", orig)
-    assert dtypes and all(d == (torch.bfloat16, torch.bfloat16) for d in dtypes), dtypes
+    with _RecordedProducts() as calls:
+        (got,) = torch.autograd.grad((m.float() * w).sum(), xr)
+    assert calls and all(set(dtypes) == {torch.bfloat16} for _, dtypes in calls), calls
     assert got.dtype == torch.float32
     tol = 32 * eps_of(torch.bfloat16) * want.abs().max().item()
     assert torch.allclose(got, want, rtol=0, atol=tol), (got - want).abs().max()
