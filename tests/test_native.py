@@ -256,6 +256,47 @@ def test_native_rank1_with_a_transposed_view(counted, classes):
         assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "classes", "f"),
+    [(torch.float32, 48, 40), (torch.float64, 36, 40), (torch.float32, 8, 33000), (torch.float64, 4, 66000)],
+)
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 5, 7])
+@pytest.mark.parametrize("rank1", [True, False])
+def test_native_products_with_a_off_alignment(counted, dtype, classes, f, offset, rank1):
+    """A whose rows start off a 32-byte boundary (a view `offset` numbers into a buffer, as a tensor from numpy
+    or a slice of a larger one is): the wide products start their vectors at the next boundary and take the
+    first columns as a partial strip (here every split: head and tail strips, single vectors, whole tiles, and
+    with 8 or 4 classes more head than body). Scores and gradients equal the torch path's."""
+    g = torch.Generator().manual_seed(offset + classes)
+    p = 1 if rank1 else 2
+    X = torch.randn(3, 2, f, generator=g, dtype=dtype)
+    buf = torch.randn(p * f * classes + 8, generator=g, dtype=dtype)
+    stored = buf[offset : offset + p * f * classes].view(p, f, classes)  # A's (P, f, K) layout, read in place
+    A = stored[0] if rank1 else stored.permute(1, 2, 0)
+    b = torch.randn(f, generator=g, dtype=dtype) / f**0.5
+    B = b if rank1 else torch.stack([b, b.flip(0)], 1)
+
+    def run():
+        x, a, bb = (t.detach().clone().requires_grad_() for t in (X, A, B))
+        # a clone of A would start on a new allocation: a view at the same offset into a copy of the buffer
+        a = buf.clone()[offset : offset + p * f * classes].view(p, f, classes)
+        a = (a[0] if rank1 else a.permute(1, 2, 0)).requires_grad_()
+        assert a.data_ptr() % 32 == A.data_ptr() % 32
+        s = lp.rank1_pool(x, a, bb) if rank1 else lp.rankp_pool(x, a, bb)
+        with torch.no_grad():
+            inference = lp.rank1_pool(x, a, bb) if rank1 else lp.rankp_pool(x, a, bb)
+        return s.detach(), inference, torch.autograd.grad((s * s.detach().sign()).sum(), (x, a, bb))
+
+    s, inference, grads = run()
+    assert counted["forward"] == 2 and counted["backward"] == 1
+    with pytest.MonkeyPatch.context() as mp:
+        _torch_path(mp)
+        s_t, _, grads_t = run()
+    tol = 64 * (f + classes) * eps_of(dtype)
+    for got, want in zip((s, inference, *grads), (s_t, s_t, *grads_t), strict=True):
+        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     rank1=st.booleans(),

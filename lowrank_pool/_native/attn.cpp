@@ -1232,49 +1232,73 @@ void wide_tile(const T* w, int64_t wrs, int64_t wis, int64_t rows, const T* a, i
 template <typename T>
 void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, int64_t lda, int64_t N, int64_t I, T* out,
                   int64_t ors) {
-  constexpr int64_t L = kLanes<T>, TW = kWideVecs * L;
+  constexpr int64_t L = kLanes<T>, TW = kWideVecs * L, item = sizeof(T);
   if (I == 0) {  // an empty sum (no channels): zeros, as a GEMM with an empty inner dimension gives
     for (int64_t r = 0; r < R; ++r) std::fill(out + r * ors, out + r * ors + N, T(0));
     return;
   }
-  const int64_t whole = N / TW, singles = (N % TW) / L, rest = N % L;
-  const int64_t col_tiles = whole + singles + (rest > 0), row_tiles = (R + kWideRows - 1) / kWideRows;
+  // Where every row of A starts at the same offset within 32 bytes (lda a multiple of 32 bytes) but not on a
+  // boundary, the first `head` columns go through a partial strip and the vectors start at the next boundary: a
+  // vector load across two cache lines costs two (A 16 bytes off, as numpy allocates large arrays, made the rank-1
+  // forward at (32, 196, 2048), K = 600, 2.1 -> 3.2 ms).
+  const int64_t off = int64_t(reinterpret_cast<uintptr_t>(a) % 32);
+  const int64_t head = (lda * item) % 32 == 0 && off % item == 0 && off > 0 ? std::min(N, (32 - off) / item) : 0;
+  const int64_t body = N - head;
+  const int64_t whole = body / TW, singles = (body % TW) / L, rest = body % L;
+  // column tiles: `whole` of TW columns, `singles` of L, then the partial strips: the last `rest` columns, the `head`
+  const int64_t partial0 = whole + singles, col_tiles = partial0 + (rest > 0) + (head > 0);
+  const int64_t row_tiles = (R + kWideRows - 1) / kWideRows;
   // one task: the column tiles [t0, t1) and the row tiles [q0, q1), over the whole inner dimension
   auto run = [&](int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
-    std::vector<T> pad;  // the last partial vector's strip of A, zero-padded to L columns
+    std::vector<T> pad;  // a partial strip of A (fewer than L columns), zero-padded to L columns
     for (int64_t i0 = 0; i0 < I; i0 += kWideInner) {
       const int64_t count = std::min(I, i0 + kWideInner) - i0;
       const bool first = i0 == 0;
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t < whole ? t * TW : whole * TW + (t - whole) * L;
-        if (t >= whole + singles) {
+        const bool partial = t >= partial0, is_tail = partial && t == partial0 && rest > 0;
+        const int64_t c0 = !partial ? head + (t < whole ? t * TW : whole * TW + (t - whole) * L)
+                                    : (is_tail ? head + whole * TW + singles * L : 0);
+        const int64_t width = !partial ? 0 : (is_tail ? rest : head);
+        if (partial) {
           pad.assign(count * L, T(0));
           for (int64_t i = 0; i < count; ++i)
-            for (int64_t c = 0; c < rest; ++c) pad[i * L + c] = a[(i0 + i) * lda + c0 + c];
+            for (int64_t c = 0; c < width; ++c) pad[i * L + c] = a[(i0 + i) * lda + c0 + c];
         }
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t r0 = q * kWideRows, rows = std::min(kWideRows, R - r0);
           const T* wq = w + r0 * wrs + i0 * wis;
           if (t < whole) {
             wide_tile<T, int(kWideVecs)>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
-          } else if (t < whole + singles) {
+          } else if (!partial) {
             wide_tile<T, 1>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
-          } else {  // the last `rest` columns, through a block of L-wide rows
+          } else {  // `width` columns, through a block of L-wide rows
             T part[kWideRows * L];
             for (int64_t r = 0; r < rows; ++r)
-              for (int64_t c = 0; c < L; ++c) part[r * L + c] = first || c >= rest ? T(0) : out[(r0 + r) * ors + c0 + c];
+              for (int64_t c = 0; c < L; ++c) part[r * L + c] = first || c >= width ? T(0) : out[(r0 + r) * ors + c0 + c];
             wide_tile<T, 1>(wq, wrs, wis, rows, pad.data(), L, count, part, L, false);
             for (int64_t r = 0; r < rows; ++r)
-              for (int64_t c = 0; c < rest; ++c) out[(r0 + r) * ors + c0 + c] = part[r * L + c];
+              for (int64_t c = 0; c < width; ++c) out[(r0 + r) * ors + c0 + c] = part[r * L + c];
           }
         }
       }
     }
   };
-  if (R > N)  // more rows than columns (∂A: M rows): threads take row tiles
+  if (R > N) {  // more rows than columns (∂A: M rows): threads take row tiles
     at::parallel_for(0, row_tiles, 1, [&](int64_t q0, int64_t q1) { run(0, col_tiles, q0, q1); });
-  else
-    at::parallel_for(0, col_tiles, 1, [&](int64_t t0, int64_t t1) { run(t0, t1, 0, row_tiles); });
+    return;
+  }
+  // threads take runs of column tiles of about the same number of columns (the tiles are 3, 1 or part of a vector
+  // wide: an even split of their count gave one thread 336 of 600 columns)
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), col_tiles));
+  std::vector<int64_t> cut(parts + 1, col_tiles);
+  cut[0] = 0;
+  for (int64_t t = 0, done = 0, k = 1; t < col_tiles && k < parts; ++t) {
+    done += t < whole ? TW : t < partial0 ? L : t == partial0 && rest > 0 ? rest : head;
+    if (done * parts >= k * N) cut[k++] = t + 1;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) run(cut[k], cut[k + 1], 0, row_tiles);
+  });
 }
 
 // A (P, f, K) as M = P·f rows of K numbers with unit column stride, as wide_product reads it: a view where A's
