@@ -356,6 +356,26 @@ void combine_rows(const T* const* srcs, const T* coef, int64_t count, T* const* 
     for (int q = 0; q < Q; ++q)
       for (int v = 0; v < V; ++v) put(dsts[q] + j + v * L, a[q][v], stream);
   }
+  // whole vectors left, then the last numbers as the vector ending at len (its first lanes written again, with
+  // the same sums), each loaded vector still serving the Q rows: a row of 196 numbers (NCHW 14 × 14) has 4 left
+  for (; j + L <= len; j += L) {
+    vec<T> a[Q] = {};
+    for (int64_t r = 0; r < count; ++r) {
+      const vec<T> x = load(srcs[r] + j);
+      for (int q = 0; q < Q; ++q) a[q] += x * coef[q * count + r];
+    }
+    for (int q = 0; q < Q; ++q) put(dsts[q] + j, a[q], stream);
+  }
+  if (j < len && len >= L) {
+    const int64_t t0 = len - L;
+    vec<T> a[Q] = {};
+    for (int64_t r = 0; r < count; ++r) {
+      const vec<T> x = load(srcs[r] + t0);
+      for (int q = 0; q < Q; ++q) a[q] += x * coef[q * count + r];
+    }
+    for (int q = 0; q < Q; ++q) store(dsts[q] + t0, a[q]);
+    j = len;
+  }
   if (j < len) {
     const T* rest[64];
     for (int64_t r = 0; r < count && r < 64; ++r) rest[r] = srcs[r] + j;
@@ -1063,11 +1083,11 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
             RowWriter<T> out{gxs + j0, n, len, streamed, staging};
             const bool direct = streamed && gxs && is_line_run(gxs + j0, len) && is_line_run(gxs, n);
             int64_t c = 0;
-            // Rows of 256 positions and more 4 at a time: each loaded vector of U and ∂Z serves the 4 (one row at
-            // a time loads as many numbers as it computes). Measured, one thread, backward P = 4: 10-18 % faster
-            // at (1024, 256) and (784, 512) in cache; at 196 positions 4-8 % slower in cache (rows of 784 bytes,
-            // 6 blocks of 32 numbers and a scalar remainder of 4), so shorter rows stay one at a time.
-            for (; len >= 256 && c + 4 <= f && gxs && 2 * P <= 64; c += 4) {
+            // Rows 4 at a time: each loaded vector of U and ∂Z serves the 4 (one row at a time loads as many numbers
+            // as it computes). Measured, one thread, backward P = 4: 10-18 % faster at (1024, 256) and (784, 512) in
+            // cache; at 196 and 100 positions 8-11 % faster once combine_rows ended a row with a vector instead of
+            // a scalar remainder (with it, 4-8 % slower than one row at a time).
+            for (; len >= 64 && c + 4 <= f && gxs && 2 * P <= 64; c += 4) {
               for (int r = 0; r < 4; ++r)
                 for (int64_t p = 0; p < P; ++p)
                   coef[r * 2 * P + p] = gvs[p * f + c + r], coef[r * 2 * P + P + p] = bm[(c + r) * P + p];
