@@ -387,14 +387,16 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [9, 31, 49, 64, 65])
 @pytest.mark.parametrize("f", [1, 3, 130])
-def test_native_short_channel_rows(native, dtype, n, f):
+@pytest.mark.parametrize("p", [3, 4, 9])
+def test_native_short_channel_rows(native, dtype, n, f, p):
     """Channels-first rows of at most 8 vectors (7 × 7 positions: 49 numbers) run from registers, reading a
     row's last vector into the next row: values and gradients equal the torch path's for every attention, and
-    the scores also with ±inf and NaN at the start of a row (the lanes read past a row must not reach its sum)."""
-    g = torch.Generator().manual_seed(n * f)
+    the scores also with ±inf and NaN at the start of a row (the lanes read past a row must not reach its sum).
+    The maps' sums go 4 at a time, then in pairs, then one (P = 3, 4, 9 take each mix)."""
+    g = torch.Generator().manual_seed(n * f + p)
     dt = getattr(torch, dtype)
     X = torch.randn(3, f, n, 1, generator=g, dtype=dt)
-    A, B = torch.randn(f, 2, 3, generator=g, dtype=dt), torch.randn(f, 3, generator=g, dtype=dt) / f**0.5
+    A, B = torch.randn(f, 2, p, generator=g, dtype=dt), torch.randn(f, p, generator=g, dtype=dt) / f**0.5
     specials = X.clone()
     specials[0, -1, 0] = float("inf")  # row f-1 of sample 0 starts with +inf; row f-2 reads into it
     specials[1, f // 2, 0] = float("-inf")

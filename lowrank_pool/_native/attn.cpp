@@ -798,33 +798,48 @@ template <typename T, int NV>
 void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f, int64_t P, int att,
                    RowScratch<T>& sc) {
   const ShortRows<T, NV> rows(xs, n, f);
-  alignas(32) T wbuf[2][NV * kLanes<T>];
+  alignas(32) T wbuf[4][NV * kLanes<T>];
   sc.soft.reset();
   std::fill(vs, vs + P * f, T(0));
-  ShortRows<T, NV>::in_pairs(P, [&](int64_t p0, auto q) {
+  auto weights = [&](int64_t p, T* w) {
+    T* u = us + p * n;
+    std::copy(w, w + n, u);  // Z; σ is applied to U below, as in forward_rows
+    if (att == kRelu) {
+      for (int64_t j = 0; j < n; ++j) w[j] = relu(w[j]);
+    } else if (att == kSoftmax) {
+      sc.soft.grow(p, u, n, 1, vs + p * f, f);
+      for (int64_t j = 0; j < n; ++j) w[j] = sc.soft.weight(p, u[j]);
+    }
+    std::fill(w + n, w + NV * kLanes<T>, T(0));
+  };
+  int64_t p0 = 0;
+  // Z of 4 maps from one read of the sample (the rows' sums of 4 maps fit in the registers; their dot products
+  // with 4 maps' weights do not, so V goes in pairs): 3 reads of the sample per 4 maps instead of 4. Measured,
+  // forward on two threads at (32, 2048, 7 × 7): P = 4 0.69 -> 0.63 ms, P = 8 1.08 -> 1.01.
+  for (; p0 + 4 <= P; p0 += 4) {
+    const T* coef[4];
+    T* w[4];
+    for (int k = 0; k < 4; ++k) coef[k] = bm + p0 + k, w[k] = wbuf[k];
+    rows.template sum_rows<4>(coef, P, w);
+    for (int k = 0; k < 4; ++k) weights(p0 + k, w[k]);
+    for (int k = 0; k < 4; k += 2) {
+      T* wk[2] = {w[k], w[k + 1]};
+      T* v[2] = {vs + (p0 + k) * f, vs + (p0 + k + 1) * f};
+      rows.template add_dots<2>(wk, v);
+    }
+  }
+  ShortRows<T, NV>::in_pairs(P - p0, [&](int64_t q0, auto q) {
     constexpr int Q = decltype(q)::value;
     const T* coef[Q];
     T* w[Q];
     T* v[Q];
-    for (int k = 0; k < Q; ++k) coef[k] = bm + p0 + k, w[k] = wbuf[k], v[k] = vs + (p0 + k) * f;
+    for (int k = 0; k < Q; ++k) coef[k] = bm + p0 + q0 + k, w[k] = wbuf[k], v[k] = vs + (p0 + q0 + k) * f;
     rows.template sum_rows<Q>(coef, P, w);
-    for (int k = 0; k < Q; ++k) {
-      const int64_t p = p0 + k;
-      T* u = us + p * n;
-      std::copy(w[k], w[k] + n, u);  // Z; σ is applied to U below, as in forward_rows
-      if (att == kRelu) {
-        for (int64_t j = 0; j < n; ++j) w[k][j] = relu(w[k][j]);
-      } else if (att == kSoftmax) {
-        sc.soft.grow(p, u, n, 1, v[k], f);
-        for (int64_t j = 0; j < n; ++j) w[k][j] = sc.soft.weight(p, u[j]);
-      }
-      std::fill(w[k] + n, w[k] + NV * kLanes<T>, T(0));
-    }
+    for (int k = 0; k < Q; ++k) weights(p0 + q0 + k, w[k]);
     rows.template add_dots<Q>(w, v);
-    if (att == kRelu)
-      for (int k = 0; k < Q; ++k)
-        for (int64_t j = 0; j < n; ++j) us[(p0 + k) * n + j] = relu(us[(p0 + k) * n + j]);
   });
+  if (att == kRelu)
+    for (int64_t k = 0; k < P * n; ++k) us[k] = relu(us[k]);
   if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
 
