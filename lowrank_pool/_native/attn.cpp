@@ -358,22 +358,17 @@ void combine_rows(const T* const* srcs, const T* coef, int64_t count, T* const* 
   }
   // whole vectors left, then the last numbers as the vector ending at len (its first lanes written again, with
   // the same sums), each loaded vector still serving the Q rows: a row of 196 numbers (NCHW 14 × 14) has 4 left
-  for (; j + L <= len; j += L) {
+  auto one_vector = [&](int64_t at, bool streamed) {
     vec<T> a[Q] = {};
     for (int64_t r = 0; r < count; ++r) {
-      const vec<T> x = load(srcs[r] + j);
+      const vec<T> x = load(srcs[r] + at);
       for (int q = 0; q < Q; ++q) a[q] += x * coef[q * count + r];
     }
-    for (int q = 0; q < Q; ++q) put(dsts[q] + j, a[q], stream);
-  }
-  if (j < len && len >= L) {
-    const int64_t t0 = len - L;
-    vec<T> a[Q] = {};
-    for (int64_t r = 0; r < count; ++r) {
-      const vec<T> x = load(srcs[r] + t0);
-      for (int q = 0; q < Q; ++q) a[q] += x * coef[q * count + r];
-    }
-    for (int q = 0; q < Q; ++q) store(dsts[q] + t0, a[q]);
+    for (int q = 0; q < Q; ++q) put(dsts[q] + at, a[q], streamed);
+  };
+  for (; j + L <= len; j += L) one_vector(j, stream);
+  if (j < len && len >= L) {  // (rewritten lanes: cached stores; a streamed row is whole lines and has no tail)
+    one_vector(len - L, false);
     j = len;
   }
   if (j < len) {
@@ -1283,6 +1278,16 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
   // column tiles: `whole` of TW columns, `singles` of L, then the partial strips: the last `rest` columns, the `head`
   const int64_t partial0 = whole + singles, col_tiles = partial0 + (rest > 0) + (head > 0);
   const int64_t row_tiles = (R + kWideRows - 1) / kWideRows;
+  // column tile t: its first column and width (TW, L, or fewer than L for a partial strip)
+  struct Columns {
+    int64_t c0, width;
+  };
+  auto columns = [&](int64_t t) -> Columns {
+    if (t < whole) return {head + t * TW, TW};
+    if (t < partial0) return {head + whole * TW + (t - whole) * L, L};
+    if (t == partial0 && rest > 0) return {head + whole * TW + singles * L, rest};
+    return {0, head};
+  };
   // one task: the column tiles [t0, t1) and the row tiles [q0, q1), over the whole inner dimension
   auto run = [&](int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
     std::vector<T> pad;  // a partial strip of A (fewer than L columns), zero-padded to L columns
@@ -1290,10 +1295,8 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
       const int64_t count = std::min(I, i0 + kWideInner) - i0;
       const bool first = i0 == 0;
       for (int64_t t = t0; t < t1; ++t) {
-        const bool partial = t >= partial0, is_tail = partial && t == partial0 && rest > 0;
-        const int64_t c0 = !partial ? head + (t < whole ? t * TW : whole * TW + (t - whole) * L)
-                                    : (is_tail ? head + whole * TW + singles * L : 0);
-        const int64_t width = !partial ? 0 : (is_tail ? rest : head);
+        const auto [c0, width] = columns(t);
+        const bool partial = t >= partial0;
         if (partial) {
           pad.assign(count * L, T(0));
           for (int64_t i = 0; i < count; ++i)
@@ -1328,7 +1331,7 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
   std::vector<int64_t> cut(parts + 1, col_tiles);
   cut[0] = 0;
   for (int64_t t = 0, done = 0, k = 1; t < col_tiles && k < parts; ++t) {
-    done += t < whole ? TW : t < partial0 ? L : t == partial0 && rest > 0 ? rest : head;
+    done += columns(t).width;
     if (done * parts >= k * N) cut[k++] = t + 1;
   }
   at::parallel_for(0, parts, 1, [&](int64_t k0, int64_t k1) {
