@@ -95,6 +95,60 @@ def test_training_step_makes_no_host_synchronisation(name):
             torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_training_step_replays_in_a_cuda_graph(name):
+    """A training step captured once in a CUDA graph gives, replayed on new X, the eager step's numbers.
+
+    Capture is what ``torch.compile(mode="reduce-overhead")`` and hand-written ``torch.cuda.graph`` do to
+    remove the host's per-kernel cost: the step must make no host synchronisation, allocate nothing that
+    depends on the data, and keep no per-call state on the host (hashes, caches) that a replay would skip.
+    """
+    layer = make(name, dtype=torch.float32).cuda()
+    ref_layer = copy.deepcopy(layer)
+    x = torch.randn(4, F_IN, 5, 5, device="cuda", requires_grad=True)
+    leaves = [x, *layer.parameters()]
+
+    def step():
+        return scores(layer, x).sum()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture: lazy initialisation, cuBLAS workspaces
+        for _ in range(3):
+            for t in leaves:
+                t.grad = None
+            step().backward()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in leaves:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+        loss.backward()
+    for seed in (1, 2):  # new data in the captured input, as a training loop copies each batch in
+        new = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).cuda()
+        with torch.no_grad():
+            x.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        x_ref = new.clone().requires_grad_()
+        ref_scores = scores(ref_layer, x_ref)
+        ref_loss = ref_scores.sum()
+        ref_loss.backward()
+        scale = ref_scores.abs().sum().item() + 1
+        assert_close(loss, ref_loss, terms=400, scale=scale, dtype=torch.float32, label=f"{name} loss, replay {seed}")
+        terms = 400 * _signed_sqrt_condition(name, ref_layer, new.double())
+        got = [x.grad, *(p.grad for p in layer.parameters())]
+        ref = [x_ref.grad, *(p.grad for p in ref_layer.parameters())]
+        for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+            assert (g is None) == (r is None), (name, i)
+            if r is not None:
+                label = f"{name} gradient {i}, replay {seed}"
+                assert_close(g, r, terms=terms, scale=r.abs().max().item() + 1, dtype=torch.float32, label=label)
+        for p in ref_layer.parameters():
+            p.grad = None
+
+
 def _peak_extra(fn, x):
     """Peak device memory allocated during fn(), beyond what was allocated before it, in units of X."""
     fn()  # warm-up: cuBLAS workspaces and the like are allocated once and kept
