@@ -142,21 +142,41 @@ def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -
         d = 8192  # (2.5 d log2 d FLOPs each), the spectra's product, one inverse FFT per sample
         fft = 2.5 * d * math.log2(d)
         return 2 * batch * n * f + batch * n * (2 * fft + 3 * d) + batch * fft, x + batch * d * item
+    kind, kw = _factored(method, batch, n, f, k, r, item)
+    path = _factored_path(kind, kw)
+    return lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
+
+
+def _factored(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[str, dict[str, Any]]:
+    """The cost model's form ("cp" or "tucker") and arguments for a CP or Tucker method."""
     kind = "cp" if method.startswith("cp") else "tucker"
     kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
     kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)
+    return kind, kw
+
+
+def _factored_path(kind: str, kw: dict[str, Any]) -> str:
+    """The path ``path="auto"`` takes: the cheaper in the package's cost model."""
     seconds = lp.pool_cost(kind, **kw)
-    path = "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
-    return lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
+    return "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
 
 
 def roofline_costs(
     method: str, batch: int, n: int, f: int, k: int, r: int, item: int, grad: bool
 ) -> tuple[float, float]:
     """(FLOPs, bytes) of the roofline: :func:`_costs` for the forward; forward+backward reads X and the
-    parameters twice (forward and backward), writes ∂X once and does three times the FLOPs."""
+    parameters twice (forward and backward), writes ∂X once and does three times the forward's FLOPs
+    (the forward, and a product of the same size for each of the two gradients), except the Gram
+    matrix XᵀX of the dense paths (bilinear pooling, CP and Tucker where ``auto`` takes the dense
+    path): its backward is one GEMM, ∂X = X (G + Gᵀ), so its 2 B n f² FLOPs count twice, not three
+    times."""
     flops, nbytes = _costs(method, batch, n, f, k, r, item)
-    return (3 * flops, 2 * nbytes + batch * n * f * item) if grad else (flops, nbytes)
+    if not grad:
+        return flops, nbytes
+    gram = method == "bilinear" or (
+        method.startswith(("cp", "tucker")) and _factored_path(*_factored(method, batch, n, f, k, r, item)) == "dense"
+    )
+    return 3 * flops - (2 * batch * n * f * f if gram else 0), 2 * nbytes + batch * n * f * item
 
 
 @dataclass(frozen=True)
