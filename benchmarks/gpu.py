@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import statistics
 import sys
@@ -56,8 +57,15 @@ def machine_limits() -> dict[str, float]:
     return {"gflops": 2 * 8192**3 / gemm_ms / 1e6, "read_gbps": 2**31 / read_ms / 1e6}
 
 
-def _forms(f: int, k: int) -> dict[str, tuple[str, Callable[..., Any], tuple[torch.Tensor, ...]]]:
-    """name -> (roofline method, callable(x, *params), params), all on the device."""
+def _roofline_of(label: str) -> str:
+    """The roofline method of a row (:func:`run.roofline_costs`), from its label."""
+    if label.startswith("rankp"):
+        return "rankp"
+    return "cp64" if label.startswith("cp_pool") else "rank1"
+
+
+def _forms(f: int, k: int) -> dict[str, tuple[Callable[..., Any], tuple[torch.Tensor, ...]]]:
+    """label -> (callable(x, *params), params), all on the device."""
 
     def param(*shape: int) -> torch.Tensor:
         return (torch.randn(*shape, device="cuda") / f**0.5).requires_grad_()
@@ -70,14 +78,14 @@ def _forms(f: int, k: int) -> dict[str, tuple[str, Callable[..., Any], tuple[tor
     compiled_re = torch.compile(_reassociated_form, dynamic=False)
     compiled_ours = torch.compile(lp.rank1_pool, dynamic=False, fullgraph=True)
     return {
-        "rank1_pool": ("rank1", lp.rank1_pool, (a, b)),
-        "hand: GEMM form": ("rank1", _gemm_form, (a, b)),
-        "hand: re-associated": ("rank1", _reassociated_form, (a, b)),
-        "hand: GEMM form, compiled": ("rank1", compiled_gemm, (a, b)),
-        "hand: re-associated, compiled": ("rank1", compiled_re, (a, b)),
-        "rank1_pool, compiled": ("rank1", compiled_ours, (a, b)),
-        "rankp_pool (P = 4)": ("rankp", lp.rankp_pool, (ap, bp)),
-        "cp_pool (R = 64)": ("cp64", lambda x, *fs: lp.cp_pool(x, (None, list(fs))), tuple(cp[1])),
+        "rank1_pool": (lp.rank1_pool, (a, b)),
+        "hand: GEMM form": (_gemm_form, (a, b)),
+        "hand: re-associated": (_reassociated_form, (a, b)),
+        "hand: GEMM form, compiled": (compiled_gemm, (a, b)),
+        "hand: re-associated, compiled": (compiled_re, (a, b)),
+        "rank1_pool, compiled": (compiled_ours, (a, b)),
+        "rankp_pool (P = 4)": (lp.rankp_pool, (ap, bp)),
+        "cp_pool (R = 64)": (lambda x, *fs: lp.cp_pool(x, (None, list(fs))), tuple(cp[1])),
     }
 
 
@@ -156,12 +164,62 @@ def _measure_graphed(
 GRAPHED = ("rank1_pool", "hand: re-associated", "rankp_pool (P = 4)", "cp_pool (R = 64)")
 
 
+def report(rows: list[dict[str, Any]], limits: dict[str, float], meta: dict[str, Any], out: str) -> str:
+    """The table (``gpu.md``) and ``gpu.json`` of measured rows, each against the roofline of this version."""
+    batch = meta["batch"]
+    lines = [
+        f"# GPU benchmark, batch {batch}",
+        "",
+        f"{meta['device']}; torch {meta['torch']}; batch {batch}, float32 (TF32 off), NCHW input; "
+        f"float32 GEMM {limits['gflops']:.0f} GF/s, read bandwidth {limits['read_gbps']:.0f} GB/s (measured now)",
+        "",
+        "| (n, f, K) | method | fwd ms (eff) | fwd+bwd ms (eff) | fwd+bwd: rank1_pool's lead | peak of a step |",
+        "|---|---|---|---|---|---|",
+    ]
+    steps = {(tuple(r["shape"]), r["method"]): r["fwd+bwd"] for r in rows}
+    for r in rows:
+        n, f, k = shape = tuple(r["shape"])
+        label = r["method"]
+        for mode in ("fwd", "fwd+bwd"):
+            flops, nbytes = roofline_costs(_roofline_of(label), batch, n, f, k, R, 4, mode == "fwd+bwd")
+            r[f"roof_{mode}"] = max(flops / limits["gflops"] / 1e6, nbytes / limits["read_gbps"] / 1e6)
+        if label.startswith("hand") and label.endswith("CUDA graph"):
+            lead = f"{r['fwd+bwd'] / steps[(shape, 'rank1_pool, CUDA graph')]:.2f}x (graphs)"
+        elif label.startswith(("hand", "rank1_pool, compiled")):
+            lead = f"{r['fwd+bwd'] / steps[(shape, 'rank1_pool')]:.2f}x"
+        else:
+            lead = ""
+        peak = "(graph pool)" if math.isnan(r["peak_x"]) else f"{r['peak_x']:.2f} X"
+        lines.append(
+            f"| {shape} | {label} | {r['fwd']:.3f} ({r['roof_fwd'] / r['fwd']:.2f}) | "
+            f"{r['fwd+bwd']:.3f} ({r['roof_fwd+bwd'] / r['fwd+bwd']:.2f}) | {lead} | {peak} |"
+        )
+    text = "\n".join(lines) + "\n"
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "gpu.md"), "w") as fh:
+        fh.write(text)
+    with open(os.path.join(out, "gpu.json"), "w") as fh:
+        json.dump({**meta, "limits": limits, "rows": rows}, fh, indent=1)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--rescore",
+        metavar="GPU_JSON",
+        help="rewrite a stored run's table in --out with this version's roofline (times kept, nothing run)",
+    )
     args = p.parse_args(argv)
+    if args.rescore:
+        with open(args.rescore) as fh:
+            stored = json.load(fh)
+        rows, limits = stored.pop("rows"), stored.pop("limits")
+        print(report(rows, limits, stored, args.out))
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (make bench measures the CPU)", file=sys.stderr)
         return 1
@@ -169,67 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     limits = machine_limits()
     torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name()
-    head = (
-        f"{name}; torch {torch.__version__}; batch {args.batch}, float32 (TF32 off), NCHW input; "
-        f"float32 GEMM {limits['gflops']:.0f} GF/s, read bandwidth {limits['read_gbps']:.0f} GB/s (measured now)"
-    )
-    lines = [
-        f"# GPU benchmark, batch {args.batch}",
-        "",
-        head,
-        "",
-        "| (n, f, K) | method | fwd ms (eff) | fwd+bwd ms (eff) | fwd+bwd: rank1_pool's lead | peak of a step |",
-        "|---|---|---|---|---|---|",
-    ]
-    print("\n".join(lines), flush=True)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
     rows = []
     for n, f, k in SHAPES:
         side = round(n**0.5)
         hw = (side, side) if side * side == n else (n, 1)
         x = torch.randn(args.batch, f, *hw, device="cuda", requires_grad=True)
-        ours, ours_graphed = None, float("nan")
-        runs = []
-        for label, (method, fn, params) in _forms(f, k).items():
-            runs.append((label, method, _measure(fn, x, params, args.reps)))
+        for label, (fn, params) in _forms(f, k).items():
+            measured = [(label, _measure(fn, x, params, args.reps))]
             if label in GRAPHED:
-                runs.append((f"{label}, CUDA graph", method, _measure_graphed(fn, x, params, args.reps)))
-        for label, method, m in runs:
-            roof = {
-                mode: max(
-                    c[0] / limits["gflops"] / 1e6,
-                    c[1] / limits["read_gbps"] / 1e6,
-                )
-                for mode, c in (
-                    ("fwd", roofline_costs(method, args.batch, n, f, k, R, 4, False)),
-                    ("fwd+bwd", roofline_costs(method, args.batch, n, f, k, R, 4, True)),
-                )
-            }
-            if label == "rank1_pool":
-                ours = m["fwd+bwd"]
-            if label == "rank1_pool, CUDA graph":
-                ours_graphed = m["fwd+bwd"]
-            if label.endswith("CUDA graph") and label.startswith("hand"):
-                lead = f"{m['fwd+bwd'] / ours_graphed:.2f}x (graphs)"
-            elif label.startswith(("hand", "rank1_pool, compiled")) and ours:
-                lead = f"{m['fwd+bwd'] / ours:.2f}x"
-            else:
-                lead = ""
-            peak = "(graph pool)" if m["peak_x"] != m["peak_x"] else f"{m['peak_x']:.2f} X"
-            row = (
-                f"| {(n, f, k)} | {label} | {m['fwd']:.3f} ({roof['fwd'] / m['fwd']:.2f}) | "
-                f"{m['fwd+bwd']:.3f} ({roof['fwd+bwd'] / m['fwd+bwd']:.2f}) | {lead} | {peak} |"
-            )
-            print(row, flush=True)
-            lines.append(row)
-            rows.append({"shape": [n, f, k], "method": label, **m, **{f"roof_{k_}": v for k_, v in roof.items()}})
+                measured.append((f"{label}, CUDA graph", _measure_graphed(fn, x, params, args.reps)))
+            for name, m in measured:
+                rows.append({"shape": [n, f, k], "method": name, **m})
+                print(f"{(n, f, k)} {name}: fwd {m['fwd']:.3f} ms, fwd+bwd {m['fwd+bwd']:.3f} ms", flush=True)
         del x
         torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "gpu.json"), "w") as fh:
-        json.dump({"device": name, "torch": torch.__version__, "limits": limits, "rows": rows}, fh, indent=1)
+    print(report(rows, limits, meta, args.out))
     return 0
 
 

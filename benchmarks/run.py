@@ -714,6 +714,29 @@ def _plot(results: list[Result], limits: dict[str, float], path: str) -> None:
     plt.close(fig)
 
 
+def rescore(path: str, out: str) -> str:
+    """A stored run's report (``results.json``) rewritten in ``out`` with this version's roofline: the
+    measured times, memory and machine limits are kept; each row's FLOPs and bytes, and so its efficiency,
+    are recomputed by :func:`roofline_costs` (for when the roofline model changes after a run)."""
+    with open(path) as fh:
+        payload = json.load(fh)
+    meta, batch = payload["meta"], payload["meta"]["batch"]
+    cases = {(c.method, c.baseline_of): c for c in CASES}
+    results = []
+    for row in payload["results"]:
+        row = {k: v for k, v in row.items() if k not in ("median", "efficiency")}
+        row["shape"] = tuple(row["shape"])
+        res = Result(**row)
+        case = cases[(res.method, res.baseline_of)]
+        n, f, k = res.shape
+        res.flops, res.nbytes = roofline_costs(
+            case.baseline_of or case.roofline, batch, n, f, k, case.rank, np.dtype(res.dtype).itemsize,
+            res.mode == "fwd+bwd",
+        )  # fmt: skip
+        results.append(res)
+    return report(results, payload["limits"], out, meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 rounds: checks the command works")
@@ -732,8 +755,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--shapes", help="only these reference shapes, by position (comma-separated, e.g. 0,2)")
     p.add_argument("--group-seconds", type=float, default=20.0, help="time budget of one group's rounds")
+    p.add_argument(
+        "--rescore",
+        metavar="RESULTS_JSON",
+        help="rewrite a stored run's report in --out with this version's roofline (times kept, nothing run)",
+    )
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rescore:
+        print(rescore(args.rescore, args.out))
+        return 0
     if args.memory_child:
         memory_child(json.loads(args.memory_child))
         return 0
