@@ -225,6 +225,37 @@ class _SharedBottomUpForwardMode(_SharedBottomUp):
         return ds, None, None, None
 
 
+def _ctx_first(fn: Any, forward_mode: Any) -> Any:
+    """The ctx-first form of the setup_context Function ``fn``, for calls outside functorch's transforms
+    and torch.compile: the same forward, saved tensors, backward (any order) and ``jvp`` (that of
+    ``forward_mode``, for ``torch.autograd.forward_ad``).
+
+    ``Function.apply`` binds its arguments to ``forward``'s signature (``inspect.Signature.bind``) on
+    every call of a Function that defines ``setup_context``, the form functorch's transforms need:
+    about a quarter of the Python time of a forward on the torch path, which is every GPU call and
+    there the cost of a small step. This form skips the binding; ``torch.func``'s transforms (vmap,
+    grad, jvp, jacfwd) run ``forward_mode`` (see :func:`_apply`).
+    """
+
+    def forward(ctx: Any, *inputs: Any) -> Any:
+        output = fn.forward(*inputs)
+        fn.setup_context(ctx, inputs, output)
+        return output
+
+    def backward(ctx: Any, *grads: Any) -> Any:  # looked up per call: one definition of each derivative
+        return fn.backward(ctx, *grads)
+
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        return forward_mode.jvp(ctx, *tangents)
+
+    body = {"forward": staticmethod(forward), "backward": staticmethod(backward), "jvp": staticmethod(jvp)}
+    return type(f"{fn.__name__}Eager", (torch.autograd.Function,), {**body, "__doc__": _ctx_first.__doc__})
+
+
+_SharedBottomUpEager = _ctx_first(_SharedBottomUp, _SharedBottomUpForwardMode)
+_TRANSFORMS_ACTIVE: Any = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def shared_bottom_up_scores(
     x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, *, channels_first: bool, attention: str, positions: int
 ) -> torch.Tensor:
@@ -246,8 +277,21 @@ def shared_bottom_up_scores(
 def _function_scores(
     x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: str, scale: float
 ) -> torch.Tensor:
-    fn = _SharedBottomUp if _is_compiling() else _SharedBottomUpForwardMode
-    return fn.apply(x, bm, a3, channels_first, attention, scale)[0]
+    forms = (_SharedBottomUp, _SharedBottomUpForwardMode, _SharedBottomUpEager)
+    return _apply(forms, x, bm, a3, channels_first, attention, scale)[0]
+
+
+def _apply(forms: tuple[Any, Any, Any], *inputs: Any) -> Any:
+    """``apply`` of a Function in the form the context needs: (compiled, under torch.func's transforms, eager).
+
+    Dynamo cannot trace a Function that defines ``jvp``; functorch's transforms need ``setup_context``;
+    the eager form (:func:`_ctx_first`) has both derivatives and no per-call signature binding.
+    """
+    if _is_compiling():
+        return forms[0].apply(*inputs)
+    if _TRANSFORMS_ACTIVE is None or _TRANSFORMS_ACTIVE():
+        return forms[1].apply(*inputs)
+    return forms[2].apply(*inputs)
 
 
 def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) -> torch.Tensor | None:
@@ -389,13 +433,15 @@ class _GramForwardMode(_Gram):
         return t + t.mT
 
 
+_GramEager = _ctx_first(_Gram, _GramForwardMode)
+
+
 def gram(x: torch.Tensor, channels_first: bool) -> torch.Tensor:
     """X_bᵀX_b (B, f, f) of (B, n, f) X, or X_b X_bᵀ of (B, f, n) X; differentiated through :class:`_Gram`
     where X needs derivatives (real floating dtypes), plain products otherwise."""
     if not (x.is_floating_point() and _differentiated(x)):
         return _gram_of(x, channels_first)
-    fn = _Gram if _is_compiling() else _GramForwardMode
-    return fn.apply(x, channels_first)
+    return _apply((_Gram, _GramForwardMode, _GramEager), x, channels_first)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -355,3 +355,23 @@ def test_gram_function_under_autocast_follows_autograd(gram_calls):
     assert got.dtype == torch.float32
     tol = 32 * eps_of(torch.bfloat16) * want.abs().max().item()
     assert torch.allclose(got, want, rtol=0, atol=tol), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("name", ["rank1", "rankp"])
+def test_eager_calls_skip_the_signature_binding_that_transforms_need(name, monkeypatch):
+    """Outside torch.func's transforms the Function runs in its ctx-first form: no ``Signature.bind`` per
+    call (a quarter of the Python time of a forward on the torch path, which every GPU call takes); inside
+    them the setup_context form, whose numbers (and per-sample gradients under vmap) are the same."""
+    import inspect
+
+    x, A, B = (t.requires_grad_() for t in _inputs("nchw"))
+    fn = _forms("softmax")[name]
+    binds = []
+    orig = inspect.Signature.bind
+    monkeypatch.setattr(inspect.Signature, "bind", lambda self, *a, **k: binds.append(1) or orig(self, *a, **k))
+    s = fn(x, A, B)
+    (gx,) = torch.autograd.grad(s.square().sum(), x)
+    assert binds == [] and type(s.grad_fn).__name__.startswith("_SharedBottomUpEager")
+    per_sample = torch.func.vmap(torch.func.grad(lambda xi: fn(xi[None], A, B).square().sum()))(x.detach())
+    assert binds, "torch.func's transforms run the setup_context form"
+    assert torch.allclose(per_sample, gx, rtol=1e-12, atol=1e-14)
