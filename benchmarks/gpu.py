@@ -7,8 +7,13 @@ each, as a backbone would have just written it), and reports each time against a
 the same run: max(FLOPs of the cheapest algorithm / the device's float32 GEMM rate, bytes that must
 move / the device's read bandwidth). The hand-written baselines are those of ``make bench``: the GEMM
 form ``((X @ [A | b]) ...)`` and the re-associated form, in plain autograd and under torch.compile
-(inductor). Peak device memory of a training step is reported in units of X.
-Run: ``python benchmarks/gpu.py [--batch 32] [--out DIR]`` on a machine with a CUDA device.
+(inductor). ``rank1_pool``, the re-associated form, ``rankp_pool`` and ``cp_pool`` are also timed
+captured in a CUDA graph (forward and training step, each captured once and replayed), which removes
+the host's per-kernel cost that dominates an eager step at these sizes. Peak device memory of a
+training step is reported in units of X.
+Run: ``python benchmarks/gpu.py [--batch 32] [--out DIR]`` on a machine with a CUDA device;
+``python benchmarks/gpu.py --rescore DIR/gpu.json --out DIR2`` rebuilds a stored run's table with this
+version's roofline (anywhere: nothing is run).
 """
 
 from __future__ import annotations
