@@ -357,21 +357,34 @@ def test_gram_function_under_autocast_follows_autograd(gram_calls):
     assert torch.allclose(got, want, rtol=0, atol=tol), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("name", ["rank1", "rankp"])
+def _node_names(fn, depth=4):
+    """The class names of the autograd graph's nodes up to ``depth`` steps from ``fn`` ("…Backward" cut)."""
+    names, frontier = set(), [fn]
+    for _ in range(depth):
+        names |= {type(f).__name__.removesuffix("Backward") for f in frontier}
+        frontier = [g for f in frontier for g, _ in f.next_functions if g is not None]
+    return names
+
+
+@pytest.mark.parametrize("name", ["rank1", "rankp", "gram"])
 def test_eager_calls_skip_the_signature_binding_that_transforms_need(name, monkeypatch):
-    """Outside torch.func's transforms the Function runs in its ctx-first form: no ``Signature.bind`` per
-    call (a quarter of the Python time of a forward on the torch path, which every GPU call takes); inside
-    them the setup_context form, whose numbers (and per-sample gradients under vmap) are the same."""
+    """Outside torch.func's transforms the Functions (attentional, Gram) run in their ctx-first form: no
+    ``Signature.bind`` per call (a quarter of the Python time of a forward on the torch path, which every GPU
+    call takes); inside them the setup_context form, whose numbers (and per-sample gradients under vmap) are
+    the same."""
     import inspect
 
     x, A, B = (t.requires_grad_() for t in _inputs("nchw"))
-    fn = _forms("softmax")[name]
+    if name == "gram":
+        fn, node = (lambda x, A, B: lp.gram(x)), "_GramEager"
+    else:
+        fn, node = _forms("softmax")[name], "_SharedBottomUpEager"
     binds = []
     orig = inspect.Signature.bind
     monkeypatch.setattr(inspect.Signature, "bind", lambda self, *a, **k: binds.append(1) or orig(self, *a, **k))
     s = fn(x, A, B)
     (gx,) = torch.autograd.grad(s.square().sum(), x)
-    assert binds == [] and type(s.grad_fn).__name__.startswith("_SharedBottomUpEager")
+    assert binds == [] and node in _node_names(s.grad_fn)
     per_sample = torch.func.vmap(torch.func.grad(lambda xi: fn(xi[None], A, B).square().sum()))(x.detach())
     assert binds, "torch.func's transforms run the setup_context form"
     assert torch.allclose(per_sample, gx, rtol=1e-12, atol=1e-14)
