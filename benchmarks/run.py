@@ -123,42 +123,34 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
     }
 
 
-def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[float, float]:
-    """(FLOPs, bytes) of the cheapest known algorithm, for the roofline.
+def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[float, float, float]:
+    """(FLOPs, bytes, FLOPs of the Gram matrix XᵀX among them) of the cheapest known algorithm, for the roofline.
 
-    CP and Tucker take both from the package's own cost model (:func:`lowrank_pool.pool_cost`,
-    the path ``path="auto"`` picks), so the benchmark and the library share one model.
+    CP and Tucker take the first two from the package's own cost model (:func:`lowrank_pool.pool_cost`,
+    the path ``path="auto"`` picks), so the benchmark and the library share one model; their dense path
+    forms the Gram matrix, as bilinear pooling does.
     """
     x = batch * n * f * item  # X is read once; the parameters are read once too
+    gram = 2 * batch * n * f * f
     if method == "first_order":
-        return 2 * batch * n * f + 2 * batch * f * k, x + f * k * item
+        return 2 * batch * n * f + 2 * batch * f * k, x + f * k * item, 0
     if method == "bilinear":
-        return 2 * batch * n * f * f + 2 * batch * k * f * f, x + k * f * f * item
+        return gram + 2 * batch * k * f * f, x + k * f * f * item, gram
     if method == "rank1":
-        return 4 * batch * n * f + 2 * batch * f * k, x + f * (k + 1) * item
+        return 4 * batch * n * f + 2 * batch * f * k, x + f * (k + 1) * item, 0
     if method == "rankp":
-        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x + 4 * f * (k + 1) * item
+        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x + 4 * f * (k + 1) * item, 0
     if method == "compact":  # two count sketches (scatter-adds), two real FFTs of length d per position
         d = 8192  # (2.5 d log2 d FLOPs each), the spectra's product, one inverse FFT per sample
         fft = 2.5 * d * math.log2(d)
-        return 2 * batch * n * f + batch * n * (2 * fft + 3 * d) + batch * fft, x + batch * d * item
-    kind, kw = _factored(method, batch, n, f, k, r, item)
-    path = _factored_path(kind, kw)
-    return lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
-
-
-def _factored(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[str, dict[str, Any]]:
-    """The cost model's form ("cp" or "tucker") and arguments for a CP or Tucker method."""
+        return 2 * batch * n * f + batch * n * (2 * fft + 3 * d) + batch * fft, x + batch * d * item, 0
     kind = "cp" if method.startswith("cp") else "tucker"
     kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
     kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)
-    return kind, kw
-
-
-def _factored_path(kind: str, kw: dict[str, Any]) -> str:
-    """The path ``path="auto"`` takes: the cheaper in the package's cost model."""
     seconds = lp.pool_cost(kind, **kw)
-    return "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
+    path = "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
+    flops, nbytes = lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
+    return flops, nbytes, gram if path == "dense" else 0
 
 
 def roofline_costs(
@@ -170,13 +162,8 @@ def roofline_costs(
     matrix XᵀX of the dense paths (bilinear pooling, CP and Tucker where ``auto`` takes the dense
     path): its backward is one GEMM, ∂X = X (G + Gᵀ), so its 2 B n f² FLOPs count twice, not three
     times."""
-    flops, nbytes = _costs(method, batch, n, f, k, r, item)
-    if not grad:
-        return flops, nbytes
-    gram = method == "bilinear" or (
-        method.startswith(("cp", "tucker")) and _factored_path(*_factored(method, batch, n, f, k, r, item)) == "dense"
-    )
-    return 3 * flops - (2 * batch * n * f * f if gram else 0), 2 * nbytes + batch * n * f * item
+    flops, nbytes, gram = _costs(method, batch, n, f, k, r, item)
+    return (3 * flops - gram, 2 * nbytes + batch * n * f * item) if grad else (flops, nbytes)
 
 
 @dataclass(frozen=True)
