@@ -265,11 +265,13 @@ def rankp_pool(
     A : array, (f, K, P)
         Top-down vectors a_kp. With a shared B the (P·f, K) product reads A as
         ``A.permute(2, 0, 1)``: a torch A whose memory has that layout (e.g.
-        ``torch.empty(P, f, K).permute(1, 2, 0)``) is not copied; a contiguous (f, K, P)
-        one is, once per call, and the copy kept for backward (the CPU kernel reads it in
-        place when K ≤ 32 and P·f·K ≤ 2¹⁸). :class:`~lowrank_pool.nn.AttentionalPool`
-        keeps a contiguous A, so that ``.view(-1)`` works on every parameter
-        (``parameters_to_vector``, ``torch.optim.LBFGS``), and pays that copy.
+        ``torch.empty(P, f, K).permute(1, 2, 0)``) is not copied. A contiguous (f, K, P)
+        one, as :class:`~lowrank_pool.nn.AttentionalPool` keeps it (so that ``.view(-1)``
+        works on every parameter: ``parameters_to_vector``, ``torch.optim.LBFGS``), is
+        read in place too by the compiled CPU kernel when P divides its vector width
+        (P = 1, 2, 4, 8 in float32; 1, 2, 4 in float64; up to 32 classes every layout is
+        packed into a small transposed copy); otherwise, and on the torch path (GPUs),
+        it is copied once per call and the copy kept for backward.
     B : array, (f, K, P) per class or (f, P) shared by all classes
         Bottom-up vectors b_kp (or b_p).
     attention : {"linear", "softmax", "relu"}

@@ -217,6 +217,37 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
     _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p) * eps_of(dtype))
 
 
+@pytest.mark.parametrize("p", [2, 3, 4, 8])
+@pytest.mark.parametrize("classes", [33, 37, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_native_reads_a_contiguous_rank_p_a_in_place(native, p, classes, dtype, offset):
+    """A held as a contiguous (f, K, P), as AttentionalPool holds it, past 32 classes: where P divides a
+    vector's lanes (2, 4, 8 float32 numbers; 2, 4 float64) the products with A read it in place, by lane
+    groups (no copy returned for the backward, ∂A made in A's own memory layout); otherwise (P = 3, 8 in
+    float64) through a copy, as before. Values and gradients (inference too) equal the torch path's, for
+    classes leaving whole tiles, single vectors and a partial strip, and for an A that starts `offset`
+    numbers into a buffer (off the vector boundary)."""
+    g = torch.Generator().manual_seed(classes + p + offset)
+    f, lanes = 70, 32 // (4 if dtype == torch.float32 else 8)
+    X = torch.randn(5, 6, f, generator=g, dtype=dtype)
+    buf = torch.randn(f * classes * p + offset, generator=g, dtype=dtype)
+    A = buf[offset:].view(f, classes, p)
+    B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
+    a3 = A.permute(2, 0, 1)
+    s, u, v, copy = native.scores_forward(X, B, a3, False, 2, 1 / 6)
+    grouped = lanes % p == 0
+    assert (copy is None) == grouped
+    *_, ga = native.scores_backward(X, B, a3, u, v, torch.ones_like(s), False, 2, 1 / 6, False, False, True)
+    assert ga.shape == a3.shape and ga.permute(1, 2, 0).is_contiguous() == grouped
+    _assert_native_equals_torch(native, X, A, B, "softmax", -1, 8 * (f + classes * p) * eps_of(dtype))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_native, "kernel", lambda: native)
+        inference = lp.rankp_pool(X, A, B, attention="softmax")
+    tol = 8 * (f + classes * p) * eps_of(dtype)
+    assert torch.allclose(inference, s, rtol=tol, atol=tol * s.abs().max().item())
+
+
 @pytest.mark.parametrize("classes", [10, 40])
 def test_native_kernel_without_channels_gives_zeros(native, classes):
     """The kernel called directly with f = 0 (the package's checks refuse it before): empty sums, so the

@@ -1133,7 +1133,9 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
 // dimension K or B): MKL took 50-200 µs for each at (B, M, K) = (32, 2048, 10) on the AMD machine measured here,
 // more than the maps themselves. With few classes they run here, on A packed as Aᵀ (K, M), with the same blocked
 // dot products and updates as the maps; wider A runs through wide_product on A in place (below: a GEMM library
-// packs A first, which at these shapes costs about as much as the product).
+// packs A first, which at these shapes costs about as much as the product): on rows of K numbers where A's memory
+// is (P, f, K) (rank-1's A, or rank-P's laid out so), by lane groups where it is a contiguous (f, K, P) (the layer's
+// parameter, see grouped_scores), and through one contiguous (P·f, K) copy otherwise.
 bool small_product(int64_t M, int64_t K) { return K <= 32 && M * K <= (int64_t(1) << 18); }
 
 // dst[i·di + j·dj] = src[i·si + j·sj] for i < rows, j < cols, in 16 × 16 tiles: walking a whole row against a whole
@@ -1227,18 +1229,56 @@ void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, 
 // packing A costs about as much as the product: MKL reached 80-110 GF/s of the machine's 178 on the three products of
 // rank-P at (32, 8192, 600). Here A is read in place: a tile of 8 rows × 3 vectors of columns keeps 24 accumulators
 // in registers; each step loads 3 vectors of a row of A and broadcasts 8 numbers of w (no packing, no horizontal
-// sums). The inner dimension runs in blocks of kWideInner so that a tile's strip of A stays in L2 for the other row
-// tiles. Threads take column tiles (each reads its share of A once) or, when the rows outnumber the columns, row
-// tiles. Columns past the last whole vector are computed on a zero-padded copy of their strip.
-constexpr int64_t kWideRows = 8, kWideVecs = 3, kWideInner = 1024;
+// sums). The inner dimension runs in blocks so that a tile's strip of A stays in L2 for the other row tiles. Threads
+// take column tiles (each reads its share of A once) or, when the rows outnumber the columns, row tiles. Columns past
+// the last whole vector are computed on a zero-padded copy of their strip.
+//
+// The tile's shape is the caller's (Shape): the forward's product s = vec(V) A has few rows (B) and many columns (K),
+// and runs 4 rows × 6 vectors; with A read from memory (the maps have just streamed X through the caches) it walks
+// the inner dimension in short blocks and prefetches the next block's rows of its columns while it computes this
+// one, spread over the tiles (a row of A is K numbers, 2.4 KB at K = 600, and the tile reads 192 bytes of it: the
+// hardware prefetchers do not follow that stride). Measured on one thread, (32 × 8192) @ (8192 × 288 of 600), A
+// cold: 8 × 3 tiles in blocks of 1024, 30-60 GF/s; 4 × 6, 62; 4 × 6 in blocks of 128 with the prefetch, 76-78 (the
+// machine's GEMM: 92). The backward's products (many rows, 32 or K columns) keep 8 × 3 and blocks of 1024.
+struct Shape {
+  int rows, vecs;    // a tile: rows × vecs vectors of columns
+  int64_t inner;     // the inner dimension's block
+  bool prefetch;     // prefetch the next block's rows of A (column tiles only)
+};
+constexpr Shape kWideForward{4, 6, 128, true}, kWideBackward{8, 3, 1024, false};
 
-// Rows r0.. (at most kWideRows, fewer at the end) × NV vectors of columns, over `count` inner steps: a and w start at
+// G numbers at p repeated over a vector's lanes (G divides kLanes): a broadcast for G = 1, one 16- or 8-byte
+// broadcast on x86 with AVX (a lane-by-lane loop compiles to a gather there)
+template <typename T, int G>
+inline vec<T> repeat_group(const T* p) {
+  if constexpr (G == 1) {
+    return vec<T>{} + *p;
+  } else if constexpr (G == kLanes<T>) {
+    return load(p);
+  } else {
+#if defined(__AVX__) && (defined(__x86_64__) || defined(__i386__))
+    if constexpr (G * sizeof(T) == 16) {
+      return vec<T>(_mm256_broadcast_pd(reinterpret_cast<const __m128d*>(p)));
+    } else if constexpr (G * sizeof(T) == 8) {
+      double d;
+      std::memcpy(&d, p, sizeof d);
+      return vec<T>(_mm256_set1_pd(d));
+    }
+#endif
+    vec<T> v;
+    for (int l = 0; l < kLanes<T>; ++l) v[l] = p[l % G];
+    return v;
+  }
+}
+
+// Rows r0.. (at most RT, fewer at the end) × NV vectors of columns, over `count` inner steps: a and w start at
 // the first inner step (a's rows lda apart, w's steps wis apart, w's rows wrs apart); out at row r0, first column;
-// `first`: the block starts the sum (else it adds to out)
-template <typename T, int NV>
+// `first`: the block starts the sum (else it adds to out). With lane groups (G > 1) column j takes w's number
+// j mod G of the step: w[r][i·wis + j mod G] (see grouped_scores).
+template <typename T, int RT, int NV, int G = 1>
 void wide_tile(const T* w, int64_t wrs, int64_t wis, int64_t rows, const T* a, int64_t lda, int64_t count, T* out,
                int64_t ors, bool first) {
-  constexpr int L = kLanes<T>, RT = int(kWideRows);
+  constexpr int L = kLanes<T>;
   vec<T> acc[RT][NV];
   const T* wr[RT];
   for (int r = 0; r < RT; ++r) {
@@ -1251,7 +1291,7 @@ void wide_tile(const T* w, int64_t wrs, int64_t wis, int64_t rows, const T* a, i
     vec<T> x[NV];
     for (int v = 0; v < NV; ++v) x[v] = in_register(load(ar + v * L));
     for (int r = 0; r < RT; ++r) {
-      const vec<T> b = vec<T>{} + wr[r][i * wis];
+      const vec<T> b = repeat_group<T, G>(wr[r] + i * wis);
       for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
     }
   }
@@ -1259,10 +1299,11 @@ void wide_tile(const T* w, int64_t wrs, int64_t wis, int64_t rows, const T* a, i
     for (int v = 0; v < NV; ++v) store(out + r * ors + v * L, acc[r][v]);
 }
 
-template <typename T>
+template <typename T, const Shape& S, int G = 1>
 void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, int64_t lda, int64_t N, int64_t I, T* out,
                   int64_t ors) {
-  constexpr int64_t L = kLanes<T>, TW = kWideVecs * L, item = sizeof(T);
+  constexpr int RT = S.rows, NV = S.vecs;
+  constexpr int64_t L = kLanes<T>, TW = NV * L, item = sizeof(T);
   if (I == 0) {  // an empty sum (no channels): zeros, as a GEMM with an empty inner dimension gives
     for (int64_t r = 0; r < R; ++r) std::fill(out + r * ors, out + r * ors + N, T(0));
     return;
@@ -1272,12 +1313,14 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
   // vector load across two cache lines costs two (A 16 bytes off, as numpy allocates large arrays, made the rank-1
   // forward at (32, 196, 2048), K = 600, 2.1 -> 3.2 ms).
   const int64_t off = int64_t(reinterpret_cast<uintptr_t>(a) % 32);
-  const int64_t head = (lda * item) % 32 == 0 && off % item == 0 && off > 0 ? std::min(N, (32 - off) / item) : 0;
+  // (Not with lane groups, whose columns must start at multiples of G.)
+  const int64_t head =
+      G == 1 && (lda * item) % 32 == 0 && off % item == 0 && off > 0 ? std::min(N, (32 - off) / item) : 0;
   const int64_t body = N - head;
   const int64_t whole = body / TW, singles = (body % TW) / L, rest = body % L;
   // column tiles: `whole` of TW columns, `singles` of L, then the partial strips: the last `rest` columns, the `head`
   const int64_t partial0 = whole + singles, col_tiles = partial0 + (rest > 0) + (head > 0);
-  const int64_t row_tiles = (R + kWideRows - 1) / kWideRows;
+  const int64_t row_tiles = (R + RT - 1) / RT;
   // column tile t: its first column and width (TW, L, or fewer than L for a partial strip)
   struct Columns {
     int64_t c0, width;
@@ -1289,11 +1332,19 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
     return {0, head};
   };
   // one task: the column tiles [t0, t1) and the row tiles [q0, q1), over the whole inner dimension
-  auto run = [&](int64_t t0, int64_t t1, int64_t q0, int64_t q1) {
+  auto run = [&](int64_t t0, int64_t t1, int64_t q0, int64_t q1, bool prefetch) {
     std::vector<T> pad;  // a partial strip of A (fewer than L columns), zero-padded to L columns
-    for (int64_t i0 = 0; i0 < I; i0 += kWideInner) {
-      const int64_t count = std::min(I, i0 + kWideInner) - i0;
+    // the task's columns [lo, hi) of A, and the lines of a row of A they cover (for the prefetch)
+    int64_t lo = N, hi = 0;
+    for (int64_t t = t0; t < t1; ++t) lo = std::min(lo, columns(t).c0), hi = std::max(hi, columns(t).c0 + columns(t).width);
+    const int64_t lines = hi > lo ? ((hi - lo) * item + 63) / 64 + 1 : 0, steps = (t1 - t0) * (q1 - q0);
+    for (int64_t i0 = 0; i0 < I; i0 += S.inner) {
+      const int64_t count = std::min(I, i0 + S.inner) - i0;
       const bool first = i0 == 0;
+      // the next block's lines, a share before each tile
+      const int64_t ahead = prefetch ? (std::min(I, i0 + 2 * S.inner) - std::min(I, i0 + S.inner)) * lines : 0;
+      const int64_t share = steps > 0 ? (ahead + steps - 1) / steps : 0;
+      int64_t issued = 0;
       for (int64_t t = t0; t < t1; ++t) {
         const auto [c0, width] = columns(t);
         const bool partial = t >= partial0;
@@ -1303,17 +1354,21 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
             for (int64_t c = 0; c < width; ++c) pad[i * L + c] = a[(i0 + i) * lda + c0 + c];
         }
         for (int64_t q = q0; q < q1; ++q) {
-          const int64_t r0 = q * kWideRows, rows = std::min(kWideRows, R - r0);
+          for (const int64_t stop = std::min(ahead, issued + share); issued < stop; ++issued) {
+            const int64_t row = i0 + S.inner + issued / lines;
+            __builtin_prefetch(reinterpret_cast<const char*>(a + row * lda + lo) + (issued % lines) * 64, 0, 2);
+          }
+          const int64_t r0 = q * RT, rows = std::min<int64_t>(RT, R - r0);
           const T* wq = w + r0 * wrs + i0 * wis;
           if (t < whole) {
-            wide_tile<T, int(kWideVecs)>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
+            wide_tile<T, RT, NV, G>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
           } else if (!partial) {
-            wide_tile<T, 1>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
+            wide_tile<T, RT, 1, G>(wq, wrs, wis, rows, a + i0 * lda + c0, lda, count, out + r0 * ors + c0, ors, first);
           } else {  // `width` columns, through a block of L-wide rows
-            T part[kWideRows * L];
+            T part[RT * L];
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t c = 0; c < L; ++c) part[r * L + c] = first || c >= width ? T(0) : out[(r0 + r) * ors + c0 + c];
-            wide_tile<T, 1>(wq, wrs, wis, rows, pad.data(), L, count, part, L, false);
+            wide_tile<T, RT, 1, G>(wq, wrs, wis, rows, pad.data(), L, count, part, L, false);
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t c = 0; c < width; ++c) out[(r0 + r) * ors + c0 + c] = part[r * L + c];
           }
@@ -1322,20 +1377,34 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
     }
   };
   if (R > N) {  // more rows than columns (∂A: M rows): threads take row tiles
-    at::parallel_for(0, row_tiles, 1, [&](int64_t q0, int64_t q1) { run(0, col_tiles, q0, q1); });
+    at::parallel_for(0, row_tiles, 1, [&](int64_t q0, int64_t q1) { run(0, col_tiles, q0, q1, false); });
     return;
   }
-  // threads take runs of column tiles of about the same number of columns (the tiles are 3, 1 or part of a vector
-  // wide: an even split of their count gave one thread 336 of 600 columns)
+  // threads take runs of column tiles of about the same number of columns (the tiles are NV, 1 or part of a vector
+  // wide: an even split of their count gave one thread 336 of 600 columns): a run ends at the tile whose middle
+  // passes its share
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), col_tiles));
   std::vector<int64_t> cut(parts + 1, col_tiles);
   cut[0] = 0;
-  for (int64_t t = 0, done = 0, k = 1; t < col_tiles && k < parts; ++t) {
-    done += columns(t).width;
-    if (done * parts >= k * N) cut[k++] = t + 1;
+  int64_t widest = 0;
+  for (int64_t t = 0, done = 0, k = 1; t < col_tiles; ++t) {
+    const int64_t width = columns(t).width;
+    for (; k < parts && (2 * done + width) * parts >= 2 * k * N; ++k) cut[k] = t;
+    done += width;
+  }
+  for (int64_t k = 0; k < parts; ++k) {
+    int64_t width = 0;
+    for (int64_t t = cut[k]; t < cut[k + 1]; ++t) width += columns(t).width;
+    widest = std::max(widest, width);
+  }
+  // Too few tiles to share evenly (K = 100: 48 + 48 + 4 columns on two threads): every thread takes all columns
+  // for its rows instead, and A is read by each (from the shared cache after the first)
+  if (4 * widest * parts > 5 * N && row_tiles >= at::get_num_threads()) {
+    at::parallel_for(0, row_tiles, 1, [&](int64_t q0, int64_t q1) { run(0, col_tiles, q0, q1, S.prefetch); });
+    return;
   }
   at::parallel_for(0, parts, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) run(cut[k], cut[k + 1], 0, row_tiles);
+    for (int64_t k = k0; k < k1; ++k) run(cut[k], cut[k + 1], 0, row_tiles, S.prefetch);
   });
 }
 
@@ -1344,6 +1413,75 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
 torch::Tensor a_rows(const torch::Tensor& a, int64_t M, int64_t K) {
   const auto a2 = a.reshape({M, K});
   return a2.stride(1) == 1 ? a2 : a2.contiguous();
+}
+
+// A held as a contiguous (f, K, P) (AttentionalPool's parameter; the (P, f, K) view then has strides (1, K·P, P)),
+// with P dividing a vector's lanes: s = scale · vec(V) A without copying A (a copy of 19.7 MB at f = 2048, K = 600,
+// P = 4 took 2-3 ms, longer than the product). Row c of A holds the numbers (k, p) at k·P + p, so
+// sg[b, k·P + p] = Σ_c V[b, p, c] A[c, k, p] is wide_product over A's rows in place, each step's w the P numbers
+// V[b, :, c] repeated over the lanes (V first transposed to (B, f, P): 1 MB at B = 32, f = 2048); then
+// s[b, k] = scale · Σ_p sg[b, k·P + p].
+template <typename T>
+bool grouped_layout(const torch::Tensor& a) {
+  const int64_t P = a.size(0), f = a.size(1), K = a.size(2);
+  return P > 1 && kLanes<T> % P == 0 && a.stride(0) == 1 && a.stride(2) == P && (f == 1 || a.stride(1) == K * P);
+}
+
+template <typename T>
+void grouped_scores(const T* v, const T* a, T* s, int64_t B, int64_t f, int64_t P, int64_t K, T scale) {
+  std::unique_ptr<T[]> vt(new T[B * f * P]);  // (written whole)
+  copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
+  const int64_t N = K * P;
+  std::unique_ptr<T[]> sg(new T[B * N]);
+  switch (P) {
+    case 2: wide_product<T, kWideForward, 2>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N); break;
+    case 4: wide_product<T, kWideForward, 4>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N); break;
+    default:
+      if constexpr (kLanes<T> == 8) wide_product<T, kWideForward, 8>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N);
+  }
+  for (int64_t q = 0; q < B * K; ++q) {
+    T sum = 0;
+    for (int64_t p = 0; p < P; ++p) sum += sg[q * P + p];
+    s[q] = scale * sum;
+  }
+}
+
+// The backward's products with A held as a contiguous (f, K, P) (see grouped_scores), gs = scale · g (B, K):
+//   ∂V[b, p, c] = Σ_k gs[b, k] A[c, k, p]: rows c of A (each step k: the P numbers A[c, k, :] repeated over the
+//     lanes) against gs expanded to (K, B·P) (gs[b, k] at b·P + p), into (f, B·P), then transposed into gv (B, P, f);
+//   ∂A[c, k, p] = Σ_b V[b, p, c] gs[b, k]: rows c of V transposed to (B, f, P) (each step b: V[b, :, c]) against gs
+//     expanded to (B, K·P), straight into ga's (f, K, P) memory.
+// gv or ga: nullptr when not wanted.
+template <typename T, int G>
+void grouped_gradients_of(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_t B, int64_t f, int64_t K) {
+  constexpr int64_t P = G;
+  if (gv != nullptr) {
+    std::unique_ptr<T[]> gsx(new T[K * B * P]), gvt(new T[f * B * P]);  // (written whole)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t p = 0; p < P; ++p) gsx[(k * B + b) * P + p] = gs[b * K + k];
+    wide_product<T, kWideBackward, G>(a, K * P, P, f, gsx.get(), B * P, B * P, K, gvt.get(), B * P);
+    // gv[b, p, c] = gvt[c, b·P + p]: B·P rows of f
+    copy_tiles_parallel(gvt.get(), 0, 1, B * P, gv, 0, f, 1, 1, B * P, f);
+  }
+  if (ga != nullptr) {
+    std::unique_ptr<T[]> vt(new T[B * f * P]), gsx(new T[B * K * P]);
+    copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t p = 0; p < P; ++p) gsx[(b * K + k) * P + p] = gs[b * K + k];
+    wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
+  }
+}
+
+template <typename T>
+void grouped_gradients(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_t B, int64_t f, int64_t P, int64_t K) {
+  switch (P) {
+    case 2: grouped_gradients_of<T, 2>(a, v, gs, gv, ga, B, f, K); break;
+    case 4: grouped_gradients_of<T, 4>(a, v, gs, gv, ga, B, f, K); break;
+    default:
+      if constexpr (kLanes<T> == 8) grouped_gradients_of<T, 8>(a, v, gs, gv, ga, B, f, K);
+  }
 }
 
 // ------------------------------------------------------------------------------------------- ∂X cache
@@ -1426,8 +1564,9 @@ void check_a(const torch::Tensor& a, const torch::Tensor& bm, const torch::Tenso
 }  // namespace
 
 // returns (s (B, K) = scale · vec(V) A, U (B, P, n), V (B, P, f), A as a contiguous (M, K) copy or an empty tensor);
-// a: A as a (P, f, K) view, any strides. The copy exists where the product ran through at::mm on a strided A (rank-P's
-// permuted parameter): the caller keeps it for the backward, which would otherwise copy A again.
+// a: A as a (P, f, K) view, any strides. The copy exists where the wide product needed one (A's memory neither
+// (P, f, K) rows nor a grouped (f, K, P): see a_rows, grouped_layout): the caller keeps it for the backward, which
+// would otherwise copy A again.
 std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, torch::Tensor a, bool cf, int64_t att,
                                           double scale) {
   check(x, bm, cf);
@@ -1445,10 +1584,14 @@ std::vector<torch::Tensor> scores_forward(torch::Tensor x, torch::Tensor bm, tor
       s = torch::empty({B, K}, x.options());
       const auto at = pack_at<scalar_t>(a);
       small_scores<scalar_t>(v.data_ptr<scalar_t>(), at.get(), s.data_ptr<scalar_t>(), B, M, K, scalar_t(scale));
+    } else if (grouped_layout<scalar_t>(a)) {
+      s = torch::empty({B, K}, x.options());
+      grouped_scores<scalar_t>(v.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), B, f, P, K,
+                               scalar_t(scale));
     } else {
       const auto a2 = a_rows(a, M, K);
       s = torch::empty({B, K}, x.options());
-      wide_product<scalar_t>(v.data_ptr<scalar_t>(), M, 1, B, a2.data_ptr<scalar_t>(), a2.stride(0), K, M,
+      wide_product<scalar_t, kWideForward>(v.data_ptr<scalar_t>(), M, 1, B, a2.data_ptr<scalar_t>(), a2.stride(0), K, M,
                              s.data_ptr<scalar_t>(), K);
       s.mul_(scale);
       if (!a2.is_alias_of(a)) copy = a2;
@@ -1511,19 +1654,25 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         small_updates<T>(v.data_ptr<T>(), B, coef.data(), gat.get(), K, M);
         copy_tiles_parallel(gat.get(), 0, 1, M, ga.data_ptr<T>(), 0, K, 1, 1, M, K);
       }
+    } else if (grouped_layout<T>(a)) {  // A as a contiguous (f, K, P), read in place (see grouped_gradients)
+      const auto gs = g * scale;
+      if (maps) gv = torch::empty({B, P, f}, x.options());
+      if (need_a) ga = torch::empty({f, K, P}, x.options()).permute({2, 0, 1});
+      grouped_gradients<T>(a.data_ptr<T>(), v.data_ptr<T>(), gs.data_ptr<T>(), maps ? gv.data_ptr<T>() : nullptr,
+                           need_a ? ga.data_ptr<T>() : nullptr, B, f, P, K);
     } else {  // scale on g (B × K), not on the M × K products
       const auto gs = g * scale;
       if (maps) {  // ∂Vᵀ (M, B) = A gsᵀ, rows of A read in place, then transposed into ∂V (B, P, f)
         const auto a2 = a_rows(a, M, K);
         const auto gst = gs.t().contiguous();
         std::unique_ptr<T[]> gvt(new T[M * B]);  // (written whole)
-        wide_product<T>(a2.data_ptr<T>(), a2.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
+        wide_product<T, kWideBackward>(a2.data_ptr<T>(), a2.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
         gv = torch::empty({B, P, f}, x.options());
         copy_tiles_parallel(gvt.get(), 0, B, 1, gv.data_ptr<T>(), 0, 1, M, 1, M, B);
       }
       if (need_a) {  // ∂A (M, K) = Vᵀ gs: rows m of Vᵀ are columns of V
         ga = torch::empty({P, f, K}, x.options());
-        wide_product<T>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
+        wide_product<T, kWideBackward>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
       }
     }
     if (maps)
