@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import lowrank_pool as lp  # noqa: E402
+import lowrank_pool.nn as lnn  # noqa: E402
 from lowrank_pool import _native  # noqa: E402
 from lowrank_pool.testing import eps_of  # noqa: E402
 
@@ -246,6 +247,40 @@ def test_native_reads_a_contiguous_rank_p_a_in_place(native, p, classes, dtype, 
         inference = lp.rankp_pool(X, A, B, attention="softmax")
     tol = 8 * (f + classes * p) * eps_of(dtype)
     assert torch.allclose(inference, s, rtol=tol, atol=tol * s.abs().max().item())
+
+
+def test_attentional_pool_hands_its_a_to_the_kernel_uncopied(native, monkeypatch):
+    """AttentionalPool (rank 4, 40 classes) keeps A contiguous; its training forward reaches the kernel with
+    that memory (no copy made for the backward) and its gradient comes back contiguous, equal to the torch
+    path's."""
+    copies = []
+
+    class Spy:
+        scores_backward = staticmethod(native.scores_backward)
+        scores_inference = staticmethod(native.scores_inference)
+
+        @staticmethod
+        def scores_forward(*args):
+            out = native.scores_forward(*args)
+            copies.append(out[3])
+            return out
+
+    torch.manual_seed(0)
+    layer = lnn.AttentionalPool(64, 40, rank=4, attention="softmax", dtype=torch.float64)
+    x = torch.randn(3, 64, 5, 5, dtype=torch.float64)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        layer(x).square().sum().backward()
+        return layer.A.grad
+
+    monkeypatch.setattr(_native, "kernel", lambda: Spy())
+    grad = step()
+    assert copies == [None] and grad.is_contiguous()
+    _torch_path(monkeypatch)
+    want = step()
+    tol = 64 * 64 * eps_of(torch.float64)
+    assert torch.allclose(grad, want, rtol=tol, atol=tol * want.abs().max().item())
 
 
 @pytest.mark.parametrize("classes", [10, 40])
