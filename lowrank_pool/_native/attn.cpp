@@ -1227,9 +1227,9 @@ void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, 
 // The wide products (K > 32 classes): out[r·ors + c] = Σ_i w[r·wrs + i·wis] · a[i·lda + c], r < R, c < N, i < I.
 // A GEMM library packs both operands into panels first; with one side this thin (B = 32 rows against M·K numbers of A)
 // packing A costs about as much as the product: MKL reached 80-110 GF/s of the machine's 178 on the three products of
-// rank-P at (32, 8192, 600). Here A is read in place: a tile of 8 rows × 3 vectors of columns keeps 24 accumulators
-// in registers; each step loads 3 vectors of a row of A and broadcasts 8 numbers of w (no packing, no horizontal
-// sums). The inner dimension runs in blocks so that a tile's strip of A stays in L2 for the other row tiles. Threads
+// rank-P at (32, 8192, 600). Here A is read in place: a tile of rows × vectors of columns (8 × 3 or 4 × 6) keeps 24
+// accumulators in registers; each step loads the tile's vectors of a row of A and broadcasts one number of w per row
+// (no packing, no horizontal sums). The inner dimension runs in blocks so that a tile's strip of A stays in L2 for the other row tiles. Threads
 // take column tiles (each reads its share of A once) or, when the rows outnumber the columns, row tiles. Columns past
 // the last whole vector are computed on a zero-padded copy of their strip.
 //
