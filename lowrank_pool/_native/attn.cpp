@@ -1427,18 +1427,33 @@ bool grouped_layout(const torch::Tensor& a) {
   return P > 1 && kLanes<T> % P == 0 && a.stride(0) == 1 && a.stride(2) == P && (f == 1 || a.stride(1) == K * P);
 }
 
+// fn(std::integral_constant<int, P>) for the P that grouped_layout admits
+template <typename T, typename Fn>
+void with_group(int64_t P, Fn&& fn) {
+  switch (P) {
+    case 2: fn(std::integral_constant<int, 2>()); break;
+    case 4: fn(std::integral_constant<int, 4>()); break;
+    default:
+      if constexpr (kLanes<T> == 8) fn(std::integral_constant<int, 8>());
+  }
+}
+
+// V (B, P, f) transposed to (B, f, P): each channel's P numbers side by side, as the lane groups read them
 template <typename T>
-void grouped_scores(const T* v, const T* a, T* s, int64_t B, int64_t f, int64_t P, int64_t K, T scale) {
+std::unique_ptr<T[]> maps_by_channel(const T* v, int64_t B, int64_t P, int64_t f) {
   std::unique_ptr<T[]> vt(new T[B * f * P]);  // (written whole)
   copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
+  return vt;
+}
+
+template <typename T>
+void grouped_scores(const T* v, const T* a, T* s, int64_t B, int64_t f, int64_t P, int64_t K, T scale) {
+  const auto vt = maps_by_channel(v, B, P, f);
   const int64_t N = K * P;
   std::unique_ptr<T[]> sg(new T[B * N]);
-  switch (P) {
-    case 2: wide_product<T, kWideForward, 2>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N); break;
-    case 4: wide_product<T, kWideForward, 4>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N); break;
-    default:
-      if constexpr (kLanes<T> == 8) wide_product<T, kWideForward, 8>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N);
-  }
+  with_group<T>(P, [&](auto g) {
+    wide_product<T, kWideForward, decltype(g)::value>(vt.get(), f * P, P, B, a, N, N, f, sg.get(), N);
+  });
   for (int64_t q = 0; q < B * K; ++q) {
     T sum = 0;
     for (int64_t p = 0; p < P; ++p) sum += sg[q * P + p];
@@ -1452,36 +1467,28 @@ void grouped_scores(const T* v, const T* a, T* s, int64_t B, int64_t f, int64_t 
 //   ∂A[c, k, p] = Σ_b V[b, p, c] gs[b, k]: rows c of V transposed to (B, f, P) (each step b: V[b, :, c]) against gs
 //     expanded to (B, K·P), straight into ga's (f, K, P) memory.
 // gv or ga: nullptr when not wanted.
-template <typename T, int G>
-void grouped_gradients_of(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_t B, int64_t f, int64_t K) {
-  constexpr int64_t P = G;
-  if (gv != nullptr) {
-    std::unique_ptr<T[]> gsx(new T[K * B * P]), gvt(new T[f * B * P]);  // (written whole)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t p = 0; p < P; ++p) gsx[(k * B + b) * P + p] = gs[b * K + k];
-    wide_product<T, kWideBackward, G>(a, K * P, P, f, gsx.get(), B * P, B * P, K, gvt.get(), B * P);
-    // gv[b, p, c] = gvt[c, b·P + p]: B·P rows of f
-    copy_tiles_parallel(gvt.get(), 0, 1, B * P, gv, 0, f, 1, 1, B * P, f);
-  }
-  if (ga != nullptr) {
-    std::unique_ptr<T[]> vt(new T[B * f * P]), gsx(new T[B * K * P]);
-    copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t p = 0; p < P; ++p) gsx[(b * K + k) * P + p] = gs[b * K + k];
-    wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
-  }
-}
-
 template <typename T>
 void grouped_gradients(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_t B, int64_t f, int64_t P, int64_t K) {
-  switch (P) {
-    case 2: grouped_gradients_of<T, 2>(a, v, gs, gv, ga, B, f, K); break;
-    case 4: grouped_gradients_of<T, 4>(a, v, gs, gv, ga, B, f, K); break;
-    default:
-      if constexpr (kLanes<T> == 8) grouped_gradients_of<T, 8>(a, v, gs, gv, ga, B, f, K);
-  }
+  with_group<T>(P, [&](auto g) {
+    constexpr int G = decltype(g)::value;
+    if (gv != nullptr) {
+      std::unique_ptr<T[]> gsx(new T[K * B * P]), gvt(new T[f * B * P]);  // (written whole)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t p = 0; p < P; ++p) gsx[(k * B + b) * P + p] = gs[b * K + k];
+      wide_product<T, kWideBackward, G>(a, K * P, P, f, gsx.get(), B * P, B * P, K, gvt.get(), B * P);
+      // gv[b, p, c] = gvt[c, b·P + p]: B·P rows of f
+      copy_tiles_parallel(gvt.get(), 0, 1, B * P, gv, 0, f, 1, 1, B * P, f);
+    }
+    if (ga != nullptr) {
+      const auto vt = maps_by_channel(v, B, P, f);
+      std::unique_ptr<T[]> gsx(new T[B * K * P]);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t p = 0; p < P; ++p) gsx[(b * K + k) * P + p] = gs[b * K + k];
+      wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------------- ∂X cache
