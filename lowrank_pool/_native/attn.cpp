@@ -545,7 +545,8 @@ inline bool sequential_rows(int64_t P) { return P == 1; }
 // Software prefetch of rows a few blocks ahead: between the loads of one block and the next the kernel
 // computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
 // idle there. Into L2 (a block of long rows is tens of KB). Rows of at least kSpreadBytes that follow each other
-// are prefetched through an Ahead, spread over the block's loops; shorter or scattered rows all at the block's
+// are prefetched through an Ahead, spread over the block's loops, and so are parts of rows of at least that
+// length through Runs (see runs_ahead); shorter rows, and parts of rows given an Ahead, all at the block's
 // start. Measured, rank-P forward (P = 4) on one thread with X from memory: spread 1.6-1.8x faster at (196, 512),
 // (49, 2048) and (196, 2048), backward 1.3x; with rows of 128 floats spreading was 5-10 % slower.
 constexpr int64_t kAheadRows = 8;
