@@ -1005,13 +1005,22 @@ inline bool runs_ahead(int64_t len, int64_t n, int64_t P) { return len < n && P 
 // a block of parts of rows, `n` apart, also prefetched through the loops (see runs_ahead). Out of line: inlined
 // beside both, the whole rows' loop of forward_channels ran 7-10 % slower at (32, 196, 2048) (the same code, moved).
 template <typename T, typename A>
-__attribute__((noinline)) void channel_sums(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f, int64_t P,
-                                            int64_t j0, int64_t len) {
+__attribute__((noinline)) void channel_sums_with(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f,
+                                                 int64_t P, int64_t j0, int64_t len) {
   A ahead;
   over_channel_block<T>(
       xs, f, n, j0, len, &ahead,
       [&](int64_t c, const T* const* rows) { axpy_rows<T, 4>(rows, coef + c * P, P, zrows, len, &ahead); },
       [&](int64_t c, const T* const* rows) { axpy_rows<T, 1>(rows, coef + c * P, P, zrows, len); });
+}
+
+template <typename T>
+void channel_sums(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f, int64_t P, int64_t j0,
+                  int64_t len) {
+  if (runs_ahead(len, n, P))
+    channel_sums_with<T, Runs>(xs, coef, zrows, n, f, P, j0, len);
+  else
+    channel_sums_with<T, Ahead>(xs, coef, zrows, n, f, P, j0, len);
 }
 
 // One (f, n) sample, in blocks of positions J: Z_J = Bᵀ X_J (X_J read from memory), σ, V += U_J X_Jᵀ (X_J
@@ -1034,10 +1043,7 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
       zrows[p] = us + p * n + j0;
       std::fill(zrows[p], zrows[p] + len, T(0));
     }
-    if (!runs_ahead(len, n, P))
-      channel_sums<T, Ahead>(xs, bm, zrows.data(), n, f, P, j0, len);
-    else
-      channel_sums<T, Runs>(xs, bm, zrows.data(), n, f, P, j0, len);
+    channel_sums(xs, bm, zrows.data(), n, f, P, j0, len);
     for (int64_t p = 0; p < P; ++p) {
       T* z = zrows[p];
       wrows[p] = z;  // linear: the weights are Z itself; ReLU: in place
@@ -1167,10 +1173,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
               std::fill(gzout[p], gzout[p] + len, T(0));
               src[p] = us + p * n + j0, src[P + p] = gzout[p];
             }
-            if (!runs_ahead(len, n, P))  // X_J from memory
-              channel_sums<T, Ahead>(xs, gvt.data(), gzout.data(), n, f, P, j0, len);
-            else
-              channel_sums<T, Runs>(xs, gvt.data(), gzout.data(), n, f, P, j0, len);
+            channel_sums(xs, gvt.data(), gzout.data(), n, f, P, j0, len);  // X_J from memory
             for (int64_t p = 0; p < P; ++p) activation_derivative(us + p * n + j0, gzout[p], len, att);
             if (gb)  // X_J again, from L2, before ∂X's writes compete for it
               add_channel_dots(xs, f, n, j0, len, gzrows.data(), P, gb, part);
