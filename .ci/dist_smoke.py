@@ -22,7 +22,7 @@ assert np.allclose(got, want), (got, want)
 assert (here.parent / "py.typed").exists(), "py.typed is missing from the wheel"
 if importlib.util.find_spec("torch") is None:
     try:
-        import lowrank_pool.nn  # noqa: F401
+        import lowrank_pool.nn
     except ImportError as err:
         assert "lowrank_pool[torch]" in str(err), err
     else:
