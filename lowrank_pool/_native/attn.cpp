@@ -155,28 +155,8 @@ struct Ahead {
   }
 };
 
-// One prefetch per loop iteration from an Ahead (nullptr: none), the cursor kept in a register
-class AheadCursor {
- public:
-  explicit AheadCursor(Ahead* a) : a_(a), next_(a ? a->next : nullptr), end_(a ? a->end : nullptr) {}
-  void step() {
-    if (next_ < end_) {
-      __builtin_prefetch(next_, 0, 2);
-      next_ += 64;
-    }
-  }
-  ~AheadCursor() {
-    if (a_) a_->next = next_;
-  }
-
- private:
-  Ahead* a_;
-  const char* next_;
-  const char* end_;
-};
-
 // An Ahead over rows that are not contiguous: the position blocks of a channels-first sample (one run of `span`
-// bytes per channel, `stride` apart). Its own type, so the loops of contiguous rows keep AheadCursor's code.
+// bytes per channel, `stride` apart). Its own type: the loops over contiguous rows compile without the jumps.
 struct Runs {
   const char* next = nullptr;
   const char* end = nullptr;
@@ -204,40 +184,41 @@ struct Runs {
   }
 };
 
-// AheadCursor over Runs: at the end of a run, on to the next (the Runs dropped once none is left)
-class RunsCursor {
+// One prefetch per loop iteration from an Ahead or a Runs (nullptr: none), the cursor kept in registers; over
+// Runs, at the end of a run on to the next (the Runs dropped once none is left). The Ahead branch keeps the
+// test it had alone: written as "nothing left: return", every loop using it compiled to another size.
+template <typename A>
+class AheadCursor {
  public:
-  explicit RunsCursor(Runs* a) : a_(a), next_(a ? a->next : nullptr), end_(a ? a->end : nullptr) {}
+  explicit AheadCursor(A* a) : a_(a), next_(a ? a->next : nullptr), end_(a ? a->end : nullptr) {}
   void step() {
-    if (next_ >= end_) {
-      if (a_ == nullptr) return;
-      a_->next = next_;
-      if (!a_->advance()) {
-        a_ = nullptr;
-        return;
+    if constexpr (!std::is_same_v<A, Runs>) {
+      if (next_ < end_) {
+        __builtin_prefetch(next_, 0, 2);
+        next_ += 64;
       }
-      next_ = a_->next, end_ = a_->end;
+    } else {
+      if (next_ >= end_) {
+        if (a_ == nullptr) return;
+        a_->next = next_;
+        if (!a_->advance()) {
+          a_ = nullptr;
+          return;
+        }
+        next_ = a_->next, end_ = a_->end;
+      }
+      __builtin_prefetch(next_, 0, 2);
+      next_ += 64;
     }
-    __builtin_prefetch(next_, 0, 2);
-    next_ += 64;
   }
-  ~RunsCursor() {
+  ~AheadCursor() {
     if (a_) a_->next = next_;
   }
 
  private:
-  Runs* a_;
+  A* a_;
   const char* next_;
   const char* end_;
-};
-
-template <typename A>
-struct CursorOf {
-  using type = AheadCursor;
-};
-template <>
-struct CursorOf<Runs> {
-  using type = RunsCursor;
 };
 
 // out[r * Q + q] = Σ_j rows[r][j] vecs[q][j]: R·Q dot products in one pass over the rows
@@ -246,7 +227,7 @@ void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out, 
   constexpr int L = kLanes<T>, U = R * Q >= 4 ? 1 : 4 / (R * Q);  // enough independent accumulators
   vec<T> acc[R][Q][U] = {};
   int64_t j = 0;
-  typename CursorOf<A>::type pf(ahead);
+  AheadCursor<A> pf(ahead);
   for (; j + U * L <= len; j += U * L) {
     pf.step();
     for (int u = 0; u < U; ++u) {
@@ -301,7 +282,7 @@ void multi_axpy(const T* const* srcs, const T* coef, T* const* dsts, int64_t len
   for (int q = 0; q < Q; ++q) dst[q] = dsts[q];
   for (int k = 0; k < Q * R; ++k) c[k] = vec<T>{} + coef[k];
   int64_t j = 0;
-  typename CursorOf<A>::type pf(ahead);
+  AheadCursor<A> pf(ahead);
   for (; j + L <= len; j += L) {
     pf.step();
     vec<T> s[R];
