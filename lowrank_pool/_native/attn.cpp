@@ -619,6 +619,29 @@ void axpy_block(const T* const* rows, int count, const T* coef, int64_t P, T* co
     for (int r = 0; r < count; ++r) axpy_rows<T, 1>(rows + r, coef + r * P, P, dsts, len, ahead);
 }
 
+// dst[i·di + j·dj] = src[i·si + j·sj] for i < rows, j < cols, in 16 × 16 tiles: walking a whole row against a whole
+// column (rows 2-8 KB apart, which fall into the same few L1 sets) took 2.5 ns a number, as long as the products.
+// Inside a tile the inner loop runs along the dimension with the smaller strides, so that the lines it touches at
+// once are the tile's 16 short runs on the other side, not one line in each of 16 rows a large stride apart:
+// with A's K = 10 classes as the columns, Aᵀ's rows are M numbers apart (32 KB at M = 8192, every row in the same
+// L1 set: more rows than ways), and the column-inner order took 3x as long (0.1 ms of a 2.5 ms rank-P step).
+template <typename T>
+void copy_tiles(const T* src, int64_t si, int64_t sj, T* dst, int64_t di, int64_t dj, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 16;
+  const bool rows_inner = std::max(std::abs(si), std::abs(di)) < std::max(std::abs(sj), std::abs(dj));
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile)
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
+      if (rows_inner) {
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < i1; ++i) dst[i * di + j * dj] = src[i * si + j * sj];
+      } else {
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) dst[i * di + j * dj] = src[i * si + j * sj];
+      }
+    }
+}
+
 // ------------------------------------------------------------------------------------------- forward
 // One (n, f) sample, X read once: z_i = Bᵀ x_i for a block of 4 rows, then V += σ(z_i) x_iᵀ while the rows
 // are in L1. Softmax keeps a running maximum m_p and sum s_p per map (V rescaled when m_p grows).
@@ -1046,8 +1069,7 @@ template <typename T>
 void forward_impl(const T* x, const T* bm, T* u, T* v, int64_t B, int64_t n, int64_t f, int64_t P, bool cf,
                   int att) {
   std::vector<T> btv(cf ? 0 : P * f);  // (P, f): each map's weights contiguous, for the rows layout
-  for (int64_t c = 0; c < f && !cf; ++c)
-    for (int64_t p = 0; p < P; ++p) btv[p * f + c] = bm[c * P + p];
+  if (!cf) copy_tiles(bm, P, 1, btv.data(), 1, f, f, P);
   std::vector<const T*> bt(P);
   for (int64_t p = 0; p < P && !cf; ++p) bt[p] = btv.data() + p * f;
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -1066,9 +1088,8 @@ void forward_impl(const T* x, const T* bm, T* u, T* v, int64_t B, int64_t n, int
 template <typename T>
 void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* gbm, int64_t B, int64_t n, int64_t f,
                    int64_t P, bool cf, int att) {
-  std::vector<T> btv(P * f);
-  for (int64_t c = 0; c < f; ++c)
-    for (int64_t p = 0; p < P; ++p) btv[p * f + c] = bm[c * P + p];
+  std::vector<T> btv(P * f);  // B (f, P) as (P, f)
+  copy_tiles(bm, P, 1, btv.data(), 1, f, f, P);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
   const int64_t per = (B + chunks - 1) / chunks;
   // one ∂Bᵀ (P, f) accumulator per chunk, summed at the end (no atomics, deterministic for a thread count)
@@ -1145,8 +1166,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
           // In blocks of positions for linear/ReLU (σ' per position); softmax's σ' needs every position.
           const int64_t jb = att == kSoftmax ? n : position_block<T>(n, f);
           gvt.resize(f * P);  // ∂V (P, f) as (f, P): each channel's P coefficients side by side, as B's
-          for (int64_t c = 0; c < f; ++c)
-            for (int64_t p = 0; p < P; ++p) gvt[c * P + p] = gvs[p * f + c];
+          copy_tiles(gvs, 1, f, gvt.data(), P, 1, f, P);
           for (int64_t j0 = 0; j0 < n; j0 += jb) {
             const int64_t len = std::min(jb, n - j0);
             for (int64_t p = 0; p < P; ++p) {
@@ -1205,29 +1225,6 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
 // is (P, f, K) (rank-1's A, or rank-P's laid out so), by lane groups where it is a contiguous (f, K, P) (the layer's
 // parameter, see grouped_scores), and through one contiguous (P·f, K) copy otherwise.
 bool small_product(int64_t M, int64_t K) { return K <= 32 && M * K <= (int64_t(1) << 18); }
-
-// dst[i·di + j·dj] = src[i·si + j·sj] for i < rows, j < cols, in 16 × 16 tiles: walking a whole row against a whole
-// column (rows 2-8 KB apart, which fall into the same few L1 sets) took 2.5 ns a number, as long as the products.
-// Inside a tile the inner loop runs along the dimension with the smaller strides, so that the lines it touches at
-// once are the tile's 16 short runs on the other side, not one line in each of 16 rows a large stride apart:
-// with A's K = 10 classes as the columns, Aᵀ's rows are M numbers apart (32 KB at M = 8192, every row in the same
-// L1 set: more rows than ways), and the column-inner order took 3x as long (0.1 ms of a 2.5 ms rank-P step).
-template <typename T>
-void copy_tiles(const T* src, int64_t si, int64_t sj, T* dst, int64_t di, int64_t dj, int64_t rows, int64_t cols) {
-  constexpr int64_t kTile = 16;
-  const bool rows_inner = std::max(std::abs(si), std::abs(di)) < std::max(std::abs(sj), std::abs(dj));
-  for (int64_t i0 = 0; i0 < rows; i0 += kTile)
-    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-      const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
-      if (rows_inner) {
-        for (int64_t j = j0; j < j1; ++j)
-          for (int64_t i = i0; i < i1; ++i) dst[i * di + j * dj] = src[i * si + j * sj];
-      } else {
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = j0; j < j1; ++j) dst[i * di + j * dj] = src[i * si + j * sj];
-      }
-    }
-}
 
 // Transpositions of more than a few thousand numbers run on every thread: a serial one of the 82K numbers of
 // A at f = 2048, K = 10, P = 4 took 0.1 ms here, about a tenth of the rank-P forward at (32, 2048, 7 x 7).
