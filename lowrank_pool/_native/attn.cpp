@@ -1294,9 +1294,9 @@ void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, 
 // packing A costs about as much as the product: MKL reached 80-110 GF/s of the machine's 178 on the three products of
 // rank-P at (32, 8192, 600). Here A is read in place: a tile of rows × vectors of columns (8 × 3 or 4 × 6) keeps 24
 // accumulators in registers; each step loads the tile's vectors of a row of A and broadcasts one number of w per row
-// (no packing, no horizontal sums). The inner dimension runs in blocks so that a tile's strip of A stays in L2 for the other row tiles. Threads
-// take column tiles (each reads its share of A once) or, when the rows outnumber the columns, row tiles. Columns past
-// the last whole vector are computed on a zero-padded copy of their strip.
+// (no packing, no horizontal sums). The inner dimension runs in blocks so that a tile's strip of A stays in L2 for
+// the other row tiles. Threads take column tiles (each reads its share of A once) or, when the rows outnumber the
+// columns, row tiles. Columns past the last whole vector are computed on a zero-padded copy of their strip.
 //
 // The tile's shape is the caller's (Shape): the forward's product s = vec(V) A has few rows (B) and many columns (K),
 // and runs 4 rows × 6 vectors; with A read from memory (the maps have just streamed X through the caches) it walks
@@ -1401,7 +1401,8 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
     std::vector<T> pad;  // a partial strip of A (fewer than L columns), zero-padded to L columns
     // the task's columns [lo, hi) of A, and the lines of a row of A they cover (for the prefetch)
     int64_t lo = N, hi = 0;
-    for (int64_t t = t0; t < t1; ++t) lo = std::min(lo, columns(t).c0), hi = std::max(hi, columns(t).c0 + columns(t).width);
+    for (int64_t t = t0; t < t1; ++t)
+      lo = std::min(lo, columns(t).c0), hi = std::max(hi, columns(t).c0 + columns(t).width);
     const int64_t lines = hi > lo ? ((hi - lo) * item + 63) / 64 + 1 : 0, steps = (t1 - t0) * (q1 - q0);
     for (int64_t i0 = 0; i0 < I; i0 += S.inner) {
       const int64_t count = std::min(I, i0 + S.inner) - i0;
