@@ -521,6 +521,29 @@ def test_native_short_channel_rows(native, dtype, n, f, p):
                 assert torch.allclose(a[finite], b[finite], rtol=tol, atol=tol * max(scale, 1.0)), (attention, name)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "n"),
+    [*(("float32", n) for n in (15, 16, 24, 49, 64)), *(("float64", n) for n in (7, 8, 12, 32))],
+)
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("streamed", [True, False])
+def test_native_short_rows_dx_by_flat_vectors(native, dtype, n, p, streamed):
+    """Short channels-first rows of 2 or more vectors (3 or more from 3 maps on), up to 4 maps, write ∂X as the
+    aligned vectors of the sample's flat ∂X, a vector across two rows taking each row's coefficients in its
+    lanes; the others (15 and 7 numbers; 16 and 8 with 3-4 maps; 5 maps) take the row-at-a-time path. 2051
+    channels put every sample after the first off a 64-byte line (numbers written singly before the first line
+    and after the last vector); with ``streamed`` ∂X is 4 MiB or more (full lines stored non-temporally), else
+    stored in place. Values and the three gradients equal the torch path's."""
+    dt = getattr(torch, dtype)
+    f = 2051
+    batch = -(-(4 << 20) // (n * f * dt.itemsize)) if streamed else 3
+    g = torch.Generator().manual_seed(n * p + streamed)
+    X = torch.randn(batch, f, n, 1, generator=g, dtype=dt)
+    assert (X.numel() * X.element_size() >= 4 << 20) == streamed  # the kernel streams ∂X from 4 MiB on
+    A, B = torch.randn(f, 3, p, generator=g, dtype=dt), torch.randn(f, p, generator=g, dtype=dt) / f**0.5
+    _assert_native_equals_torch(native, X, A, B, "relu", 1, 8 * (f + n) * eps_of(dt))
+
+
 def test_dx_buffers_are_cached_and_released(native, monkeypatch):
     """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
     monkeypatch.setattr(_native, "kernel", lambda: native)

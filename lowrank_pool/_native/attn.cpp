@@ -914,13 +914,66 @@ void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f,
   if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
 
+// ∂X of one (f, n) sample with short rows (n ≥ kLanes) and Q = P ≤ 4 maps, ∂X_c = Σ_p ∂v_pc u_p + b_cp ∂z_p,
+// computed as the aligned vectors of the sample's flat (f · n) ∂X and stored from the registers: rows of 49 numbers
+// computed as whole vectors had to be written unaligned into a staging buffer and copied from there to memory. A
+// vector starts at j0 of row c and runs into row c + 1 where j0 + kLanes > n: those lanes take row c + 1's
+// coefficients, and U and ∂Z are read from copies whose first kLanes numbers are repeated after their n (u and gz:
+// rows `w` apart, n + kLanes numbers each). Full 64-byte lines are streamed with `stream`; the numbers before the
+// first line and after the last vector are written one at a time.
+template <typename T, int Q>
+void short_rows_dx(const T* bm, const T* gvs, const T* u, const T* gz, int64_t w, int64_t n, int64_t f, int64_t P,
+                   T* dst, bool stream) {
+  constexpr int L = kLanes<T>, LL = 64 / int(sizeof(T));
+  const int64_t N = f * n;
+  auto one = [&](int64_t q) {
+    const int64_t c = q / n, j = q - c * n;
+    T acc = 0;
+    for (int64_t p = 0; p < P; ++p) acc += gvs[p * f + c] * u[p * w + j] + bm[c * P + p] * gz[p * w + j];
+    dst[q] = acc;
+  };
+  int64_t q = 0;
+  for (; q < N && reinterpret_cast<std::uintptr_t>(dst + q) % 64 != 0; ++q) one(q);
+  const int64_t streamed_end = stream ? q + (N - q) / LL * LL : q;  // the full lines from q
+  typename VecOf<T>::mask from[L];  // from[k]: the lanes ≥ k
+  for (int k = 0; k < L; ++k) from[k] = lanes_from<T>(k);
+  vec<T> g[Q], b[Q], g1[Q], b1[Q];
+  auto coefficients = [&](int64_t c, vec<T>* gc, vec<T>* bc) {
+    for (int k = 0; k < Q; ++k) gc[k] = vec<T>{} + gvs[k * f + c], bc[k] = vec<T>{} + bm[c * P + k];
+  };
+  coefficients(0, g, b);
+  for (int64_t c = 0; c < f; ++c) {
+    const int64_t row_end = std::min((c + 1) * n, N - L + 1);  // vectors that start in row c and end in the sample
+    const int64_t inside_end = std::min(row_end, (c + 1) * n - L + 1);  // ... and end in row c
+    for (; q < inside_end; q += L) {
+      const int64_t j0 = q - c * n;
+      vec<T> acc = g[0] * load(u + j0) + b[0] * load(gz + j0);
+      for (int k = 1; k < Q; ++k) acc += g[k] * load(u + k * w + j0) + b[k] * load(gz + k * w + j0);
+      put(dst + q, acc, q < streamed_end);
+    }
+    if (c + 1 < f) coefficients(c + 1, g1, b1);
+    if (q < row_end) {  // the vector that runs into row c + 1
+      const int64_t j0 = q - c * n;
+      const auto next = from[n - j0];  // the lanes in row c + 1
+      vec<T> acc{};
+      for (int k = 0; k < Q; ++k)
+        acc += (next ? g1[k] : g[k]) * load(u + k * w + j0) + (next ? b1[k] : b[k]) * load(gz + k * w + j0);
+      put(dst + q, acc, q < streamed_end);
+      q += L;
+    }
+    for (int k = 0; k < Q; ++k) g[k] = g1[k], b[k] = b1[k];
+  }
+  for (; q < N; ++q) one(q);
+}
+
 // The backward of one (f, n) sample with short rows: ∂Z_p = σ'(Σ_c ∂v_pc x_c) from registers, ∂B by masked dot
-// products, then each ∂X row c = Σ_p ∂v_pc u_p + b_cp ∂z_p from U and ∂Z padded to whole vectors (in L1), so that
-// the row's last vector is computed whole (combine's scalar remainder, tried here: backward 14 % slower at P = 1).
+// products, then ∂X from U and ∂Z padded to whole vectors (in L1): by short_rows_dx (rows of 2 or more vectors, up to
+// 4 maps), else each row c = Σ_p ∂v_pc u_p + b_cp ∂z_p computed whole (combine's scalar remainder, tried here:
+// backward 14 % slower at P = 1).
 template <typename T, int NV>
 void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, int64_t n, int64_t f, int64_t P,
-                    int att, RowWriter<T>* out, std::vector<T>& pad /* 2 · P · NV · L */) {
-  constexpr int L = kLanes<T>, W = NV * L;
+                    int att, RowWriter<T>* out, std::vector<T>& pad /* 2 · P · (NV + 1) · L */) {
+  constexpr int L = kLanes<T>, W = (NV + 1) * L;
   const ShortRows<T, NV> rows(xs, n, f);
   T* upad = pad.data();
   T* gzpad = pad.data() + P * W;
@@ -942,6 +995,25 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
     if (gb) rows.template add_dots<Q>(gz, gbq);
   });
   if (out == nullptr) return;
+  // rows of at least 2 vectors (3 from 3 maps on): shorter rows have a vector across two rows too often. Measured,
+  // backward, two threads, B = 32, float32: P = 1 1.2-1.6x faster at 16-64 positions (f = 2048); P = 4 1.1-1.3x at
+  // 36-64, 0.9-1.05x at 12-25 (the path below kept there)
+  if (n >= (P <= 2 ? 2 : 3) * L && P <= 4) {
+    for (int64_t p = 0; p < P; ++p) {  // each row's first vector again after its n numbers
+      std::copy(upad + p * W, upad + p * W + L, upad + p * W + n);
+      std::copy(gzpad + p * W, gzpad + p * W + L, gzpad + p * W + n);
+    }
+    auto dx = [&](auto q) {
+      short_rows_dx<T, decltype(q)::value>(bm, gvs, upad, gzpad, W, n, f, P, out->base, out->streamed);
+    };
+    switch (P) {
+      case 1: dx(std::integral_constant<int, 1>()); break;
+      case 2: dx(std::integral_constant<int, 2>()); break;
+      case 3: dx(std::integral_constant<int, 3>()); break;
+      default: dx(std::integral_constant<int, 4>());
+    }
+    return;
+  }
   // Two rows at a time, the maps outermost: 2·NV independent FMA chains, and each vector of U and ∂Z loaded once
   // for both rows (one accumulator summed over the maps one vector at a time was a chain of dependent adds:
   // 3x slower). A row's last vector runs past n; it is stored whole where the next row of the pair, written
@@ -1100,7 +1172,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
   // 1.1-1.5x at 51-67 MB; with the caches warm (a tight loop) equal at 12.8 MB.
   const bool streamed = B * n * f * int64_t(sizeof(T)) >= (int64_t(4) << 20);
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<T> gz(P * n), coef(8 * P), part(4 * P), gzc(4 * P), gvt, pad(cf ? 2 * P * 8 * kLanes<T> : 0);
+    std::vector<T> gz(P * n), coef(8 * P), part(4 * P), gzc(4 * P), gvt, pad(cf ? 2 * P * 9 * kLanes<T> : 0);
     // staging for streamed ∂X rows: 16 KB (in L1), and at least the 4 rows that combine_rows writes at once
     std::vector<T> staging(streamed ? std::max<int64_t>(16384 / int64_t(sizeof(T)), 4 * (cf ? n : f)) : 0);
     std::vector<const T*> src(2 * P), gvrows(P), gzrows(P);
