@@ -523,20 +523,21 @@ def test_native_short_channel_rows(native, dtype, n, f, p):
 
 @pytest.mark.parametrize(
     ("dtype", "n"),
-    [*(("float32", n) for n in (15, 16, 24, 49, 64)), *(("float64", n) for n in (7, 8, 12, 32))],
+    [*(("float32", n) for n in (15, 16, 24, 49, 64, 100, 196)), *(("float64", n) for n in (7, 8, 12, 32, 49))],
 )
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("streamed", [True, False])
-def test_native_short_rows_dx_by_flat_vectors(native, dtype, n, p, streamed):
-    """Short channels-first rows of 2 or more vectors (3 or more from 3 maps on), up to 4 maps, write ∂X as the
-    aligned vectors of the sample's flat ∂X, a vector across two rows taking each row's coefficients in its
-    lanes; the others (15 and 7 numbers; 16 and 8 with 3-4 maps; 5 maps) take the row-at-a-time path. 2051
-    channels put every sample after the first off a 64-byte line (numbers written singly before the first line
-    and after the last vector); with ``streamed`` ∂X is 4 MiB or more (full lines stored non-temporally), else
-    stored in place. Values and the three gradients equal the torch path's."""
+def test_native_dx_by_flat_vectors(native, dtype, n, p, streamed):
+    """Channels-first rows of 2 or more vectors (3 or more from 3 maps on) that are not whole 64-byte lines, up
+    to 4 maps, write ∂X as the aligned vectors of the sample's flat ∂X, a vector across two rows taking each
+    row's coefficients in its lanes: short rows (up to 8 vectors, read whole) and longer ones (100 and 196
+    numbers in float32, 49 in float64). The others (15 and 7 numbers; 16 and 8 with 3-4 maps; 5 maps) take
+    the row-at-a-time paths. 2051 channels put every sample after the first off a 64-byte line (numbers written
+    singly before the first line and after the last vector); with ``streamed`` ∂X is 4 MiB or more (full lines
+    stored non-temporally), else stored in place. Values and the three gradients equal the torch path's."""
     dt = getattr(torch, dtype)
     f = 2051
-    batch = -(-(4 << 20) // (n * f * dt.itemsize)) if streamed else 3
+    batch = -(-(4 << 20) // (n * f * dt.itemsize)) if streamed else 2
     g = torch.Generator().manual_seed(n * p + streamed)
     X = torch.randn(batch, f, n, 1, generator=g, dtype=dt)
     assert (X.numel() * X.element_size() >= 4 << 20) == streamed  # the kernel streams ∂X from 4 MiB on

@@ -919,16 +919,17 @@ void forward_short(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t f,
   if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
 
-// ∂X of one (f, n) sample with short rows (n ≥ kLanes) and Q = P ≤ 4 maps, ∂X_c = Σ_p ∂v_pc u_p + b_cp ∂z_p,
-// computed as the aligned vectors of the sample's flat (f · n) ∂X and stored from the registers: rows of 49 numbers
-// computed as whole vectors had to be written unaligned into a staging buffer and copied from there to memory. A
-// vector starts at j0 of row c and runs into row c + 1 where j0 + kLanes > n: those lanes take row c + 1's
-// coefficients, and U and ∂Z are read from copies whose first kLanes numbers are repeated after their n (u and gz:
-// rows `w` apart, n + kLanes numbers each). Full 64-byte lines are streamed with `stream`; the numbers before the
-// first line and after the last vector are written one at a time.
+// ∂X of one (f, n) channels-first sample whose rows are whole (n ≥ kLanes), with Q = P ≤ 4 maps,
+// ∂X_c = Σ_p ∂v_pc u_p + b_cp ∂z_p, computed as the aligned vectors of the sample's flat (f · n) ∂X and stored from
+// the registers. Rows computed as vectors (49 or 196 numbers: not whole vectors, nor whole 64-byte lines) had to be
+// written unaligned into a staging buffer and copied from there to memory. A vector starts at j0 of row c and runs
+// into row c + 1 where j0 + kLanes > n: those lanes take row c + 1's coefficients, and U and ∂Z are read from
+// copies whose first kLanes numbers are repeated after their n (u and gz: rows `w` apart, n + kLanes numbers each).
+// Full 64-byte lines are streamed with `stream`; the numbers before the first line and after the last vector are
+// written one at a time.
 template <typename T, int Q>
-void short_rows_dx(const T* bm, const T* gvs, const T* u, const T* gz, int64_t w, int64_t n, int64_t f, int64_t P,
-                   T* dst, bool stream) {
+void flat_dx(const T* bm, const T* gvs, const T* u, const T* gz, int64_t w, int64_t n, int64_t f, int64_t P, T* dst,
+             bool stream) {
   constexpr int L = kLanes<T>, LL = 64 / int(sizeof(T));
   const int64_t N = f * n;
   auto one = [&](int64_t q) {
@@ -971,14 +972,42 @@ void short_rows_dx(const T* bm, const T* gvs, const T* u, const T* gz, int64_t w
   for (; q < N; ++q) one(q);
 }
 
+// fn(std::integral_constant<int, P>()) for P = 1 ... 4
+template <typename Fn>
+void with_maps(int64_t P, Fn&& fn) {
+  switch (P) {
+    case 1: fn(std::integral_constant<int, 1>()); break;
+    case 2: fn(std::integral_constant<int, 2>()); break;
+    case 3: fn(std::integral_constant<int, 3>()); break;
+    default: fn(std::integral_constant<int, 4>());
+  }
+}
+
+// flat_dx from P rows of U and of ∂Z (n numbers each; row p at u + p · su, gz + p · sg), copied into ext with their
+// first vector repeated after them
+template <typename T>
+void flat_dx_rows(const T* bm, const T* gvs, const T* u, int64_t su, const T* gz, int64_t sg, int64_t n, int64_t f,
+                  int64_t P, T* dst, bool stream, std::vector<T>& ext) {
+  const int64_t w = n + kLanes<T>;
+  ext.resize(2 * P * w);
+  for (int64_t p = 0; p < P; ++p)
+    for (const auto& [row, to] : {std::pair{u + p * su, p}, std::pair{gz + p * sg, P + p}}) {
+      std::copy(row, row + n, ext.data() + to * w);
+      std::copy(row, row + kLanes<T>, ext.data() + to * w + n);
+    }
+  with_maps(P, [&](auto q) {
+    flat_dx<T, decltype(q)::value>(bm, gvs, ext.data(), ext.data() + P * w, w, n, f, P, dst, stream);
+  });
+}
+
 // The backward of one (f, n) sample with short rows: ∂Z_p = σ'(Σ_c ∂v_pc x_c) from registers, ∂B by masked dot
-// products, then ∂X from U and ∂Z padded to whole vectors (in L1): by short_rows_dx (rows of 2 or more vectors, up to
-// 4 maps), else each row c = Σ_p ∂v_pc u_p + b_cp ∂z_p computed whole (combine's scalar remainder, tried here:
-// backward 14 % slower at P = 1).
+// products, then ∂X: by flat_dx (rows of 2 or more vectors, up to 4 maps; ext its copies of U and ∂Z), else from U
+// and ∂Z padded to whole vectors (in L1), each row c = Σ_p ∂v_pc u_p + b_cp ∂z_p computed whole (combine's scalar
+// remainder, tried here: backward 14 % slower at P = 1).
 template <typename T, int NV>
 void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, int64_t n, int64_t f, int64_t P,
-                    int att, RowWriter<T>* out, std::vector<T>& pad /* 2 · P · (NV + 1) · L */) {
-  constexpr int L = kLanes<T>, W = (NV + 1) * L;
+                    int att, RowWriter<T>* out, std::vector<T>& pad /* 2 · P · NV · L */, std::vector<T>& ext) {
+  constexpr int L = kLanes<T>, W = NV * L;
   const ShortRows<T, NV> rows(xs, n, f);
   T* upad = pad.data();
   T* gzpad = pad.data() + P * W;
@@ -1004,19 +1033,7 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
   // backward, two threads, B = 32, float32: P = 1 1.2-1.6x faster at 16-64 positions (f = 2048); P = 4 1.1-1.3x at
   // 36-64, 0.9-1.05x at 12-25 (the path below kept there)
   if (n >= (P <= 2 ? 2 : 3) * L && P <= 4) {
-    for (int64_t p = 0; p < P; ++p) {  // each row's first vector again after its n numbers
-      std::copy(upad + p * W, upad + p * W + L, upad + p * W + n);
-      std::copy(gzpad + p * W, gzpad + p * W + L, gzpad + p * W + n);
-    }
-    auto dx = [&](auto q) {
-      short_rows_dx<T, decltype(q)::value>(bm, gvs, upad, gzpad, W, n, f, P, out->base, out->streamed);
-    };
-    switch (P) {
-      case 1: dx(std::integral_constant<int, 1>()); break;
-      case 2: dx(std::integral_constant<int, 2>()); break;
-      case 3: dx(std::integral_constant<int, 3>()); break;
-      default: dx(std::integral_constant<int, 4>());
-    }
+    flat_dx_rows(bm, gvs, us, n, gzpad, W, n, f, P, out->base, out->streamed, ext);
     return;
   }
   // Two rows at a time, the maps outermost: 2·NV independent FMA chains, and each vector of U and ∂Z loaded once
@@ -1177,7 +1194,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
   // 1.1-1.5x at 51-67 MB; with the caches warm (a tight loop) equal at 12.8 MB.
   const bool streamed = B * n * f * int64_t(sizeof(T)) >= (int64_t(4) << 20);
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<T> gz(P * n), coef(8 * P), part(4 * P), gzc(4 * P), gvt, pad(cf ? 2 * P * 9 * kLanes<T> : 0);
+    std::vector<T> gz(P * n), coef(8 * P), part(4 * P), gzc(4 * P), gvt, ext, pad(cf ? 2 * P * 8 * kLanes<T> : 0);
     // staging for streamed ∂X rows: 16 KB (in L1), and at least the 4 rows that combine_rows writes at once
     std::vector<T> staging(streamed ? std::max<int64_t>(16384 / int64_t(sizeof(T)), 4 * (cf ? n : f)) : 0);
     std::vector<const T*> src(2 * P), gvrows(P), gzrows(P);
@@ -1236,7 +1253,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
         } else if (with_short_rows<T>(n, [&](auto nv) {
                      RowWriter<T> out{gxs, n, n, streamed, staging};
                      backward_short<T, decltype(nv)::value>(xs, bm, us, gvs, gb, n, f, P, att, gxs ? &out : nullptr,
-                                                            pad);
+                                                            pad, ext);
                      if (gxs) out.flush();
                    })) {
         } else {  // X (f, n): ∂Z = σ'(Σ_c ∂v[:, c] x_c); ∂B_cp += x_c · ∂z_p; ∂X_c = Σ_p ∂v_pc u_p + b_cp ∂z_p
@@ -1257,6 +1274,12 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
               add_channel_dots(xs, f, n, j0, len, gzrows.data(), P, gb, part);
             RowWriter<T> out{gxs + j0, n, len, streamed, staging};
             const bool direct = streamed && gxs && is_line_run(gxs + j0, len) && is_line_run(gxs, n);
+            // whole rows that are not whole lines, up to 4 maps: by flat_dx (backward, two threads, B = 32, against
+            // the rows below through the staging buffer: 1.1-1.4x at 97-300 positions, P = 1-4)
+            if (gxs && len == n && !direct && P <= 4) {
+              flat_dx_rows(bm, gvs, us, n, gz.data(), n, n, f, P, gxs, streamed, ext);
+              continue;  // (the only block)
+            }
             int64_t c = 0;
             // Rows 4 at a time: each loaded vector of U and ∂Z serves the 4 (one row at a time loads as many numbers
             // as it computes). Measured, one thread, backward P = 4: 10-18 % faster at (1024, 256) and (784, 512) in
