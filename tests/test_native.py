@@ -131,9 +131,10 @@ def test_transpositions_of_a_split_across_threads(native, f, k, p, layout):
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_native_any_thread_count(native, threads, layout, dtype):
-    """The kernel splits samples, position blocks and A's columns by the thread count: with 1, 3 and 5
-    threads (7 samples of 4096 × 128, larger than a core's L2; 100 classes, several column tiles each
-    thread) values, gradients and inference equal the torch path's, for P = 1 and 4 and both A layouts."""
+    """The kernel splits samples and A's columns by the thread count: with 1, 3 and 5 threads (7 samples of
+    4096 × 128, larger than a core's L2: channels-first in blocks of positions, except softmax's backward;
+    100 classes, several column tiles each thread) values, gradients and inference equal the torch path's,
+    for P = 1 and 4, both A layouts, ReLU and softmax."""
     g = torch.Generator().manual_seed(threads)
     X = torch.randn(7, 128, 64, 64, generator=g, dtype=dtype)
     if layout == "bnf":
@@ -141,23 +142,23 @@ def test_native_any_thread_count(native, threads, layout, dtype):
     axis = -1 if layout == "bnf" else 1
     before = torch.get_num_threads()
     try:
-        for p, fkp in ((1, False), (4, False), (4, True)):
+        for p, fkp, attention in ((1, False, "relu"), (4, False, "softmax"), (4, True, "relu")):
             A = torch.randn(p, 128, 100, generator=g, dtype=dtype).permute(1, 2, 0)
             A = A.contiguous() if fkp else A
             B = torch.randn(128, p, generator=g, dtype=dtype) / 128**0.5
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(_native, "kernel", lambda: native)
                 torch.set_num_threads(threads)
-                s_native, g_native = _run(X, A, B, "softmax", axis)
+                s_native, g_native = _run(X, A, B, attention, axis)
                 with torch.no_grad():
-                    inference = lp.rankp_pool(X, A, B, attention="softmax", channel_axis=axis)
+                    inference = lp.rankp_pool(X, A, B, attention=attention, channel_axis=axis)
                 torch.set_num_threads(before)
                 mp.setattr(_native, "kernel", lambda: None)
-                s_torch, g_torch = _run(X, A, B, "softmax", axis)
+                s_torch, g_torch = _run(X, A, B, attention, axis)
             tol = 8 * (128 + 4096 + 100 * p) * eps_of(dtype)
             for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
                 scale = want.abs().max().item()
-                assert torch.allclose(got, want, rtol=tol, atol=tol * scale), (p, fkp, (got - want).abs().max())
+                assert torch.allclose(got, want, rtol=tol, atol=tol * scale), (p, attention, (got - want).abs().max())
     finally:
         torch.set_num_threads(before)
 
