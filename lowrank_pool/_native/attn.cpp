@@ -1012,6 +1012,10 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
   T* upad = pad.data();
   T* gzpad = pad.data() + P * W;
   std::fill(pad.begin(), pad.end(), T(0));
+  // ∂X by flat_dx: rows of at least 2 vectors (3 from 3 maps on; shorter rows have a vector across two rows too
+  // often), up to 4 maps. Measured, backward, two threads, B = 32, float32: P = 1 1.2-1.6x faster at 16-64
+  // positions (f = 2048); P = 4 1.1-1.3x at 36-64, 0.9-1.05x at 12-25 (the rows below kept there)
+  const bool flat = out != nullptr && n >= (P <= 2 ? 2 : 3) * L && P <= 4;
   ShortRows<T, NV>::in_pairs(P, [&](int64_t p0, auto q) {
     constexpr int Q = decltype(q)::value;
     const T* gv[Q];
@@ -1023,16 +1027,13 @@ void backward_short(const T* xs, const T* bm, const T* us, const T* gvs, T* gb, 
     for (int k = 0; k < Q; ++k) {
       const int64_t p = p0 + k;
       std::fill(gz[k] + n, gz[k] + W, T(0));
-      std::copy(us + p * n, us + (p + 1) * n, upad + p * W);
+      if (!flat) std::copy(us + p * n, us + (p + 1) * n, upad + p * W);  // (flat_dx copies U itself)
       activation_derivative(us + p * n, gz[k], n, att);
     }
     if (gb) rows.template add_dots<Q>(gz, gbq);
   });
   if (out == nullptr) return;
-  // rows of at least 2 vectors (3 from 3 maps on): shorter rows have a vector across two rows too often. Measured,
-  // backward, two threads, B = 32, float32: P = 1 1.2-1.6x faster at 16-64 positions (f = 2048); P = 4 1.1-1.3x at
-  // 36-64, 0.9-1.05x at 12-25 (the path below kept there)
-  if (n >= (P <= 2 ? 2 : 3) * L && P <= 4) {
+  if (flat) {
     flat_dx_rows(bm, gvs, us, n, gzpad, W, n, f, P, out->base, out->streamed, ext);
     return;
   }
