@@ -525,13 +525,17 @@ inline bool sequential_rows(int64_t P) { return P == 1; }
 
 // Software prefetch of rows a few blocks ahead: between the loads of one block and the next the kernel
 // computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
-// idle there. Into L2 (a block of long rows is tens of KB). Rows of at least kSpreadBytes that follow each other
-// are prefetched through an Ahead, spread over the block's loops, and so are parts of rows of at least that
-// length through Runs (see runs_ahead); shorter rows, and parts of rows given an Ahead, all at the block's
-// start. Measured, rank-P forward (P = 4) on one thread with X from memory: spread 1.6-1.8x faster at (196, 512),
-// (49, 2048) and (196, 2048), backward 1.3x; with rows of 128 floats spreading was 5-10 % slower.
+// idle there. Into L2 (a block of long rows is tens of KB). Rows that follow each other are prefetched through
+// an Ahead, spread over the block's loops, and so are parts of rows through Runs (see runs_ahead); parts of rows
+// given an Ahead all at the block's start. Measured, rank-P forward (P = 4) on one thread with X from memory:
+// spread 1.6-1.8x faster at (196, 512), (49, 2048) and (196, 2048), backward 1.3x. The rows ahead start at
+// least kAheadBytes on: 8 rows of 128 floats (4 KB), prefetched 32 lines at once at the block's start, kept the
+// loads and the arithmetic from overlapping (the rank-P forward at (32, 4096, 128) took the time of reading X
+// plus that of the arithmetic in cache). Spread, and 8 KB on: forward on two threads, B = 32, X from memory,
+// P = 2-4 1.26x at (4096, 128), 1.0-1.65x at (2048, 64-200), channels-first rows of 100 positions 1.09-1.15x;
+// forward+backward 1.04-1.34x (two cases 0.97-1.0x, within the noise); rows of 1 KB or more unchanged.
 constexpr int64_t kAheadRows = 8;
-constexpr int64_t kSpreadBytes = 1024;
+constexpr int64_t kAheadBytes = 8192;
 
 template <typename T>
 inline void prefetch_row(const T* row, int64_t span) {
@@ -541,17 +545,19 @@ inline void prefetch_row(const T* row, int64_t span) {
 }
 
 // Rows of `span` numbers, `stride` apart (rows < count), in blocks of 4, then one at a time:
-// body4(first row, rows) / body1(row, rows). With `ahead`, the rows kAheadRows ahead are prefetched: through it
-// (the body hands it to its loops) or at once (see kSpreadBytes); nullptr: no software prefetch.
+// body4(first row, rows) / body1(row, rows). With `ahead`, a block of rows ahead (at least kAheadRows and
+// kAheadBytes on) is prefetched: through it (the body hands it to its loops) where the rows are contiguous or
+// `ahead` is Runs, else at once; nullptr: no software prefetch.
 template <typename T, typename A, typename Body4, typename Body1>
 void over_strided_rows(const T* xs, int64_t count, int64_t stride, int64_t span, A* ahead, Body4&& body4,
                        Body1&& body1) {
   constexpr bool runs = std::is_same_v<A, Runs>;
-  const bool spread = (runs || stride == span) && span * int64_t(sizeof(T)) >= kSpreadBytes;
+  const bool spread = runs || stride == span;
+  const int64_t dist = std::max(kAheadRows, kAheadBytes / (std::max<int64_t>(1, stride) * int64_t(sizeof(T))) / 4 * 4);
   int64_t c = 0;
   for (; c + 4 <= count; c += 4) {
     if (ahead) {
-      const int64_t k0 = std::min(count, c + kAheadRows), k1 = std::min(count, c + kAheadRows + 4);
+      const int64_t k0 = std::min(count, c + dist), k1 = std::min(count, c + dist + 4);
       if (spread) {
         if constexpr (runs) {
           ahead->set(reinterpret_cast<const char*>(xs + k0 * stride), k1 - k0, span * int64_t(sizeof(T)),
