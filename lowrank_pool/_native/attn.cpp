@@ -1340,10 +1340,14 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
               std::fill(gzout[p], gzout[p] + len, T(0));
               src[p] = us + p * n + j0, src[P + p] = gzout[p];
             }
-            channel_sums(xs, gvt.data(), gzout.data(), n, f, P, j0, len);  // X_J from memory
+            with_fixed_maps(P, [&](auto q) {  // X_J from memory
+              channel_sums<T, decltype(q)::value>(xs, gvt.data(), gzout.data(), n, f, P, j0, len);
+            });
             for (int64_t p = 0; p < P; ++p) activation_derivative(us + p * n + j0, gzout[p], len, att);
             if (gb)  // X_J again, from L2, before ∂X's writes compete for it
-              add_channel_dots(xs, f, n, j0, len, gzrows.data(), P, gb, part);
+              with_fixed_maps(P, [&](auto q) {
+                add_channel_dots<T, decltype(q)::value>(xs, f, n, j0, len, gzrows.data(), P, gb, part);
+              });
             RowWriter<T> out{gxs + j0, n, len, streamed, staging};
             const bool direct = streamed && gxs && is_line_run(gxs + j0, len) && is_line_run(gxs, n);
             // whole rows that are not whole lines, up to 4 maps: by flat_dx (backward, two threads, B = 32, against
