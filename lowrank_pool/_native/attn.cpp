@@ -539,15 +539,19 @@ inline bool sequential_rows(int64_t P) { return P == 1; }
 // computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
 // idle there. Into L2 (a block of long rows is tens of KB). Rows that follow each other are prefetched through
 // an Ahead, spread over the block's loops, and so are parts of rows through Runs (see runs_ahead); parts of rows
-// given an Ahead all at the block's start. Measured, rank-P forward (P = 4) on one thread with X from memory:
+// given an Ahead, and channels-first rows shorter than kSpreadBytes of a sample larger than L2, all at the block's
+// start. Measured, rank-P forward (P = 4) on one thread with X from memory:
 // spread 1.6-1.8x faster at (196, 512), (49, 2048) and (196, 2048), backward 1.3x. The rows ahead start at
 // least kAheadBytes on: 8 rows of 128 floats (4 KB), prefetched 32 lines at once at the block's start, kept the
 // loads and the arithmetic from overlapping (the rank-P forward at (32, 4096, 128) took the time of reading X
 // plus that of the arithmetic in cache). Spread, and 8 KB on: forward on two threads, B = 32, X from memory,
 // P = 2-4 1.26x at (4096, 128), 1.0-1.65x at (2048, 64-200), channels-first rows of 100 positions 1.09-1.15x;
-// forward+backward 1.04-1.34x (two cases 0.97-1.0x, within the noise); rows of 1 KB or more unchanged.
+// forward+backward 1.04-1.34x (two cases 0.97-1.0x, within the noise); rows of 1 KB or more unchanged. Where a
+// channels-first sample does not fit L2 ((196, 2048): 1.6 MB, its second pass from L3) spreading its rows of 784
+// bytes made the forward at P = 1 0.93-0.94x, as in an earlier run (5-16 % slower at P = 1-3): those keep the burst.
 constexpr int64_t kAheadRows = 8;
 constexpr int64_t kAheadBytes = 8192;
+constexpr int64_t kSpreadBytes = 1024;
 
 template <typename T>
 inline void prefetch_row(const T* row, int64_t span) {
@@ -559,12 +563,12 @@ inline void prefetch_row(const T* row, int64_t span) {
 // Rows of `span` numbers, `stride` apart (rows < count), in blocks of 4, then one at a time:
 // body4(first row, rows) / body1(row, rows). With `ahead`, a block of rows ahead (at least kAheadRows and
 // kAheadBytes on) is prefetched: through it (the body hands it to its loops) where the rows are contiguous or
-// `ahead` is Runs, else at once; nullptr: no software prefetch.
+// `ahead` is Runs, and are at least `spread_from` bytes long, else at once; nullptr: no software prefetch.
 template <typename T, typename A, typename Body4, typename Body1>
 void over_strided_rows(const T* xs, int64_t count, int64_t stride, int64_t span, A* ahead, Body4&& body4,
-                       Body1&& body1) {
+                       Body1&& body1, int64_t spread_from = 0) {
   constexpr bool runs = std::is_same_v<A, Runs>;
-  const bool spread = runs || stride == span;
+  const bool spread = (runs || stride == span) && span * int64_t(sizeof(T)) >= spread_from;
   const int64_t dist = std::max(kAheadRows, kAheadBytes / (std::max<int64_t>(1, stride) * int64_t(sizeof(T))) / 4 * 4);
   int64_t c = 0;
   for (; c + 4 <= count; c += 4) {
@@ -793,7 +797,8 @@ int64_t position_block(int64_t n, int64_t f) {
 template <typename T, typename A, typename Body4, typename Body1>
 void over_channel_block(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len, A* ahead, Body4&& body4,
                         Body1&& body1) {
-  over_strided_rows<T>(xs + j0, f, n, len, ahead, body4, body1);
+  const bool fits_l2 = n * f * int64_t(sizeof(T)) <= (int64_t(3) << 19);  // (as position_block)
+  over_strided_rows<T>(xs + j0, f, n, len, ahead, body4, body1, fits_l2 ? 0 : kSpreadBytes);
 }
 
 // out[p * f + c] += x_c[J] · vecs[p] for every channel c and map p (X_J read once, 4 rows at a time)
