@@ -731,7 +731,9 @@ struct RowScratch {
 // (multi_dot, multi_axpy); Q = 0: any P, through dots_block / axpy_block, whose copies and switches over the maps
 // took about a quarter of the kernel's time on short rows (perf, rank-P at (4096, 128)). Measured, forward, two
 // threads, in cache: P = 2-4 1.18-1.29x at (4096, 128), 1.03-1.09x at (1024, 512), 1.01-1.02x at (256, 2048);
-// B = 32 from memory 1.07-1.08x at (4096, 128), 1.10x at (196, 512), P = 2.
+// B = 32 from memory 1.07-1.08x at (4096, 128), 1.10x at (196, 512), P = 2. (Through dots_block<T, Q> and
+// axpy_block<T, Q> instead, with Z and the weights in the heap scratch and the weights transposed there: in cache
+// 0.84x at (4096, 128), P = 4, 0.95-0.98x at P = 2, 3; not kept.)
 template <typename T, int Q = 0>
 void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int64_t f, int64_t P_, int att,
                   RowScratch<T>& sc) {
