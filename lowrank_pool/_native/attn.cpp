@@ -507,18 +507,16 @@ void dots_rows(const T* const* rows, const T* const* vecs, int64_t P, int64_t le
 template <typename T, int R, typename A = Ahead, int Q = 0>
 void axpy_rows(const T* const* srcs, const T* coef /* R × P */, int64_t P, T* const* dsts, int64_t len,
                A* ahead = nullptr) {
-  if constexpr (Q > 0) {  // P = Q
-    T part[Q * R];
-    for (int q = 0; q < Q; ++q)
-      for (int r = 0; r < R; ++r) part[q * R + r] = coef[r * Q + q];
-    multi_axpy<T, R, Q, A>(srcs, part, dsts, len, ahead);
-    return;
-  }
+  if constexpr (Q > 0) P = Q;  // (one block of maps, its bounds constants)
   T part[4 * R];
   for (int64_t p0 = 0; p0 < P; p0 += 4) {
     const int64_t q = std::min<int64_t>(4, P - p0);
     for (int64_t k = 0; k < q; ++k)
       for (int r = 0; r < R; ++r) part[k * R + r] = coef[r * P + p0 + k];
+    if constexpr (Q > 0) {
+      multi_axpy<T, R, Q, A>(srcs, part, dsts, len, ahead);
+      continue;
+    }
     switch (q) {
       case 4: multi_axpy<T, R, 4, A>(srcs, part, dsts + p0, len, ahead); break;
       case 3: multi_axpy<T, R, 3, A>(srcs, part, dsts + p0, len, ahead); break;
@@ -787,11 +785,18 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
 // cut into blocks of at least 256 positions (1 KB runs per row, so each row's part streams well) whose
 // f × block numbers stay in L2 between the two passes over them (measured at (4096, 128): 12 % faster;
 // shorter runs were slower, at (196, 2048) by 15 %).
+constexpr int64_t kL2Bytes = int64_t(3) << 19;
+
+template <typename T>
+inline bool sample_fits_l2(int64_t n, int64_t f) {
+  return n * f * int64_t(sizeof(T)) <= kL2Bytes;
+}
+
 template <typename T>
 int64_t position_block(int64_t n, int64_t f) {
   const int64_t row = std::max<int64_t>(1, f * int64_t(sizeof(T)));
-  if (n * row <= (int64_t(3) << 19)) return n;
-  const int64_t fit = (int64_t(3) << 18) / row;
+  if (sample_fits_l2<T>(n, f)) return n;
+  const int64_t fit = kL2Bytes / 2 / row;
   return std::min(n, std::max<int64_t>(256, fit / 16 * 16));
 }
 
@@ -799,8 +804,7 @@ int64_t position_block(int64_t n, int64_t f) {
 template <typename T, typename A, typename Body4, typename Body1>
 void over_channel_block(const T* xs, int64_t f, int64_t n, int64_t j0, int64_t len, A* ahead, Body4&& body4,
                         Body1&& body1) {
-  const bool fits_l2 = n * f * int64_t(sizeof(T)) <= (int64_t(3) << 19);  // (as position_block)
-  over_strided_rows<T>(xs + j0, f, n, len, ahead, body4, body1, fits_l2 ? 0 : kSpreadBytes);
+  over_strided_rows<T>(xs + j0, f, n, len, ahead, body4, body1, sample_fits_l2<T>(n, f) ? 0 : kSpreadBytes);
 }
 
 // out[p * f + c] += x_c[J] · vecs[p] for every channel c and map p (X_J read once, 4 rows at a time)
