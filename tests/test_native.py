@@ -212,6 +212,28 @@ def test_native_large_samples_in_blocks(native, attention, layout, maps):
 
 
 @pytest.mark.parametrize(
+    ("dtype", "f"),
+    [
+        (torch.float32, 511),  # rows just under 2 KB: read one after the other
+        (torch.float32, 515),  # 2 KB and more: 4 side by side, the rows ahead prefetched; a vector remainder
+        (torch.float64, 259),
+        (torch.float32, 2048),
+    ],
+)
+@pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
+def test_native_rank1_rows_in_either_order(native, dtype, f, attention):
+    """Rank 1 on (n, f) rows reads a block of 4 rows one after the other where rows are under 2 KB and
+    side by side from 2 KB on (see the kernel's ``sequential_rows``); n = 11 leaves 3 rows after two
+    blocks. Values and gradients equal the torch path's on both sides of the threshold."""
+    g = torch.Generator().manual_seed(f)
+    n = 11
+    X = torch.randn(3, n, f, generator=g, dtype=dtype)
+    A = torch.randn(f, 5, 1, generator=g, dtype=dtype)
+    B = torch.randn(f, 1, generator=g, dtype=dtype) / f**0.5
+    _assert_native_equals_torch(native, X, A, B, attention, -1, 8 * (f + n) * eps_of(dtype))
+
+
+@pytest.mark.parametrize(
     ("layout", "n", "f", "streamed"),
     [
         ("bnf", 1003, 512, True),

@@ -526,12 +526,17 @@ void axpy_rows(const T* const* srcs, const T* coef /* R × P */, int64_t P, T* c
   }
 }
 
-// Which order the first pass over an (n, f) sample reads a block of 4 rows in: with one map, one row after the other
-// (the hardware prefetcher follows one stream; no software prefetch, which then only competed with it); with more,
-// the 4 rows side by side (each loaded vector of the maps serves 4 rows: the dot products are then the cost) with
-// the software prefetch below. Measured, rank 1 on one thread with X from memory: forward 1.2-2x faster (12.9 ->
-// 26 GB/s at (196, 512), 20 -> 25 at (4096, 128)), backward 1.1-1.4x; at P = 2 no change, at P = 4 15-30 % slower.
-inline bool sequential_rows(int64_t P) { return P == 1; }
+// Which order the first pass over an (n, f) sample reads a block of 4 rows in: with one map and rows under 2 KB, one
+// row after the other (the hardware prefetcher follows one stream; no software prefetch, which then only competed
+// with it); else the 4 rows side by side (each loaded vector of the maps serves 4 rows: the dot products are then
+// the cost) with the software prefetch below. Measured, rank 1 on one thread with X from memory: forward 1.2-2x
+// faster (12.9 -> 26 GB/s at (196, 512), 20 -> 25 at (4096, 128)), backward 1.1-1.4x; at P = 2 no change, at
+// P = 4 15-30 % slower. Rows of 2 KB and more (measured later, with the prefetch spread through the loops, two
+// threads, B = 32, X from memory): rank 1 side by side, forward 1.1-2.0x at rows of 2.5-16 KB (640-4096 floats,
+// 384-2048 doubles), 0.92-1.3x at 2 KB, 0.93-1.05x at (49, 2048) with X in L3; forward+backward 1.1-1.8x; rows of
+// 1 KB 0.92-1.06x, so they keep the sequential order.
+template <typename T>
+inline bool sequential_rows(int64_t P, int64_t f) { return P == 1 && f * int64_t(sizeof(T)) < 2048; }
 
 // Software prefetch of rows a few blocks ahead: between the loads of one block and the next the kernel
 // computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
@@ -739,7 +744,7 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
   for (int64_t p = 0; p < P; ++p) sc.vrows[p] = vs + p * f;
   std::fill(vs, vs + P * f, T(0));
   sc.soft.reset();
-  const bool seq = Q == 0 && sequential_rows(P);
+  const bool seq = Q == 0 && sequential_rows<T>(P, f);
   Ahead ahead;
   over_rows<T>(xs, n, f, seq ? nullptr : &ahead, [&](int64_t i0, const T* const* rows, int count) {
     T zq[4 * (Q > 0 ? Q : 1)], wq[4 * (Q > 0 ? Q : 1)];
@@ -1042,7 +1047,8 @@ void with_maps(int64_t P, Fn&& fn) {
 }
 
 // fn(std::integral_constant<int, Q>()) with Q = P for 2 ... 4 maps (their count known at compile time), Q = 0 for
-// any other P (1: rank-1's rows are read one after the other, see sequential_rows; more than 4: maps in blocks)
+// any other P (1: rank-1, whose rows under 2 KB are read one after the other, see sequential_rows; more than 4:
+// maps in blocks)
 template <typename Fn>
 void with_fixed_maps(int64_t P, Fn&& fn) {
   if (P >= 2 && P <= 4)
@@ -1317,7 +1323,7 @@ void backward_impl(const T* x, const T* bm, const T* u, const T* gv, T* gx, T* g
               }
             };
             const bool fused = att != kSoftmax;  // σ' is per position: one pass over the rows
-            const bool seq = sequential_rows(maps);
+            const bool seq = sequential_rows<T>(maps, f);
             over_rows<T>(xs, n, f, seq ? nullptr : &ahead, [&](int64_t i0, const T* const* rows, int count) {
               dots_block<T, Q>(rows, count, gvrows.data(), maps, f, part.data(), seq, &ahead);
               for (int r = 0; r < count; ++r)
