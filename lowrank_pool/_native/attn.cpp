@@ -789,8 +789,14 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
 // Positions per block of an (f, n) sample: a sample that fits in L2 (1.5 MB) is one block; a larger one is
 // cut into blocks of at least 256 positions (1 KB runs per row, so each row's part streams well) whose
 // f × block numbers stay in L2 between the two passes over them (measured at (4096, 128): 12 % faster;
-// shorter runs were slower, at (196, 2048) by 15 %).
+// shorter runs were slower, at (196, 2048) by 15 %). Except where its rows are 4 KB or shorter and it fits its
+// thread's share of L3 (a 32 MB L3 assumed, half of it for the samples in flight, at most 8 MB each): such
+// rows make blocks of a third to a half of each row (784 positions: 256 or 384), whose strided parts read
+// from memory more slowly than the whole sample read twice, the second time from L3. Measured (paired A/B,
+// two threads, B = 16, X from memory): (784, 512-2048) forward 1.13-1.35x, forward+backward 1.03-1.38x; with
+// rows of 6 and 12.5 KB (1568 and 3136 positions) one block was 0.85-1.13x, so they keep the blocks.
 constexpr int64_t kL2Bytes = int64_t(3) << 19;
+constexpr int64_t kL3Bytes = int64_t(32) << 20;
 
 template <typename T>
 inline bool sample_fits_l2(int64_t n, int64_t f) {
@@ -801,6 +807,8 @@ template <typename T>
 int64_t position_block(int64_t n, int64_t f) {
   const int64_t row = std::max<int64_t>(1, f * int64_t(sizeof(T)));
   if (sample_fits_l2<T>(n, f)) return n;
+  const int64_t share = std::min<int64_t>(int64_t(8) << 20, kL3Bytes / (2 * std::max(1, at::get_num_threads())));
+  if (n * int64_t(sizeof(T)) <= 4096 && n * row <= share) return n;
   const int64_t fit = kL2Bytes / 2 / row;
   return std::min(n, std::max<int64_t>(256, fit / 16 * 16));
 }
