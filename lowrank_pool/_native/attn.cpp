@@ -532,9 +532,9 @@ void axpy_rows(const T* const* srcs, const T* coef /* R × P */, int64_t P, T* c
 // the cost) with the software prefetch below. Measured, rank 1 on one thread with X from memory: forward 1.2-2x
 // faster (12.9 -> 26 GB/s at (196, 512), 20 -> 25 at (4096, 128)), backward 1.1-1.4x; at P = 2 no change, at
 // P = 4 15-30 % slower. Rows of 2 KB and more (measured later, with the prefetch spread through the loops, two
-// threads, B = 32, X from memory): rank 1 side by side, forward 1.1-2.0x at rows of 2.5-16 KB (640-4096 floats,
-// 384-2048 doubles), 0.92-1.3x at 2 KB, 0.93-1.05x at (49, 2048) with X in L3; forward+backward 1.1-1.8x; rows of
-// 1 KB 0.92-1.06x, so they keep the sequential order.
+// threads, B = 32, X from memory): rank 1 side by side, forward 1.02-2.0x at rows of 2.5-16 KB (640-4096 floats,
+// 384-2048 doubles), 0.92-1.3x at 2 KB, 0.93-1.05x at (49, 2048) with X in L3; forward+backward 0.99-1.8x; rows
+// of 1 KB 0.92-1.06x, so they keep the sequential order.
 template <typename T>
 inline bool sequential_rows(int64_t P, int64_t f) { return P == 1 && f * int64_t(sizeof(T)) < 2048; }
 
