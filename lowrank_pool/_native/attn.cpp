@@ -793,7 +793,8 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
 // thread's share of L3 (a 32 MB L3 assumed, half of it for the samples in flight, at most 8 MB each): such
 // rows make blocks of a third to a half of each row (784 positions: 256 or 384), whose strided parts read
 // from memory more slowly than the whole sample read twice, the second time from L3. Measured (paired A/B,
-// two threads, B = 16, X from memory): (784, 512-2048) forward 1.13-1.35x, forward+backward 1.03-1.38x; with
+// two threads, B = 16, X from memory): (784, 512-2048) forward 1.12-1.27x (one 0.96x), forward+backward
+// 1.06-1.41x, P = 1 and 4 (on a 16-core Xeon at two threads 1.09-1.16x, rank 1 at (784, 1024) 0.97-0.98x); with
 // rows of 6 and 12.5 KB (1568 and 3136 positions) one block was 0.85-1.13x, so they keep the blocks.
 constexpr int64_t kL2Bytes = int64_t(3) << 19;
 constexpr int64_t kL3Bytes = int64_t(32) << 20;
