@@ -220,7 +220,9 @@ def test_native_large_samples_in_blocks(native, attention, layout, maps, n, f):
 @pytest.mark.parametrize(
     ("dtype", "f"),
     [
-        (torch.float32, 511),  # rows just under 2 KB: read one after the other
+        (torch.float32, 61),  # rows under 384 B: 4 side by side; a vector remainder
+        (torch.float64, 48),  # 384 B to 2 KB: read one after the other
+        (torch.float32, 511),
         (torch.float32, 515),  # 2 KB and more: 4 side by side, the rows ahead prefetched; a vector remainder
         (torch.float64, 259),
         (torch.float32, 2048),
@@ -228,9 +230,9 @@ def test_native_large_samples_in_blocks(native, attention, layout, maps, n, f):
 )
 @pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
 def test_native_rank1_rows_in_either_order(native, dtype, f, attention):
-    """Rank 1 on (n, f) rows reads a block of 4 rows one after the other where rows are under 2 KB and
-    side by side from 2 KB on (see the kernel's ``sequential_rows``); n = 11 leaves 3 rows after two
-    blocks. Values and gradients equal the torch path's on both sides of the threshold."""
+    """Rank 1 on (n, f) rows reads a block of 4 rows one after the other where rows are 384 B to 2 KB
+    long and side by side otherwise (see the kernel's ``sequential_rows``); n = 11 leaves 3 rows after
+    two blocks. Values and gradients equal the torch path's on both sides of each threshold."""
     g = torch.Generator().manual_seed(f)
     n = 11
     X = torch.randn(3, n, f, generator=g, dtype=dtype)

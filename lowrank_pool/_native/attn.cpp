@@ -526,17 +526,22 @@ void axpy_rows(const T* const* srcs, const T* coef /* R × P */, int64_t P, T* c
   }
 }
 
-// Which order the first pass over an (n, f) sample reads a block of 4 rows in: with one map and rows under 2 KB, one
-// row after the other (the hardware prefetcher follows one stream; no software prefetch, which then only competed
-// with it); else the 4 rows side by side (each loaded vector of the maps serves 4 rows: the dot products are then
-// the cost) with the software prefetch below. Measured, rank 1 on one thread with X from memory: forward 1.2-2x
-// faster (12.9 -> 26 GB/s at (196, 512), 20 -> 25 at (4096, 128)), backward 1.1-1.4x; at P = 2 no change, at
-// P = 4 15-30 % slower. Rows of 2 KB and more (measured later, with the prefetch spread through the loops, two
-// threads, B = 32, X from memory): rank 1 side by side, forward 1.02-2.0x at rows of 2.5-16 KB (640-4096 floats,
-// 384-2048 doubles), 0.92-1.3x at 2 KB, 0.93-1.05x at (49, 2048) with X in L3; forward+backward 0.99-1.8x; rows
-// of 1 KB 0.92-1.06x, so they keep the sequential order.
+// Which order the first pass over an (n, f) sample reads a block of 4 rows in: with one map and rows of 384 B to
+// 2 KB, one row after the other (the hardware prefetcher follows one stream; no software prefetch, which then only
+// competed with it); else the 4 rows side by side (each loaded vector of the maps serves 4 rows: the dot products
+// are then the cost) with the software prefetch below. Measured, rank 1 on one thread with X from memory: forward
+// 1.2-2x faster (12.9 -> 26 GB/s at (196, 512), 20 -> 25 at (4096, 128)), backward 1.1-1.4x; at P = 2 no change,
+// at P = 4 15-30 % slower. Measured later, with the prefetch spread through the loops (two threads, B = 32, X from
+// memory), rank 1 side by side: rows of 2.5-16 KB (640-4096 floats, 384-2048 doubles) forward 1.02-2.0x, 2 KB
+// 0.92-1.3x, (49, 2048) with X in L3 0.93-1.05x, forward+backward 0.99-1.8x; rows of 320 B and less (16-80
+// floats, 16-32 doubles, where one row's dot product and update are mostly fixed costs) forward 1.15-1.31x,
+// forward+backward 1.04-1.18x; 384 B 0.96-1.16x, 512 B 0.93-0.99x and 1 KB 0.92-1.06x, so those keep the
+// sequential order.
 template <typename T>
-inline bool sequential_rows(int64_t P, int64_t f) { return P == 1 && f * int64_t(sizeof(T)) < 2048; }
+inline bool sequential_rows(int64_t P, int64_t f) {
+  const int64_t row = f * int64_t(sizeof(T));
+  return P == 1 && row >= 384 && row < 2048;
+}
 
 // Software prefetch of rows a few blocks ahead: between the loads of one block and the next the kernel
 // computes from L1 (the second use of the rows), and the hardware prefetcher alone let the memory stream
@@ -1058,8 +1063,8 @@ void with_maps(int64_t P, Fn&& fn) {
 }
 
 // fn(std::integral_constant<int, Q>()) with Q = P for 2 ... 4 maps (their count known at compile time), Q = 0 for
-// any other P (1: rank-1, whose rows under 2 KB are read one after the other, see sequential_rows; more than 4:
-// maps in blocks)
+// any other P (1: rank-1, whose rows of 384 B to 2 KB are read one after the other, see sequential_rows; more
+// than 4: maps in blocks)
 template <typename Fn>
 void with_fixed_maps(int64_t P, Fn&& fn) {
   if (P >= 2 && P <= 4)
