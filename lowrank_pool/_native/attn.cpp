@@ -801,12 +801,22 @@ void forward_rows(const T* xs, const T* const* bt, T* us, T* vs, int64_t n, int6
 // two threads, B = 16, X from memory): (784, 512-2048) forward 1.12-1.27x (one 0.96x), forward+backward
 // 1.06-1.41x, P = 1 and 4 (on a 16-core Xeon at two threads 1.09-1.16x, rank 1 at (784, 1024) 0.97-0.98x); with
 // rows of 6 and 12.5 KB (1568 and 3136 positions) one block was 0.85-1.13x, so they keep the blocks.
+// The sizes a sample is held against: kL2Bytes, up to which a sample stays in L2 between two passes over it (a
+// budget tuned by measurement on machines with 1 and 2 MB of L2 per core); kL2HotBytes, up to which its second
+// pass needs no software prefetch (half of the 1 MB L2 measured here, see forward_channels); kL3Bytes, the L3
+// assumed (sysconf reports the host's 320 MB inside the VM measured here).
 constexpr int64_t kL2Bytes = int64_t(3) << 19;
+constexpr int64_t kL2HotBytes = int64_t(1) << 19;
 constexpr int64_t kL3Bytes = int64_t(32) << 20;
 
 template <typename T>
+inline int64_t sample_bytes(int64_t n, int64_t f) {
+  return n * f * int64_t(sizeof(T));
+}
+
+template <typename T>
 inline bool sample_fits_l2(int64_t n, int64_t f) {
-  return n * f * int64_t(sizeof(T)) <= kL2Bytes;
+  return sample_bytes<T>(n, f) <= kL2Bytes;
 }
 
 template <typename T>
@@ -814,7 +824,7 @@ int64_t position_block(int64_t n, int64_t f) {
   const int64_t row = std::max<int64_t>(1, f * int64_t(sizeof(T)));
   if (sample_fits_l2<T>(n, f)) return n;
   const int64_t share = std::min<int64_t>(int64_t(8) << 20, kL3Bytes / (2 * std::max(1, at::get_num_threads())));
-  if (n * int64_t(sizeof(T)) <= 4096 && n * row <= share) return n;
+  if (n * int64_t(sizeof(T)) <= 4096 && sample_bytes<T>(n, f) <= share) return n;
   const int64_t fit = kL2Bytes / 2 / row;
   return std::min(n, std::max<int64_t>(256, fit / 16 * 16));
 }
@@ -1250,12 +1260,11 @@ void forward_channels(const T* xs, const T* bm, T* us, T* vs, int64_t n, int64_t
         wrows[p] = w;
       }
     }
-    // The second pass over a sample of up to 512 KB (half of this machine's L2) runs without software prefetch:
-    // its rows are in L2 already, and the prefetches cost issue slots. Measured (paired A/B, two threads, B = 32):
-    // forward 1.11-1.18x at P = 1 (100-250 positions, 200 KB-512 KB), 0.99-1.08x at P = 4; larger samples
-    // (960 KB) 0.95-1.05x keep it. The backward's pass for ∂B keeps it too: without, 0.92-0.97x at (250, 512).
-    const bool in_l2 = n * f * int64_t(sizeof(T)) <= (int64_t(1) << 19);
-    add_channel_dots<T, Q>(xs, f, n, j0, len, wrows.data(), P, vs, part, !in_l2);
+    // The second pass over a sample of up to kL2HotBytes runs without software prefetch: its rows are in L2
+    // already, and the prefetches cost issue slots. Measured (paired A/B, two threads, B = 32): forward
+    // 1.11-1.18x at P = 1 (100-250 positions, 200 KB-512 KB), 0.99-1.08x at P = 4; larger samples (960 KB)
+    // 0.95-1.05x keep it. The backward's pass for ∂B keeps it too: without, 0.92-0.97x at (250, 512).
+    add_channel_dots<T, Q>(xs, f, n, j0, len, wrows.data(), P, vs, part, sample_bytes<T>(n, f) > kL2HotBytes);
   }
   if (att == kSoftmax) sc.soft.finish(us, vs, n, f);
 }
