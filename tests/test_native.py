@@ -199,14 +199,14 @@ def _assert_native_equals_torch(native, X, A, B, attention, axis, tol):
         (500, 421),  # 1.7 MB, rows of 4 KB: one block (within the thread's share of L3), read again from L3
     ],
 )
-@pytest.mark.parametrize("maps", [1, 3, 5])
+@pytest.mark.parametrize("maps", [1, 3, 4, 5])
 @pytest.mark.parametrize("attention", ["linear", "relu", "softmax"])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 def test_native_large_samples_in_blocks(native, attention, layout, maps, n, f):
     """A sample larger than L2: channels-first X with long rows runs in blocks of positions (linear/ReLU
-    forward and backward, softmax forward with its running maximum; with fewer than 4 maps the rows
-    ahead are prefetched through the loops, with more in a burst per 4 rows), with rows of 4 KB or less
-    as one block; values and gradients still equal the torch path's."""
+    forward and backward, softmax forward with its running maximum; the rows ahead prefetched through
+    the loops, one prefetch per line read; 4 maps known at compile time, 5 in blocks), with rows of 4 KB
+    or less as one block; values and gradients still equal the torch path's."""
     g = torch.Generator().manual_seed(7 + maps)
     X = torch.randn(2, n, f, generator=g, dtype=torch.float64)
     X = X if layout == "bnf" else X.mT.contiguous()[..., None]

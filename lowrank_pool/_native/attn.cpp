@@ -221,6 +221,19 @@ class AheadCursor {
   const char* end_;
 };
 
+// Prefetches a loop issues per iteration that reads `vectors` vectors of X: one, or over Runs (parts of rows, whose
+// block ahead has as many lines as the block being read) one per line read, so that the block ahead is requested
+// while this one is computed instead of mostly in a burst at its end (drain), where the prefetches queue behind
+// each other. Contiguous rows keep one: two per line read made the rows layout's forward at (196, 2048), P = 4,
+// 0.83x and at (196, 512), P = 1, 0.90x.
+template <typename T, typename A>
+constexpr int steps_per_vectors(int vectors) {
+  if constexpr (std::is_same_v<A, Runs>)
+    return std::max<int>(1, vectors * int(sizeof(vec<T>)) / 64);
+  else
+    return 1;
+}
+
 // out[r * Q + q] = Σ_j rows[r][j] vecs[q][j]: R·Q dot products in one pass over the rows
 template <typename T, int R, int Q, typename A = Ahead>
 void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out, A* ahead = nullptr) {
@@ -229,7 +242,7 @@ void multi_dot(const T* const* rows, const T* const* vecs, int64_t len, T* out, 
   int64_t j = 0;
   AheadCursor<A> pf(ahead);
   for (; j + U * L <= len; j += U * L) {
-    pf.step();
+    for (int k = 0; k < steps_per_vectors<T, A>(R * U); ++k) pf.step();
     for (int u = 0; u < U; ++u) {
       vec<T> w[Q], x[R];
       for (int q = 0; q < Q; ++q) w[q] = in_register(load(vecs[q] + j + u * L));
@@ -284,7 +297,7 @@ void multi_axpy(const T* const* srcs, const T* coef, T* const* dsts, int64_t len
   int64_t j = 0;
   AheadCursor<A> pf(ahead);
   for (; j + L <= len; j += L) {
-    pf.step();
+    for (int k = 0; k < steps_per_vectors<T, A>(R); ++k) pf.step();
     vec<T> s[R];
     for (int r = 0; r < R; ++r) s[r] = in_register(load(src[r] + j));
     for (int q = 0; q < Q; ++q) {
@@ -1193,15 +1206,17 @@ bool with_short_rows(int64_t n, Fn&& fn) {
 }
 
 // Whether a pass over the block of positions [j0, j0 + len) prefetches its rows through Runs: where the block is
-// part of each row and the maps are fewer than 4. Measured, forward on two threads with blocks of 1536, 768 and
-// 384 positions at (32, n, f) = (4096, 128), (2048, 256) and (1024, 512): P = 1, 2, 3 11-18 % faster than with a
-// burst per block of 4 rows; P = 4 (4 × 4 updates per loaded vector) 0.96-1.04x, so it keeps the burst.
-inline bool runs_ahead(int64_t len, int64_t n, int64_t P) { return len < n && P < 4; }
+// part of each row. Measured, forward on two threads with blocks of 1536, 768 and 384 positions at (32, n, f) =
+// (4096, 128), (2048, 256) and (1024, 512): P = 1, 2, 3 11-18 % faster than with a burst per block of 4 rows.
+// P = 4 and more (4 × 4 updates per loaded vector) gained once the loops issued as many prefetches as they read
+// lines (see multi_dot): paired, B = 32, at (4096, 128), (2048, 256), (3136, 256), (1500, 300) forward 1.11-1.22x,
+// forward+backward 1.11-1.19x (float64 1.13-1.16x, one thread 1.11-1.17x, P = 6 1.05-1.06x); (3136, 64) 1.01-1.03x.
+inline bool runs_ahead(int64_t len, int64_t n) { return len < n; }
 
 // zrows[p][:len] += Σ_c coef[c·P + p] x_c[J] for the positions J = [j0, j0 + len) (Z_J = Bᵀ X_J with coef = B; ∂Z_J
-// with ∂Vᵀ), X_J read from memory 4 rows at a time. A = Ahead: the rows ahead prefetched as over_strided_rows
-// does (a block of whole rows is contiguous; parts of rows get a burst at each block of 4 rows' start); A = Runs:
-// a block of parts of rows, `n` apart, also prefetched through the loops (see runs_ahead). Out of line: inlined
+// with ∂Vᵀ), X_J read from memory 4 rows at a time. A = Ahead: whole rows (J every position), the rows ahead
+// prefetched as over_strided_rows does; A = Runs: a block of parts of rows, `n` apart, also prefetched through the
+// loops (see runs_ahead). Out of line: inlined
 // beside both, the whole rows' loop of forward_channels ran 7-10 % slower at (32, 196, 2048) (the same code, moved).
 template <typename T, typename A, int Q = 0>
 __attribute__((noinline)) void channel_sums_with(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f,
@@ -1217,7 +1232,7 @@ __attribute__((noinline)) void channel_sums_with(const T* xs, const T* coef, T* 
 template <typename T, int Q = 0>
 void channel_sums(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f, int64_t P, int64_t j0,
                   int64_t len) {
-  if (runs_ahead(len, n, P))
+  if (runs_ahead(len, n))
     channel_sums_with<T, Runs, Q>(xs, coef, zrows, n, f, P, j0, len);
   else
     channel_sums_with<T, Ahead, Q>(xs, coef, zrows, n, f, P, j0, len);
