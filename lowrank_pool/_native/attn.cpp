@@ -184,6 +184,10 @@ struct Runs {
   }
 };
 
+// An Ahead whose loops issue one prefetch per line they read (see steps_per_vectors): long whole rows of a
+// channels-first sample larger than L2 (see channel_sums).
+struct AheadPerLine : Ahead {};
+
 // One prefetch per loop iteration from an Ahead or a Runs (nullptr: none), the cursor kept in registers; over
 // Runs, at the end of a run on to the next (the Runs dropped once none is left). The Ahead branch keeps the
 // test it had alone: written as "nothing left: return", every loop using it compiled to another size.
@@ -222,13 +226,13 @@ class AheadCursor {
 };
 
 // Prefetches a loop issues per iteration that reads `vectors` vectors of X: one, or over Runs (parts of rows, whose
-// block ahead has as many lines as the block being read) one per line read, so that the block ahead is requested
-// while this one is computed instead of mostly in a burst at its end (drain), where the prefetches queue behind
-// each other. Contiguous rows keep one: two per line read made the rows layout's forward at (196, 2048), P = 4,
-// 0.83x and at (196, 512), P = 1, 0.90x.
+// block ahead has as many lines as the block being read) and AheadPerLine one per line read, so that the block
+// ahead is requested while this one is computed instead of mostly in a burst at its end (drain), where the
+// prefetches queue behind each other. Other contiguous rows keep one: one per line read made the rows layout's
+// forward at (196, 2048), P = 4, 0.83x and at (196, 512), P = 1, 0.90x.
 template <typename T, typename A>
 constexpr int steps_per_vectors(int vectors) {
-  if constexpr (std::is_same_v<A, Runs>)
+  if constexpr (std::is_same_v<A, Runs> || std::is_same_v<A, AheadPerLine>)
     return std::max<int>(1, vectors * int(sizeof(vec<T>)) / 64);
   else
     return 1;
@@ -1214,8 +1218,8 @@ bool with_short_rows(int64_t n, Fn&& fn) {
 inline bool runs_ahead(int64_t len, int64_t n) { return len < n; }
 
 // zrows[p][:len] += Σ_c coef[c·P + p] x_c[J] for the positions J = [j0, j0 + len) (Z_J = Bᵀ X_J with coef = B; ∂Z_J
-// with ∂Vᵀ), X_J read from memory 4 rows at a time. A = Ahead: whole rows (J every position), the rows ahead
-// prefetched as over_strided_rows does; A = Runs: a block of parts of rows, `n` apart, also prefetched through the
+// with ∂Vᵀ), X_J read from memory 4 rows at a time. A = Ahead or AheadPerLine: whole rows (J every position), the
+// rows ahead prefetched as over_strided_rows does; A = Runs: a block of parts of rows, `n` apart, also prefetched through the
 // loops (see runs_ahead). Out of line: inlined
 // beside both, the whole rows' loop of forward_channels ran 7-10 % slower at (32, 196, 2048) (the same code, moved).
 template <typename T, typename A, int Q = 0>
@@ -1229,11 +1233,17 @@ __attribute__((noinline)) void channel_sums_with(const T* xs, const T* coef, T* 
       [&](int64_t c, const T* const* rows) { axpy_rows<T, 1, A, Q>(rows, coef + c * P, P, zrows, len); });
 }
 
+// Whole rows of 2 KB or more, of a sample larger than L2, with 2 maps or more, prefetch one line per line read
+// (AheadPerLine). Measured (paired, B = 32, two threads) at (784, 512-1024), (512, 1024), (1024, 1024): P = 4
+// forward 1.02-1.11x, forward+backward 1.04-1.08x (float64 0.98-1.08x), P = 2 forward+backward 1.05-1.09x; P = 1
+// 0.95-1.08x, so it keeps one per iteration, as do rows under 2 KB ((400, 1024): 0.95-1.02x).
 template <typename T, int Q = 0>
 void channel_sums(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f, int64_t P, int64_t j0,
                   int64_t len) {
   if (runs_ahead(len, n))
     channel_sums_with<T, Runs, Q>(xs, coef, zrows, n, f, P, j0, len);
+  else if (P >= 2 && !sample_fits_l2<T>(n, f) && n * int64_t(sizeof(T)) >= 2 * kSpreadBytes)
+    channel_sums_with<T, AheadPerLine, Q>(xs, coef, zrows, n, f, P, j0, len);
   else
     channel_sums_with<T, Ahead, Q>(xs, coef, zrows, n, f, P, j0, len);
 }
