@@ -32,6 +32,7 @@ autograd). Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) uses :meth
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -294,12 +295,16 @@ def _apply(forms: tuple[Any, Any, Any], *inputs: Any) -> Any:
     return forms[2].apply(*inputs)
 
 
-def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) -> torch.Tensor | None:
+def fast_shared_scores(
+    x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool, channel_axis: int | None = None
+) -> torch.Tensor | None:
     """Scores of ``rank1_pool(x, a, bm)`` / shared-B ``rankp_pool(x, a, bm)`` for the common case, or None.
 
     The common case: plain tensors (or parameters) of one float32/float64 dtype on one device, X as
-    (B, n, f) or contiguous channels-first (B, f, H, W) / (B, f, T, H, W), factors of matching shapes,
-    the default ``channel_axis`` and ``check_finite`` (the caller tests those). What the general path's
+    (B, n, f) or contiguous channels-first (B, f, H, W) / (B, f, T, H, W) (``channel_axis`` None, or
+    the axis that rule gives), as a contiguous (B, f, n) (``channel_axis=1``) or a contiguous
+    channels-last (B, H, W, f) / (B, T, H, W, f) (``channel_axis=-1``), factors of matching shapes,
+    the default ``check_finite`` (the caller tests it). What the general path's
     validation would then do is only to take these same views, so they go straight to
     the computation of :func:`shared_bottom_up_scores`, skipping checks whose Python and dispatcher calls
     cost ~0.2 ms per call once the rest of a network has evicted them from the caches (on a GPU the
@@ -317,11 +322,14 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
     if not (x.is_cpu and a.is_cpu and bm.is_cpu) and (a.device != x.device or bm.device != x.device):
         return None
     shape = x.shape
-    cf = nd > 3
-    if cf and not x.is_contiguous():  # channels_last memory or a strided view: the general path's layout rule
+    ax = (nd - 1 if nd == 3 else 1) if channel_axis is None else channel_axis % nd if -nd <= channel_axis < nd else 0
+    if ax != 1 and ax != nd - 1:  # (0: the batch axis, or out of range) the general path names the argument
         return None
-    f = shape[1] if cf else shape[2]
-    n = shape[1] if not cf else (shape[2] * shape[3] * (shape[4] if nd == 5 else 1))
+    cf = ax == 1
+    if (cf or nd > 3) and not x.is_contiguous():  # channels_last memory or a strided view: the general path's rule
+        return None
+    f = shape[ax]
+    n = math.prod(shape[1:ax]) * math.prod(shape[ax + 1 :])
     if rank1:
         if a.dim() != 2 or bm.dim() != 1 or a.shape[0] != f or bm.shape[0] != f:
             return None
@@ -332,8 +340,10 @@ def fast_shared_scores(x: Any, a: Any, bm: Any, attention: Any, *, rank1: bool) 
             return None
         if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0 or a.shape[2] == 0:
             return None
+    if not cf and nd > 3:  # channels-last maps: their (B, n, f) rows
+        x = x.view(shape[0], n, f)
     grad = _differentiated(x, a, bm)
-    if not grad:  # inference: one call into the kernel, which takes the views itself
+    if not grad:  # inference: one call into the kernel, which takes the channels-first views itself
         kernel = _native_kernel(x, bm, a)
         if kernel is not None:
             return kernel.scores_inference(x, bm, a, cf, code, 1.0 / n)

@@ -416,16 +416,18 @@ def torch_shared_scores(
 def torch_fast_scores(
     x: Array, a: Array, bm: Array, attention: Any, channel_axis: Any, check_finite: Any, *, rank1: bool
 ) -> Array | None:
-    """Scores of rank-1 / shared-B rank-P pooling for plain torch tensors in the default layout rules,
-    computed without the general path's validation; None otherwise (see ``_torch_kernels.fast_shared_scores``)."""
+    """Scores of rank-1 / shared-B rank-P pooling for plain torch tensors, computed without the general
+    path's validation; None otherwise (see ``_torch_kernels.fast_shared_scores``)."""
     torch = sys.modules.get("torch")
-    if torch is None or type(x) is not torch.Tensor or channel_axis is not None or check_finite is not False:
+    if torch is None or type(x) is not torch.Tensor or check_finite is not False:
+        return None
+    if channel_axis is not None and type(channel_axis) is not int:  # (a bool, a numpy integer: the general path)
         return None
     if not _FAST:  # imported once: an import statement per call costs ~10 µs once caches are cold
         from . import _torch_kernels
 
         _FAST.append(_torch_kernels)
-    return _FAST[0].fast_shared_scores(x, a, bm, attention, rank1=rank1)
+    return _FAST[0].fast_shared_scores(x, a, bm, attention, rank1=rank1, channel_axis=channel_axis)
 
 
 _FAST: list[Any] = []

@@ -436,21 +436,34 @@ def test_native_products_with_a_off_alignment(counted, dtype, classes, f, offset
 @settings(max_examples=40, deadline=None)
 @given(
     rank1=st.booleans(),
-    layout=st.sampled_from(["bnf", "nchw", "ncthw"]),
+    layout=st.sampled_from(["bnf", "nchw", "ncthw", "bfn", "nhwc", "nthwc"]),
+    explicit=st.booleans(),
     attention=st.sampled_from(["linear", "relu", "softmax"]),
     dtype=st.sampled_from(["float32", "float64"]),
     grad=st.booleans(),
     strided_a=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dtype, grad, strided_a, seed):
+def test_fast_path_equals_the_general_path(native, rank1, layout, explicit, attention, dtype, grad, strided_a, seed):
     """Plain tensors skip the general validation (lowrank_pool._torch_kernels.fast_shared_scores): the
-    values and gradients are exactly the general path's, which the same call takes with the fast path off."""
+    values and gradients are exactly the general path's, which the same call takes with the fast path off.
+    The default layouts with ``channel_axis`` left out or given (as 1 / -1 or counted from the other end),
+    and the ones only an explicit axis selects: (B, f, n) with 1, channels-last maps with -1."""
     from lowrank_pool import _torch_kernels
 
     g = torch.Generator().manual_seed(seed)
     dt = getattr(torch, dtype)
-    shape = {"bnf": (3, 10, 7), "nchw": (3, 7, 2, 5), "ncthw": (3, 7, 2, 1, 5)}[layout]
+    shape = {
+        "bnf": (3, 10, 7),
+        "nchw": (3, 7, 2, 5),
+        "ncthw": (3, 7, 2, 1, 5),
+        "bfn": (3, 7, 10),
+        "nhwc": (3, 2, 5, 7),
+        "nthwc": (3, 2, 1, 5, 7),
+    }[layout]
+    first = layout in ("nchw", "ncthw", "bfn")
+    axis = (1 if seed % 2 else 1 - len(shape)) if first else (-1 if seed % 2 else len(shape) - 1)
+    axis = axis if explicit or layout in ("bfn", "nhwc", "nthwc") else None
     X = torch.randn(shape, generator=g, dtype=dt)
     A = torch.randn(7, 4, 1 if rank1 else 3, generator=g, dtype=dt)
     if strided_a:  # a parameter stored transposed: a non-contiguous view
@@ -472,7 +485,7 @@ def test_fast_path_equals_the_general_path(native, rank1, layout, attention, dty
             mp.setattr(_native, "kernel", lambda: native)
             mp.setattr(_torch_kernels, "fast_shared_scores", fast)
             x, a, b = (t.detach().clone().requires_grad_(grad) for t in (X, A, B))
-            s = pool(x, a, b, attention=attention)
+            s = pool(x, a, b, attention=attention, channel_axis=axis)
             grads = torch.autograd.grad(s.square().sum(), (x, a, b)) if grad else ()
             results.append((s.detach(), *grads))
     assert calls["fast"] == 1
@@ -499,20 +512,32 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
     ]
     for x, a, bb in declined:
         assert _torch_kernels.fast_shared_scores(x, a, bb, "linear", rank1=True) is None
+    # channel_axis other than the two the fast path reads (1, -1, or the same counted from the other end)
+    X4 = torch.randn(2, 4, 3, 5)
+    for x, axis in [(X, 0), (X, 3), (X, -4), (X4, 2), (X4, -2), (X4, 0), (X4.permute(0, 2, 3, 1), -1)]:
+        assert _torch_kernels.fast_shared_scores(x, A, b, "linear", rank1=True, channel_axis=axis) is None
+    for axis in (0, 3, True, 1.0):
+        with pytest.raises(lp.LowRankPoolError, match="channel_axis"):
+            lp.rank1_pool(X, A, b, channel_axis=axis)
     not_served = [
         (torch.randn(2, 4, 5).mT, A, b),  # (B, n, f) on transposed storage
         (X, A, torch.randn(8)[::2]),  # a strided b
     ]
-    for x, a, bb in not_served:  # the general path's answer (channel_axis given: the fast path declines)
+    general = _torch_kernels.fast_shared_scores
+    for x, a, bb in not_served:  # the general path's answer
         got = _torch_kernels.fast_shared_scores(x, a, bb, "linear", rank1=True)
-        torch.testing.assert_close(got, lp.rank1_pool(x, a, bb, channel_axis=-1))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_torch_kernels, "fast_shared_scores", lambda *args, **kwargs: None)
+            want = lp.rank1_pool(x, a, bb)
+        assert _torch_kernels.fast_shared_scores is general
+        torch.testing.assert_close(got, want)
     assert _torch_kernels.fast_shared_scores(X, A, b, "sigmoid", rank1=True) is None
     assert _torch_kernels.fast_shared_scores(X, A, b, ["linear"], rank1=True) is None
     with pytest.raises(lp.ShapeError, match="b: expected shape"):
         lp.rank1_pool(X, A, torch.randn(5))
     with pytest.raises(lp.ArgumentError, match="attention"):
         lp.rank1_pool(X, A, b, attention="sigmoid")
-    # channel_axis and check_finite are the general path's (the fast path takes their defaults only)
+    # check_finite is the general path's (the fast path takes its default only)
     Xn = X.clone()
     Xn[0, 0, 0] = float("nan")
     with pytest.raises(lp.ArgumentError, match="X"):
