@@ -271,16 +271,19 @@ def test_native_gradient_rows_streamed_staged_or_in_place(native, layout, n, f, 
 @pytest.mark.parametrize(("classes", "f"), [(3, 512), (300, 512), (88, 512), (37, 600), (33, 600)])
 @pytest.mark.parametrize("layout", ["bnf", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_native_products_with_a_small_and_large(native, classes, f, layout, dtype):
+@pytest.mark.parametrize("batch", [5, 37])
+def test_native_products_with_a_small_and_large(native, classes, f, layout, dtype, batch):
     """The products with A run as dot products on a packed Aᵀ while A is small (here P·f·K = 3 072) and
     as the wide products on A in place beyond (past the kernel's 32 classes): column tiles of 6 (forward)
     or 3 vectors (backward), one tile of the 1-5 vectors left after them and a last partial vector (300,
     88, 37 and 33 classes in float32 and float64 leave each count of vectors but 5 in the backward),
-    B's batch of 5 a partial block of rows, and 1 200 rows of A (f = 600, P = 2) an inner dimension in
-    two blocks. A reaches the kernel as a permuted (P, f, K) view of rank-P's (f, K, P) parameter."""
+    a batch of 5 a partial block of rows, and 1 200 rows of A (f = 600, P = 2) an inner dimension in
+    two blocks; ∂V's product has the batch as its columns: 5 a partial vector, 37 a whole tile of 4
+    vectors and 5 numbers (float32), or 2 tiles, a vector and a number (float64). A reaches the kernel
+    as a permuted (P, f, K) view of rank-P's (f, K, P) parameter."""
     g = torch.Generator().manual_seed(3 + classes)
     p = 2
-    X = torch.randn(5, 9, f, generator=g, dtype=dtype)
+    X = torch.randn(batch, 9, f, generator=g, dtype=dtype)
     X = X if layout == "bnf" else X.mT.contiguous()[..., None]
     A = torch.randn(f, classes, p, generator=g, dtype=dtype)
     B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5

@@ -1552,13 +1552,17 @@ void small_updates(const T* src, int64_t R, const T* coef /* R × D */, T* dst, 
 // one, spread over the tiles (a row of A is K numbers, 2.4 KB at K = 600, and the tile reads 192 bytes of it: the
 // hardware prefetchers do not follow that stride). Measured on one thread, (32 × 8192) @ (8192 × 288 of 600), A
 // cold: 8 × 3 tiles in blocks of 1024, 30-60 GF/s; 4 × 6, 62; 4 × 6 in blocks of 128 with the prefetch, 76-78 (the
-// machine's GEMM: 92). The backward's products (many rows, 32 or K columns) keep 8 × 3 and blocks of 1024.
+// machine's GEMM: 92). The backward's products have many rows (M = P·f): ∂A (K columns, an inner dimension of B)
+// keeps 8 × 3 tiles and blocks of 1024 (4 × 6 and 6 × 4 measured 0.86-0.96x there); ∂V (B columns, K inner) runs
+// 6 × 4: at B = 32 one tile of 4 vectors spans every column, where 8 × 3 took an 8 × 1 tile beside it, a broadcast
+// per 1 FMA (paired, the backward of the products alone at B = 32: 1.14-1.21x at K = 100-1000; B = 64, 128
+// 1.07-1.12x; B = 8-24 0.97-1.02x).
 struct Shape {
   int rows, vecs;    // a tile: rows × vecs vectors of columns
   int64_t inner;     // the inner dimension's block
   bool prefetch;     // prefetch the next block's rows of A (column tiles only)
 };
-constexpr Shape kWideForward{4, 6, 128, true}, kWideBackward{8, 3, 1024, false};
+constexpr Shape kWideForward{4, 6, 128, true}, kWideBackward{8, 3, 1024, false}, kWideGradV{6, 4, 1024, false};
 
 // G numbers at p repeated over a vector's lanes (G divides kLanes): a broadcast for G = 1, one 16- or 8-byte
 // broadcast on x86 with AVX (a lane-by-lane loop compiles to a gather there)
@@ -1804,7 +1808,7 @@ void grouped_gradients(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_
       for (int64_t k = 0; k < K; ++k)
         for (int64_t b = 0; b < B; ++b)
           for (int64_t p = 0; p < P; ++p) gsx[(k * B + b) * P + p] = gs[b * K + k];
-      wide_product<T, kWideBackward, G>(a, K * P, P, f, gsx.get(), B * P, B * P, K, gvt.get(), B * P);
+      wide_product<T, kWideGradV, G>(a, K * P, P, f, gsx.get(), B * P, B * P, K, gvt.get(), B * P);
       // gv[b, p, c] = gvt[c, b·P + p]: B·P rows of f
       copy_tiles_parallel(gvt.get(), 0, 1, B * P, gv, 0, f, 1, 1, B * P, f);
     }
@@ -2001,7 +2005,7 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
         const auto a2 = a_rows(a, M, K);
         const auto gst = gs.t().contiguous();
         std::unique_ptr<T[]> gvt(new T[M * B]);  // (written whole)
-        wide_product<T, kWideBackward>(a2.data_ptr<T>(), a2.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
+        wide_product<T, kWideGradV>(a2.data_ptr<T>(), a2.stride(0), 1, M, gst.data_ptr<T>(), B, B, K, gvt.get(), B);
         gv = torch::empty({B, P, f}, x.options());
         copy_tiles_parallel(gvt.get(), 0, B, 1, gv.data_ptr<T>(), 0, 1, M, 1, M, B);
       }
