@@ -291,6 +291,24 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
     _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p) * eps_of(dtype))
 
 
+@pytest.mark.parametrize(("p", "f"), [(1, 4099), (2, 2050), (4, 1031)])
+@pytest.mark.parametrize("a_layout", ["pfk", "fkp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [5, 37])
+def test_native_grad_a_through_transposed_maps(native, p, f, a_layout, dtype, batch):
+    """∂A = Vᵀ ∂s reads V through a transposed copy once V's rows (P·f numbers) are 16 KB or longer (the
+    kernel's ``steps_alias``; here 16-33 KB): A laid out as (P, f, K) (the general product) and as a
+    contiguous (f, K, P) (by lane groups where P divides the vector width, else a copy); 40 classes leave a
+    whole tile and a vector; a batch of 5 and of 37 as the product's steps. Values and gradients equal the
+    torch path's."""
+    g = torch.Generator().manual_seed(f + p + batch)
+    X = torch.randn(batch, 3, f, generator=g, dtype=dtype)
+    A = torch.randn(p, f, 40, generator=g, dtype=dtype).permute(1, 2, 0)
+    A = A if a_layout == "pfk" else A.contiguous()
+    B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
+    _assert_native_equals_torch(native, X, A, B, "relu", -1, 8 * (f + 40 * p) * eps_of(dtype))
+
+
 @pytest.mark.parametrize("p", [2, 3, 4, 8])
 @pytest.mark.parametrize("classes", [33, 37, 300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1770,12 +1770,27 @@ void with_group(int64_t P, Fn&& fn) {
   }
 }
 
-// V (B, P, f) transposed to (B, f, P): each channel's P numbers side by side, as the lane groups read them
+// V (B, P, f) transposed to (B, f, P): each channel's P numbers side by side, as the lane groups read them;
+// with `batch_inner`, to (f, B, P): each channel's B·P numbers side by side (∂A's rows, see steps_alias)
 template <typename T>
-std::unique_ptr<T[]> maps_by_channel(const T* v, int64_t B, int64_t P, int64_t f) {
+std::unique_ptr<T[]> maps_by_channel(const T* v, int64_t B, int64_t P, int64_t f, bool batch_inner = false) {
   std::unique_ptr<T[]> vt(new T[B * f * P]);  // (written whole)
-  copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
+  if (batch_inner)
+    copy_tiles_parallel(v, P * f, f, 1, vt.get(), P, 1, B * P, B, P, f);
+  else
+    copy_tiles_parallel(v, P * f, f, 1, vt.get(), f * P, 1, P, B, P, f);
   return vt;
+}
+
+// Whether ∂A = Vᵀ gs reads V through a transposed copy: the product's steps are the batch, and a row tile of ∂A
+// reads, per step, numbers of V one row of V (`row` numbers) apart; from 16 KB apart its B = 32 steps' lines fell
+// into a few L1 sets (set-aliased) and were read again from L2 for each tile. Transposed (1 MB at (32, 8192)), a
+// tile reads its rows' B numbers side by side. Measured, paired, ∂A alone, B = 32: float32 at M = 4096-8192
+// 1.09-1.18x (B = 128 1.05x), float64 at M = 2048-8192 1.05-1.11x; float32 at M = 2048 (8 KB apart) 0.90-1.04x,
+// so it keeps V in place.
+template <typename T>
+inline bool steps_alias(int64_t row) {
+  return row * int64_t(sizeof(T)) >= 16384;
 }
 
 template <typename T>
@@ -1813,12 +1828,16 @@ void grouped_gradients(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_
       copy_tiles_parallel(gvt.get(), 0, 1, B * P, gv, 0, f, 1, 1, B * P, f);
     }
     if (ga != nullptr) {
-      const auto vt = maps_by_channel(v, B, P, f);
+      const bool alias = steps_alias<T>(f * P);
+      const auto vt = maps_by_channel(v, B, P, f, alias);
       std::unique_ptr<T[]> gsx(new T[B * K * P]);
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < K; ++k)
           for (int64_t p = 0; p < P; ++p) gsx[(b * K + k) * P + p] = gs[b * K + k];
-      wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
+      if (alias)
+        wide_product<T, kWideBackward, G>(vt.get(), B * P, P, f, gsx.get(), K * P, K * P, B, ga, K * P);
+      else
+        wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
     }
   });
 }
@@ -2011,7 +2030,13 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
       }
       if (need_a) {  // ∂A (M, K) = Vᵀ gs: rows m of Vᵀ are columns of V
         ga = torch::empty({P, f, K}, x.options());
-        wide_product<T, kWideBackward>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
+        if (steps_alias<T>(M)) {  // V transposed first (see steps_alias)
+          std::unique_ptr<T[]> vt(new T[M * B]);  // (written whole)
+          copy_tiles_parallel(v.data_ptr<T>(), 0, 1, M, vt.get(), 0, B, 1, 1, M, B);
+          wide_product<T, kWideBackward>(vt.get(), B, 1, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
+        } else {
+          wide_product<T, kWideBackward>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
+        }
       }
     }
     if (maps)
