@@ -322,8 +322,13 @@ def fast_shared_scores(
     if not (x.is_cpu and a.is_cpu and bm.is_cpu) and (a.device != x.device or bm.device != x.device):
         return None
     shape = x.shape
-    ax = (nd - 1 if nd == 3 else 1) if channel_axis is None else channel_axis % nd if -nd <= channel_axis < nd else 0
-    if ax != 1 and ax != nd - 1:  # (0: the batch axis, or out of range) the general path names the argument
+    if channel_axis is None:  # the default rule: (B, n, f), or channels first from 4-D on
+        ax = nd - 1 if nd == 3 else 1
+    elif -nd <= channel_axis < nd:
+        ax = channel_axis % nd
+    else:  # out of range: the general path names the argument
+        return None
+    if ax != 1 and ax != nd - 1:  # the batch axis (named by the general path) or a middle one (moved last there)
         return None
     cf = ax == 1
     if (cf or nd > 3) and not x.is_contiguous():  # channels_last memory or a strided view: the general path's rule
