@@ -1219,9 +1219,9 @@ inline bool runs_ahead(int64_t len, int64_t n) { return len < n; }
 
 // zrows[p][:len] += Σ_c coef[c·P + p] x_c[J] for the positions J = [j0, j0 + len) (Z_J = Bᵀ X_J with coef = B; ∂Z_J
 // with ∂Vᵀ), X_J read from memory 4 rows at a time. A = Ahead or AheadPerLine: whole rows (J every position), the
-// rows ahead prefetched as over_strided_rows does; A = Runs: a block of parts of rows, `n` apart, also prefetched through the
-// loops (see runs_ahead). Out of line: inlined
-// beside both, the whole rows' loop of forward_channels ran 7-10 % slower at (32, 196, 2048) (the same code, moved).
+// rows ahead prefetched as over_strided_rows does; A = Runs: a block of parts of rows, `n` apart, also prefetched
+// through the loops (see runs_ahead). Out of line: inlined beside both, the whole rows' loop of forward_channels ran
+// 7-10 % slower at (32, 196, 2048) (the same code, moved).
 template <typename T, typename A, int Q = 0>
 __attribute__((noinline)) void channel_sums_with(const T* xs, const T* coef, T* const* zrows, int64_t n, int64_t f,
                                                  int64_t P_, int64_t j0, int64_t len) {
@@ -1649,7 +1649,7 @@ void wide_product(const T* w, int64_t wrs, int64_t wis, int64_t R, const T* a, i
   // forward at K = 120, 600, 1000: 1.10x, 1.03x, 1.05x), then the partial strips: the last `rest` columns, the `head`
   const int64_t partial0 = whole + (singles > 0), col_tiles = partial0 + (rest > 0) + (head > 0);
   const int64_t row_tiles = (R + RT - 1) / RT;
-  // column tile t: its first column and width (TW, L, or fewer than L for a partial strip)
+  // column tile t: its first column and width (TW, the vectors left, or fewer than L for a partial strip)
   struct Columns {
     int64_t c0, width;
   };
@@ -1783,11 +1783,11 @@ std::unique_ptr<T[]> maps_by_channel(const T* v, int64_t B, int64_t P, int64_t f
 }
 
 // Whether ∂A = Vᵀ gs reads V through a transposed copy: the product's steps are the batch, and a row tile of ∂A
-// reads, per step, numbers of V one row of V (`row` numbers) apart; from 16 KB apart its B = 32 steps' lines fell
-// into a few L1 sets (set-aliased) and were read again from L2 for each tile. Transposed (1 MB at (32, 8192)), a
+// reads, per step, numbers of V one row of V (`row` numbers) apart, its B = 32 steps' lines then falling into few
+// L1 sets (the likely cause: the threshold below is measured, not derived). Transposed (1 MB at (32, 8192)), a
 // tile reads its rows' B numbers side by side. Measured, paired, ∂A alone, B = 32: float32 at M = 4096-8192
 // 1.09-1.18x (B = 128 1.05x), float64 at M = 2048-8192 1.05-1.11x; float32 at M = 2048 (8 KB apart) 0.90-1.04x,
-// so it keeps V in place.
+// so below 16 KB it keeps V in place.
 template <typename T>
 inline bool steps_alias(int64_t row) {
   return row * int64_t(sizeof(T)) >= 16384;
