@@ -39,7 +39,7 @@ import array_api_compat.torch as xp
 import torch
 
 from . import _native
-from ._xp import channels_first_product, result_dtype
+from ._xp import channels_first_product, resolve_channel_axis, result_dtype
 from .attention import activate
 
 __all__ = ["fast_shared_scores", "gram", "shared_bottom_up_scores"]
@@ -322,12 +322,10 @@ def fast_shared_scores(
     if not (x.is_cpu and a.is_cpu and bm.is_cpu) and (a.device != x.device or bm.device != x.device):
         return None
     shape = x.shape
-    if channel_axis is None:  # the default rule: (B, n, f), or channels first from 4-D on
-        ax = nd - 1 if nd == 3 else 1
-    elif -nd <= channel_axis < nd:
-        ax = channel_axis % nd
-    else:  # out of range: the general path names the argument
+    ax = resolve_channel_axis(nd, channel_axis)  # (an int or None here: the caller leaves other types)
+    if not -nd <= ax < nd:  # out of range: the general path names the argument
         return None
+    ax %= nd
     if ax != 1 and ax != nd - 1:  # the batch axis (named by the general path) or a middle one (moved last there)
         return None
     cf = ax == 1
