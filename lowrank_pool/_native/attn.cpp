@@ -1834,10 +1834,9 @@ void grouped_gradients(const T* a, const T* v, const T* gs, T* gv, T* ga, int64_
       for (int64_t b = 0; b < B; ++b)
         for (int64_t k = 0; k < K; ++k)
           for (int64_t p = 0; p < P; ++p) gsx[(b * K + k) * P + p] = gs[b * K + k];
-      if (alias)
-        wide_product<T, kWideBackward, G>(vt.get(), B * P, P, f, gsx.get(), K * P, K * P, B, ga, K * P);
-      else
-        wide_product<T, kWideBackward, G>(vt.get(), P, f * P, f, gsx.get(), K * P, K * P, B, ga, K * P);
+      // rows c of V and steps b: (f, B, P) or (B, f, P) strides
+      const int64_t wrs = alias ? B * P : P, wis = alias ? P : f * P;
+      wide_product<T, kWideBackward, G>(vt.get(), wrs, wis, f, gsx.get(), K * P, K * P, B, ga, K * P);
     }
   });
 }
@@ -2030,13 +2029,13 @@ std::vector<torch::Tensor> scores_backward(torch::Tensor x, torch::Tensor bm, to
       }
       if (need_a) {  // ∂A (M, K) = Vᵀ gs: rows m of Vᵀ are columns of V
         ga = torch::empty({P, f, K}, x.options());
-        if (steps_alias<T>(M)) {  // V transposed first (see steps_alias)
-          std::unique_ptr<T[]> vt(new T[M * B]);  // (written whole)
-          copy_tiles_parallel(v.data_ptr<T>(), 0, 1, M, vt.get(), 0, B, 1, 1, M, B);
-          wide_product<T, kWideBackward>(vt.get(), B, 1, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
-        } else {
-          wide_product<T, kWideBackward>(v.data_ptr<T>(), 1, M, M, gs.data_ptr<T>(), K, K, B, ga.data_ptr<T>(), K);
-        }
+        // rows m of Vᵀ: V's columns in place, or V transposed to (M, B) first (see steps_alias)
+        const bool alias = steps_alias<T>(M);
+        std::unique_ptr<T[]> vt(alias ? new T[M * B] : nullptr);  // (written whole)
+        if (alias) copy_tiles_parallel(v.data_ptr<T>(), 0, 1, M, vt.get(), 0, B, 1, 1, M, B);
+        const T* w = alias ? vt.get() : v.data_ptr<T>();
+        wide_product<T, kWideBackward>(w, alias ? B : 1, alias ? 1 : M, M, gs.data_ptr<T>(), K, K, B,
+                                       ga.data_ptr<T>(), K);
       }
     }
     if (maps)
