@@ -26,7 +26,9 @@ $(VENV)/.core: pyproject.toml constraints.txt
 
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e '.[torch,test]'
-	$(PY) -m lowrank_pool._native   # the optional compiled CPU kernel (cached; the torch path runs without it)
+	# the optional compiled CPU kernel, for every capability (the tests run each this CPU supports); the torch
+	# path runs without it
+	$(PY) -m lowrank_pool build-kernel --capability all --quiet
 	touch $@
 
 $(VENV)/.demo: $(VENV)/.core

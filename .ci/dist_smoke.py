@@ -20,6 +20,8 @@ got = lp.rank1_pool(X, A, b, channel_axis=-1)
 want = np.einsum("bnf,fk,bng,g->bk", X, A, X, b) / 9  # (Xa_k)ᵀ(Xb) / n
 assert np.allclose(got, want), (got, want)
 assert (here.parent / "py.typed").exists(), "py.typed is missing from the wheel"
+sources = here.parent / "_native" / "src"
+assert (sources / "bindings.cpp").exists() and (sources / "vec.h").exists(), "the kernel's sources are missing"
 if importlib.util.find_spec("torch") is None:
     try:
         import lowrank_pool.nn

@@ -6,8 +6,13 @@ of the inputs. The torch layers live in :mod:`lowrank_pool.nn` (imported separat
 this package never imports torch itself).
 """
 
+from collections.abc import Sequence
+
 from ._errors import ArgumentError, ArgumentTypeError, BackendError, DTypeError, LowRankPoolError, ShapeError
+from ._native import KernelBuildError, KernelStatus
+from ._native import build as _build_kernel
 from ._native import empty_cache as _empty_cache
+from ._native import status as _kernel_status
 from .approx import cp_approx, eig_approx, tucker_approx
 from .attention import AttentionMaps, attention_maps, attention_weights, rank1_pool, rankp_pool
 from .compact import compact_bilinear_pool
@@ -30,8 +35,8 @@ def empty_cache() -> int:
     ``LOWRANK_POOL_CACHE_MIB`` MiB, default 1024, 0 to turn the cache off) so that the next step
     reuses its already-mapped pages instead of paying a fresh buffer's page faults, as much time as
     the backward's arithmetic at large maps. The peak memory of a step is unchanged; between steps
-    the cache holds about one ∂X. Like ``torch.cuda.empty_cache``, this returns it to the system.
-    See :doc:`/limits`.
+    the cache holds at most two freed ∂X of one size and four in all. Like ``torch.cuda.empty_cache``,
+    this returns them to the system. See :doc:`/kernel`.
 
     Returns
     -------
@@ -47,6 +52,78 @@ def empty_cache() -> int:
     return _empty_cache()
 
 
+def kernel_status() -> KernelStatus:
+    """Whether the compiled CPU kernel runs in this process, and why (or why not).
+
+    The kernel behind :func:`rank1_pool`, :func:`rankp_pool` with a shared B and
+    :class:`lowrank_pool.nn.AttentionalPool` on the CPU (float32/float64) is optional: it is built by
+    :func:`build_kernel` (``python -m lowrank_pool build-kernel``; ``make setup`` does it) and only ever
+    *loaded* at run time, never compiled. Where it does not load, the torch path computes the same
+    values; the reason says why and what to run. Looking imports torch and loads the kernel.
+    ``python -m lowrank_pool kernel-status`` prints the same. See :doc:`/limits`.
+
+    Returns
+    -------
+    KernelStatus
+        ``available``, the loaded binary's ``capability`` (``"avx512"``, ``"avx2"``) and ``path``, the
+        ``reason``, the capabilities this CPU supports (``cpu``) and the ``directories`` searched.
+
+    Examples
+    --------
+    >>> import lowrank_pool as lp
+    >>> status = lp.kernel_status()
+    >>> status.available == (status.path is not None)
+    True
+    """
+    return _kernel_status()
+
+
+def build_kernel(
+    capabilities: str | Sequence[str] = "native",
+    *,
+    jobs: int | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> KernelStatus:
+    """Build the optional compiled CPU kernel into this environment, then load it.
+
+    One binary per CPU capability, named after its sources, flags, torch's version and C++ ABI, the
+    Python ABI and the capability, so environments and machines sharing a directory never load one
+    another's. The build is explicit (nothing compiles at call time), idempotent, runs the compiler on
+    ``jobs`` files at once, and is safe against concurrent and killed builds. Needs a C++ compiler
+    (``CXX``, default ``c++``) with OpenMP, and torch.
+
+    Parameters
+    ----------
+    capabilities : str or sequence of str, default "native"
+        ``"native"``: the best capability this CPU runs; ``"all"``: every one (``"avx512"``, ``"avx2"``,
+        e.g. for a directory shared by several kinds of machine); or the names.
+    jobs : int, optional
+        Compiler processes at once (default: one per core).
+    force : bool, default False
+        Recompile even when an up-to-date binary exists.
+    verbose : bool, default True
+        Report each step on stderr.
+
+    Returns
+    -------
+    KernelStatus
+        As :func:`kernel_status`, after the build.
+
+    Raises
+    ------
+    KernelBuildError
+        No compiler, a compile error (its message included), or a lock held by another build for 30 minutes.
+
+    Examples
+    --------
+    >>> import lowrank_pool as lp
+    >>> lp.build_kernel(verbose=False).available  # doctest: +SKIP
+    True
+    """
+    return _build_kernel(capabilities, jobs=jobs, force=force, verbose=verbose)
+
+
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
@@ -56,6 +133,8 @@ __all__ = [
     "EigTensor",
     "FactorFileError",
     "FactorFileNotFoundError",
+    "KernelBuildError",
+    "KernelStatus",
     "LowRankPoolError",
     "RankP",
     "RankProfile",
@@ -64,6 +143,7 @@ __all__ = [
     "attention_maps",
     "attention_weights",
     "bilinear_pool",
+    "build_kernel",
     "compact_bilinear_pool",
     "cp_approx",
     "cp_pool",
@@ -73,6 +153,7 @@ __all__ = [
     "empty_cache",
     "first_order_pool",
     "gram",
+    "kernel_status",
     "l2_normalize",
     "load_factors",
     "matrix_sqrt",
