@@ -47,31 +47,39 @@ __all__ = ["fast_shared_scores", "gram", "shared_bottom_up_scores"]
 _ATTENTION_CODES = {"linear": 0, "relu": 1, "softmax": 2}
 
 
-def _native_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor) -> Any:
-    """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, plain tensors outside
-    autocast, vmap and torch.compile; X and B contiguous); None sends the call down the torch path.
+def _native_kernel(
+    x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved: tuple[torch.Tensor, ...] = ()
+) -> Any:
+    """The compiled kernel when it serves these tensors (CPU, one float32/float64 dtype, plain tensors without the
+    negative or conjugate bit, outside autocast, vmap, torch.compile and torch.jit tracing; X and B contiguous);
+    None sends the call down the torch path.
 
-    Every test here runs on every call: each costs 2-25 µs when the rest of a network has evicted torch's
-    bindings from the caches (``t.device.type`` 25 µs, ``t.is_cpu`` 2 µs), so the cheap ones come first
-    and functorch's wrappers are looked for only inside a functorch transform.
+    The kernel reads raw storage: a lazily negated view (the negative bit of ``t.conj().imag`` or ``torch._neg_view``)
+    would reach it with the opposite sign, and a tracer records only the operations it sees, not the kernel's
+    writes. Every test here runs on every call, so the cheap ones come first (see docs/performance.md).
     """
-    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu"):  # a GPU's calls stop here
+    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu") or _IS_TRACING():  # a GPU's calls stop here
         return None
     kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
     if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
         return None
+    if not all(t.is_contiguous() for t in saved):  # U and V of a forward that ran on the torch path
+        return None
     dtype = x.dtype
     if dtype not in _KERNEL_DTYPES:
         return None
-    tensors = (x, bm, *others)
+    tensors = (x, bm, *others, *saved)
     for t in tensors:
         if (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)) or not t.is_cpu or t.dtype != dtype:
             return None  # (a tensor subclass: the kernel needs plain storage)
+        if t.is_neg() or t.is_conj():
+            return None
     if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
         return None
     return kernel
 
 
+_IS_TRACING: Any = torch.jit.is_tracing  # (dynamo folds it to False; torch._C._is_tracing breaks its graph)
 _FUNCTORCH: Any = getattr(torch._C, "_functorch", None)
 _PEEK: Any = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
 
@@ -162,7 +170,7 @@ class _SharedBottomUp(torch.autograd.Function):
         if copy is not None and not torch.is_grad_enabled():  # the forward's contiguous A: not copied again
             a3 = copy.view(a3.shape)
         g, x, bm, a3, u, v = _common_dtype(g, x, bm, a3, u, v)
-        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, a3, u, v, g)
+        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, a3, g, saved=(u, v))
         if native is not None:
             code = _ATTENTION_CODES[ctx.attention]
             gx, gbm, ga = native.scores_backward(
@@ -266,6 +274,8 @@ def shared_bottom_up_scores(
     Training runs the autograd Function (∂X written once, in X's layout). Inference runs without it:
     the compiled kernel where it serves the call, else the Function's stock products.
     """
+    if _IS_TRACING():  # torch.jit.trace records the stock products (whatever the grad mode): one graph, replayable
+        return _scores(_maps(x, bm, channels_first, attention)[3], a3, 1.0) / positions
     scale = 1.0 / positions
     if _differentiated(x, bm, a3):
         return _function_scores(x, bm, a3, channels_first, attention, scale)
@@ -312,7 +322,7 @@ def fast_shared_scores(
     returns None: the general path validates (and names a bad argument) and computes.
     """
     code = _ATTENTION_CODES.get(attention) if type(attention) is str else None
-    if code is None or type(a) not in _PLAIN or type(bm) not in _PLAIN:
+    if code is None or type(a) not in _PLAIN or type(bm) not in _PLAIN or _IS_TRACING():
         return None
     if x.layout != torch.strided or a.layout != torch.strided or bm.layout != torch.strided:
         return None
