@@ -13,15 +13,22 @@ torch = pytest.importorskip("torch")
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn as lnn  # noqa: E402
 from lowrank_pool import _native  # noqa: E402
+from lowrank_pool._native._build import build_binary  # noqa: E402
 from lowrank_pool.testing import eps_of  # noqa: E402
 
+# The builds the kernel tests run against: each capability this CPU runs, and the AVX-512 build with 64-byte vectors
+# (the default AVX-512 build computes in 32-byte vectors, measured faster where it was tuned: docs/performance.md);
+# the third keeps the vector layer's width-generic code tested.
+VARIANTS = {"avx512": ("avx512", ()), "avx2": ("avx2", ()), "avx512-zmm": ("avx512", ("-DLP_VEC_BYTES=64",))}
 
-@pytest.fixture(scope="module")
-def native():
-    """Build (or load the cached) kernel: make setup builds it, so this is a cache hit there."""
-    module = _native.build(verbose=False)
-    assert _native.available()
-    return module
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def native(request):
+    """A kernel build, found up to date (make setup builds the capabilities) or built now."""
+    capability, flags = VARIANTS[request.param]
+    if capability not in _native.cpu_capabilities():
+        pytest.skip(f"this CPU does not run the {capability} kernel")
+    return _native.load_binary(build_binary(capability, extra_cflags=flags), capability)
 
 
 @pytest.fixture
@@ -50,8 +57,15 @@ def _torch_path(monkeypatch):
     monkeypatch.setattr(_native, "kernel", lambda: None)
 
 
-def _run(X, A, B, attention, channel_axis):
-    X, A, B = (t.detach().clone().requires_grad_() for t in (X, A, B))
+def _leaf(t, negated=False):
+    """A fresh leaf with t's values; ``negated``: stored negated behind torch's negative bit (a lazily negated view,
+    as ``x.conj().imag`` or a parametrization gives)."""
+    t = t.detach().clone()
+    return (torch._neg_view(t.neg()) if negated else t).requires_grad_()
+
+
+def _run(X, A, B, attention, channel_axis, negated=()):
+    X, A, B = (_leaf(t, name in negated) for name, t in zip("XAB", (X, A, B), strict=True))
     s = lp.rankp_pool(X, A, B, attention=attention, channel_axis=channel_axis)
     weights = torch.linspace(-1, 1, s.numel(), dtype=s.dtype).reshape(s.shape)
     grads = torch.autograd.grad((s * weights).sum(), (X, A, B))
@@ -68,9 +82,12 @@ def _run(X, A, B, attention, channel_axis):
     attention=st.sampled_from(["linear", "relu", "softmax"]),
     layout=st.sampled_from(["bnf", "nchw"]),
     dtype=st.sampled_from(["float32", "float64"]),
+    negated=st.sampled_from([(), (), ("X",), ("A",), ("B",), ("X", "A", "B")]),
     seed=st.integers(0, 2**16),
 )
-def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, dtype, seed):
+def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, dtype, negated, seed):
+    """Values and gradients equal the torch path's; tensors behind torch's negative bit (which the kernel would read
+    with the opposite sign) take the torch path."""
     g = torch.Generator().manual_seed(seed)
     dt = getattr(torch, dtype)
     X = (
@@ -93,8 +110,8 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
                 return real(*args)
 
         mp.setattr(_native, "kernel", lambda: Counting())
-        s_native, g_native = _run(X, A, B, attention, axis)
-        assert calls["n"] == 1
+        s_native, g_native = _run(X, A, B, attention, axis, negated)
+        assert calls["n"] == (0 if negated else 1)
         mp.setattr(_native, "kernel", lambda: None)
         s_torch, g_torch = _run(X, A, B, attention, axis)
     # both paths sum ~f·n products twice (Z, then V or ∂X); scale by the absolute-value computation
@@ -102,6 +119,68 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
     for got, want in zip((s_native, *g_native), (s_torch, *g_torch), strict=True):
         scale = want.abs().max().item() if want.numel() else 0.0
         assert torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1.0)), (got - want).abs().max()
+
+
+# Each branch of the kernel forced through its tuning (lowrank_pool/_native/src/tuning.h), instead of shapes aimed at
+# thresholds: values and gradients on random shapes still equal the torch path's.
+TUNINGS = {
+    "channels-first in blocks of positions": {"l2_bytes": 0, "l3_bytes": 0, "block_min_positions": 16},
+    "blocks, a prefetch per line read": {"l2_bytes": 0, "l3_bytes": 0, "per_line_bytes": 0, "spread_bytes": 0},
+    "whole samples held in L3": {"l2_bytes": 0, "l3_row_bytes": 1 << 40, "l3_share_bytes": 1 << 40},
+    "second pass prefetched": {"l2_hot_bytes": 0},
+    "no short rows": {"short_max_vectors": 0},
+    "short rows, dX a row at a time": {"flat_min_vectors": 99, "flat_min_vectors_3": 99},
+    "channels-first dX 4 rows at a time": {"short_max_vectors": 0, "rows4_min_positions": 0},
+    "rows one after the other": {"sequential_min_bytes": 0, "sequential_max_bytes": 1 << 40},
+    "rows side by side": {"sequential_min_bytes": 1 << 40},
+    "no prefetch distance": {"ahead_rows": 0, "ahead_bytes": 0},
+    "dX streamed through a small staging buffer": {"stream_min_bytes": 0, "staging_bytes": 64},
+    "wide products, own tiles": {"small_max_classes": 0, "wide_forward_min_classes": 0},
+    "wide products, at::mm forward": {"small_max_classes": 0, "wide_forward_min_classes": 1 << 40},
+    "wide products by at::mm": {"small_max_classes": 0, "own_wide_products": 0},
+    "dA through transposed maps": {"small_max_classes": 0, "transpose_v_min_bytes": 0},
+    "transpositions in the smallest tasks": {"copy_grain": 1},
+}
+
+
+@pytest.mark.parametrize("tuning", list(TUNINGS))
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(1, 300),
+    f=st.integers(1, 150),
+    k=st.integers(1, 40),
+    p=st.integers(1, 6),
+    attention=st.sampled_from(["linear", "relu", "softmax"]),
+    layout=st.sampled_from(["bnf", "nchw"]),
+    fkp=st.booleans(),  # A as the layer holds it, a contiguous (f, K, P)
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_branch_equals_torch_path(native, tuning, batch, n, f, k, p, attention, layout, fkp, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
+    X = torch.randn(batch, n, f, generator=g, dtype=dt)
+    X = X if layout == "bnf" else X.mT.contiguous()[..., None]
+    A = torch.randn(p, f, k, generator=g, dtype=dt).permute(1, 2, 0)
+    A = A.contiguous() if fkp else A
+    B = torch.randn(f, p, generator=g, dtype=dt) / f**0.5
+    axis = -1 if layout == "bnf" else 1
+    with _native.tuned(native, **TUNINGS[tuning]):
+        _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n + k * p) * eps_of(dt))
+
+
+def test_tuning_is_checked(native):
+    """Unknown fields and negative values are refused; a tuned block restores the values it changed."""
+    before = native.tuning()
+    assert set(TUNINGS["channels-first in blocks of positions"]) <= set(before)
+    with pytest.raises(RuntimeError, match="no tuning field"):
+        native.update_tuning({"l2_size": 1})
+    with pytest.raises(RuntimeError, match=">= 0"):
+        native.update_tuning({"l2_bytes": -1})
+    with _native.tuned(native, l2_bytes=0):
+        assert native.tuning()["l2_bytes"] == 0
+    assert native.tuning() == before
 
 
 @pytest.mark.parametrize(("f", "k", "p"), [(2048, 5, 3), (1000, 32, 1), (4096, 2, 4)])
@@ -321,7 +400,7 @@ def test_native_reads_a_contiguous_rank_p_a_in_place(native, p, classes, dtype, 
     classes leaving whole tiles, single vectors and a partial strip, and for an A that starts `offset`
     numbers into a buffer (off the vector boundary)."""
     g = torch.Generator().manual_seed(classes + p + offset)
-    f, lanes = 70, 32 // (4 if dtype == torch.float32 else 8)
+    f, lanes = 70, native.vector_bytes // (4 if dtype == torch.float32 else 8)
     X = torch.randn(5, 6, f, generator=g, dtype=dtype)
     buf = torch.randn(f * classes * p + offset, generator=g, dtype=dtype)
     A = buf[offset:].view(f, classes, p)
@@ -700,3 +779,37 @@ def test_nan_propagates_like_the_torch_path(native, monkeypatch):
         want = lp.rank1_pool(X, A, b, attention=attention)
         monkeypatch.undo()
         np.testing.assert_array_equal(torch.isnan(got).numpy(), torch.isnan(want).numpy())
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shapes taken as Python ints: traced as constants
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:DeprecationWarning")  # (torch 2.13; still used)
+@pytest.mark.parametrize("kind", ["rank1", "rankp", "layer"])
+@pytest.mark.parametrize("train", [False, True])
+def test_traced_code_records_the_torch_path(counted, kind, train):
+    """torch.jit.trace sees only the operations it records: under tracing the kernel is never called, and the traced
+    function (or layer) replayed on a new input gives the eager values and gradients, in training and inference."""
+    g = torch.Generator().manual_seed(1)
+    A1, b = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    AP, BP = torch.randn(8, 3, 2, generator=g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)
+    if kind == "layer":
+        fn = lnn.AttentionalPool(8, 3, rank=2, attention="softmax").double().train(train)
+    elif kind == "rank1":
+        fn = lambda x: lp.rank1_pool(x, A1, b, attention="relu")  # noqa: E731
+    else:
+        fn = lambda x: lp.rankp_pool(x, AP, BP, attention="softmax")  # noqa: E731
+    x0, x1 = (torch.randn(4, 8, 5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    with torch.set_grad_enabled(train):
+        torch.jit.trace(fn, x0.requires_grad_(train), check_trace=False)
+        assert counted["forward"] == 0  # (the kernel's writes would be invisible to the tracer)
+        traced = torch.jit.trace(fn, x0)  # (its check also runs fn eagerly, which may call the kernel)
+        x1.requires_grad_(train)
+        calls = counted["forward"]
+        got = traced(x1)
+        assert counted["forward"] == calls
+        want = fn(x1.detach().requires_grad_(train))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    if train:
+        (gx,) = torch.autograd.grad(got.square().sum(), x1)
+        x2 = x1.detach().requires_grad_()
+        (wx,) = torch.autograd.grad(fn(x2).square().sum(), x2)
+        assert torch.allclose(gx, wx, rtol=1e-12, atol=1e-12)
