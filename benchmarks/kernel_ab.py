@@ -36,6 +36,10 @@ def load(spec: str) -> Any:
     if spec == "torch":
         return None
     path = Path(spec)
+    try:
+        return _native.load_binary(path)
+    except ImportError:  # a kernel of an older version
+        pass
     name = path.name.split(".")[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec is not None and module_spec.loader is not None, spec

@@ -27,7 +27,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._build import CAPABILITIES, INTERFACE, KernelBuildError, binary_name, build_binary, kernel_directories
+from ._build import (
+    CAPABILITIES,
+    INTERFACE,
+    KernelBuildError,
+    binary_name,
+    build_binary,
+    kernel_directories,
+)
 
 __all__ = [
     "KernelBuildError",
@@ -157,8 +164,7 @@ def load_binary(path: str | Path, capability: str | None = None) -> ModuleType:
     ``capability`` where given). Raises ImportError otherwise; the binary itself refuses to initialise on a CPU
     without its capability."""
     path = Path(path)
-    name = path.name.split(".")[0]
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(path.name.split(".")[0], path)  # (the module is named as its file)
     if spec is None or spec.loader is None:
         raise ImportError(f"{path} is not a loadable extension")
     module = importlib.util.module_from_spec(spec)

@@ -65,7 +65,9 @@ CAPABILITIES: dict[str, Capability] = {
 }
 
 _COMMON = ("-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-fopenmp")
-_BINDINGS = "bindings.cpp"  # built for the baseline: it checks the CPU before any kernel code runs
+# built for the baseline ISA: the module checks the CPU before any of the kernel's vector code runs
+_BASELINE = ("bindings.cpp", "module.cpp")
+_MODULE = "module.cpp"  # the one unit that depends on the binary's name
 
 
 class KernelBuildError(RuntimeError):
@@ -108,7 +110,7 @@ def _source_digest() -> str:
 
 def _unit_flags(unit: Path, cap: Capability) -> tuple[str, ...]:
     kernel = f"-DLP_KERNEL_{cap.name.upper()}"
-    if unit.name == _BINDINGS:
+    if unit.name in _BASELINE:
         return (*_COMMON, kernel, "-DLP_CAPABILITY_BASELINE")
     return (*_COMMON, kernel, *cap.cflags)
 
@@ -278,10 +280,9 @@ def build_binary(
         if target.is_file() and not force:  # built by the holder we waited for
             say(f"{capability}: up to date ({target})")
             return target
-        defines = [f"-DTORCH_EXTENSION_NAME={name}", "-DTORCH_API_INCLUDE_EXTENSION_H"]  # (the module's name)
         plan = []
         for unit in units:
-            flags = [*_unit_flags(unit, cap), *(defines if unit.name == _BINDINGS else ())]
+            flags = [*_unit_flags(unit, cap), *((f"-DLP_MODULE_NAME={name}",) if unit.name == _MODULE else ())]
             key = _digest(unit.read_bytes(), headers_digest, " ".join(flags), _torch_identity(), _python_identity())
             plan.append((unit, objects / f"{unit.stem}-{key[:16]}.o", flags))
         todo = [(u, o, f) for u, o, f in plan if force or not o.is_file()]
@@ -298,8 +299,8 @@ def build_binary(
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs or os.cpu_count() or 1)) as pool:
             for future in [pool.submit(compile_one, item) for item in todo]:
                 future.result()
-        # the baseline unit first: where units share an inline function, the linker keeps the first copy it meets
-        ordered = sorted(plan, key=lambda item: item[0].name != _BINDINGS)
+        # the baseline units first: where units share an inline function, the linker keeps the first copy it meets
+        ordered = sorted(plan, key=lambda item: item[0].name not in _BASELINE)
         tmp = directory / f"{name}.so.tmp-{os.getpid()}"
         _run([*cxx, "-shared", *(str(o) for _, o, _ in ordered), "-fopenmp", *_link_flags(), "-o", str(tmp)], "linking")
         os.replace(tmp, target)

@@ -174,7 +174,9 @@ void reset_tuning() { set_tuning(Tuning{}); }
 }  // namespace
 }  // namespace lp
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+namespace lp {
+// The module's contents (module.cpp names the module after the binary)
+void define_module(py::module_& m) {
   if (!lp::cpu_supports_kernel())
     throw py::import_error(std::string("lowrank_pool native kernel: built for ") + lp::kKernelCapability +
                            ", which this CPU does not support");
@@ -192,3 +194,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_tuning", &lp::update_tuning, "set the named tuning fields");
   m.def("reset_tuning", &lp::reset_tuning, "the default tuning");
 }
+}  // namespace lp
