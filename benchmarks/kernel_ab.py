@@ -6,7 +6,7 @@ X rewritten and gradients unset before every call (as ``make bench`` does), for 
 ratio is the median over rounds of time(A) / time(B) (> 1: B is faster), with the quartiles, so that a noisy,
 shared machine moves both sides of a pair alike.
 
-    python benchmarks/kernel_ab.py --a OLD.so --b NEW.so [--reps 15] [--dtype float32]
+    python benchmarks/kernel_ab.py --a OLD.so --b NEW.so [--reps 15] [--dtype float32] [--tune-b field=value,...]
 
 Either side may be ``torch`` (the pure-torch path) or a path to a built binary (``python -m lowrank_pool
 kernel-status`` prints the current one; an older commit's binary can be built from a second worktree).
@@ -86,12 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b", required=True, help="binary path or 'torch'")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--shapes", default="0,1,2,3", help="indices into the reference shapes")
+    parser.add_argument(
+        "--shapes", default="0,1,2,3", help="indices into the reference shapes, or shapes as NxFxK (e.g. 196x512x40)"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--tune-b", default="", help="tuning fields set while B runs (B may be the same binary as A): name=value,..."
+    )
     args = parser.parse_args(argv)
+    tune_b = {k: int(v) for k, v in (item.split("=") for item in args.tune_b.split(",") if item)}
     torch.set_num_threads(args.threads)
     sides = {"A": load(args.a), "B": load(args.b)}
-    shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
+    shapes = [
+        tuple(int(v) for v in item.split("x")) if "x" in item else SHAPES[int(item)] for item in args.shapes.split(",")
+    ]
     print(
         f"A = {args.a}\nB = {args.b}\n{args.dtype}, batch {BATCH}, P = {P}, {args.threads} threads, {args.reps} rounds"
     )
@@ -106,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
                 run(pool, tensors, grad)
             for rep in range(args.reps):
                 for side in ("A", "B") if rep % 2 == 0 else ("B", "A"):
-                    _native.kernel = lambda m=sides[side]: m  # type: ignore[assignment]
-                    times[side].append(run(pool, tensors, grad))
+                    module = sides[side]
+                    _native.kernel = lambda m=module: m  # type: ignore[assignment]
+                    if side == "B" and tune_b and module is not None:
+                        with _native.tuned(module, **tune_b):
+                            times[side].append(run(pool, tensors, grad))
+                    else:
+                        times[side].append(run(pool, tensors, grad))
             pair = [ta / tb for ta, tb in zip(times["A"], times["B"], strict=True)]
             q = statistics.quantiles(pair, n=4)
             ratios.append(statistics.median(pair))

@@ -136,7 +136,7 @@ const std::vector<std::pair<const char*, int64_t Tuning::*>>& fields() {
       LP_FIELD(short_max_vectors),    LP_FIELD(flat_min_vectors),     LP_FIELD(flat_min_vectors_3),
       LP_FIELD(rows4_min_positions),  LP_FIELD(stream_min_bytes),     LP_FIELD(staging_bytes),
       LP_FIELD(small_max_classes),    LP_FIELD(small_max_numbers),    LP_FIELD(transpose_v_min_bytes),
-      LP_FIELD(copy_grain),           LP_FIELD(own_wide_products),    LP_FIELD(wide_forward_min_classes),
+      LP_FIELD(copy_grain),           LP_FIELD(own_wide_products),
 #undef LP_FIELD
   };
   return all;

@@ -330,7 +330,7 @@ at::Tensor scores_typed(const at::Tensor& v, const at::Tensor& a, double scale, 
     grouped_scores<T>(v.data_ptr<T>(), a.data_ptr<T>(), s.data_ptr<T>(), B, f, P, K, T(scale));
   } else {
     const auto a2 = a_rows(a, M, K);
-    if (t.own_wide_products && K >= t.wide_forward_min_classes)
+    if (t.own_wide_products)
       wide_product<T, kWideForward>(v.data_ptr<T>(), M, 1, B, a2.data_ptr<T>(), a2.stride(0), K, M, s.data_ptr<T>(), K);
     else
       at::mm_out(s, v.reshape({B, M}), a2);

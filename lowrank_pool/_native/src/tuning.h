@@ -40,7 +40,6 @@ struct Tuning {
   int64_t transpose_v_min_bytes = 16384;       // ∂A reads V through a transposed copy from rows of V this long
   int64_t copy_grain = 8192;                   // numbers per task of a parallel transposition
   int64_t own_wide_products = 1;               // 1: the wide products run the kernel's own tiles (A read in place); 0: at::mm
-  int64_t wide_forward_min_classes = 192;      // ... the forward on A laid out as (P, f, K) rows: own tiles from this many classes, at::mm below
 };
 
 // The tuning every call reads (set_tuning replaces it between calls; it is not meant to change while kernels run).
