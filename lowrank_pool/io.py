@@ -1,14 +1,34 @@
-"""Saving and loading factorised weights as ``.npz`` files, without pickle."""
+"""Saving and loading factorised weights as ``.npz`` files, without pickle.
+
+Saving writes a temporary file in the target's directory and renames it over the target, so a reader sees the
+old file or the new one, never half of one, and a crash leaves the old file. Loading opens regular files only
+(never a device, FIFO, socket or directory, which could block or never end), reads every header before any
+data, and bounds what it allocates (see :func:`load_factors`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import stat
+import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
-from ._checks import ArgumentTypeError, LowRankPoolError, describe, parse_cp, parse_eig, parse_rankp, parse_tucker
+from ._checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    LowRankPoolError,
+    ShapeError,
+    describe,
+    parse_cp,
+    parse_eig,
+    parse_rankp,
+    parse_tucker,
+)
 from ._xp import form_kind, host_copy, tensorly_context
 from .factorized import EigTensor, RankP
 
@@ -26,13 +46,57 @@ class FactorFileNotFoundError(FactorFileError, FileNotFoundError):
     """No file at the path (nor at the path with ``.npz`` appended); also a FileNotFoundError."""
 
 
-def _npz_path(path: str | os.PathLike[str], name: str = "path") -> str:
+# What load_factors allocates: the members' declared (uncompressed) sizes, at most this many times the file's size
+# (np.savez stores members uncompressed: a factor file's ratio is 1) and at most the machine's memory.
+MAX_EXPANSION = 64
+_MIN_BUDGET = 1 << 20  # a tiny file may still hold a few small members
+
+
+def _text_path(path: Any, name: str = "path") -> str:
     if not isinstance(path, str | os.PathLike):
         raise ArgumentTypeError(f"{name}: expected a file path (str or os.PathLike), got {type(path).__name__}")
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if "\0" in text:
+        raise ArgumentError(f"{name}: a file path cannot contain a NUL character, got {text!r}")
+    if not text:
+        raise ArgumentError(f"{name}: expected a file path, got an empty string")
+    return text
+
+
+def _npz_path(path: str | os.PathLike[str], name: str = "path") -> str:
+    text = _text_path(path, name)
     return text if text.endswith(".npz") else text + ".npz"
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _binary_file(obj: Any, mode: str) -> None:
+    """A file object opened in binary mode, readable (mode "r") or writable ("w"); else the package's error."""
+    if isinstance(obj, io.TextIOBase) or "b" not in getattr(obj, "mode", "b"):
+        raise ArgumentTypeError(
+            f"path: expected a binary file object (opened with '{mode}b') or a path, got a text-mode file object"
+        )
+    able = getattr(obj, "readable" if mode == "r" else "writable", None)
+    try:
+        ok = able is None or bool(able())
+    except ValueError as err:  # a closed file
+        raise ArgumentError(f"path: the file object cannot be used ({err})") from err
+    if not ok:
+        what = "readable" if mode == "r" else "writable (opened for reading only)"
+        raise ArgumentError(f"path: the file object is not {what}")
 
 
 def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
@@ -42,7 +106,10 @@ def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     with ``allow_pickle=False``, so loading it can never execute code. ``.npz`` is
     appended to a path without it (as numpy does), and :func:`load_factors` finds the
     file under either name; an open binary file object is written as it is. The form is
-    validated first (the shapes must fit together).
+    validated first, as :func:`load_factors` will validate it (the shapes must fit
+    together; no zero sizes). A path is written atomically: into a temporary file in the
+    same directory, flushed, then renamed over the target, so a concurrent reader sees the
+    old file or the new one and a crash leaves the old one.
 
     Parameters
     ----------
@@ -66,7 +133,11 @@ def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     >>> lp.load_factors(path).eigenvalues
     array([[1.]])
     """
-    target = path if _is_file_object(path) else _npz_path(path)
+    if _is_file_object(path) or hasattr(path, "write"):
+        _binary_file(path, "w")
+        target: Any = path
+    else:
+        target = _npz_path(path)
     kind = form_kind(obj)
     arrays: dict[str, np.ndarray]
     if kind == "eig":
@@ -91,9 +162,51 @@ def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     for name, a in arrays.items():
         if a.dtype.kind != "f":
             raise ArgumentTypeError(f"obj: array {name!r} has dtype {a.dtype}; only numeric arrays can be saved")
+    try:  # what load_factors would refuse is refused now, before anything is written
+        _validated(kind, arrays)
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        raise ShapeError(f"obj: not a form load_factors could read back ({err})") from err
     tags = {"__format__": np.array(FORMAT), "__version__": np.array(VERSION), "kind": np.array(kind)}
-    np.savez(target, **tags, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
+    if not isinstance(target, str):
+        np.savez(target, **tags, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
+        return target
+    _write_atomically(target, lambda fh: np.savez(fh, **tags, **arrays))  # type: ignore[arg-type]
     return target
+
+
+def _write_atomically(target: str, write: Any) -> None:
+    """write(file) into a temporary file beside ``target``, flushed to disk, then renamed over it."""
+    directory = os.path.dirname(os.path.abspath(target))
+    if os.path.isdir(target):
+        raise ArgumentError(f"path: {target} is a directory, not a file to write")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:  # the permissions a new file would get (or the replaced file's)
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread, for a moment)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 _MEMBERS = {
@@ -208,16 +321,21 @@ class _Inconsistent(ValueError):
 def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
     """Load what :func:`save_factors` wrote, as numpy arrays in the same form.
 
-    ``path`` is a file path (``.npz`` is appended when the path itself does not exist) or
-    an open binary file object. CP and Tucker forms come back as tensorly ``CPTensor`` /
-    ``TuckerTensor``. Nothing is allocated before the file's headers are validated: the
+    ``path`` is a file path (``path`` itself if it is a regular file, else ``path + ".npz"``)
+    or an open binary file object. CP and Tucker forms come back as tensorly ``CPTensor`` /
+    ``TuckerTensor``. Only regular files are opened (links are followed): a directory,
+    FIFO, socket or device is refused before it is read, so a call never blocks or reads
+    without end. Nothing is allocated before the file's headers are validated: the
     members must be those of the form (no others), each a real floating array whose
     stored size matches its declared shape, the shapes must fit together as the pooling
-    functions require, and nothing in the file is unpickled. Anything else — a pickle, an
-    object array, a foreign ``.npz``, a newer format version, a truncated, inconsistent or
-    oversized file — raises :class:`FactorFileError` naming the path
-    (:class:`FactorFileNotFoundError`, also a FileNotFoundError, when there is no file at
-    ``path`` nor at ``path + ".npz"``).
+    functions require, and nothing in the file is unpickled. What it allocates is bounded:
+    the members' declared sizes may add up to at most 64 times the file's size
+    (:func:`save_factors` stores arrays uncompressed, about once their size; a
+    compressed "bomb" is refused before it is decompressed) and at most the machine's
+    memory. Anything else — a pickle, an object array, a foreign ``.npz``, a newer format
+    version, a truncated, inconsistent or oversized file — raises :class:`FactorFileError`
+    naming the path (:class:`FactorFileNotFoundError`, also a FileNotFoundError, when
+    there is no file at ``path`` nor at ``path + ".npz"``).
 
     Parameters
     ----------
@@ -239,32 +357,104 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
     (2, 3, 3)
     """
     if _is_file_object(path):
-        where, source = repr(getattr(path, "name", path)), path
+        _binary_file(path, "r")
+        where, source, size = repr(getattr(path, "name", path)), path, _stream_size(path)
+        opened = None
     else:
         if not isinstance(path, str | os.PathLike):
             raise ArgumentTypeError(
                 f"path: expected a file path (str or os.PathLike) or a binary file object, got {type(path).__name__}"
             )
-        if not os.path.exists(path) and os.path.exists(_npz_path(path)):
-            path = _npz_path(path)
-        where, source = os.fspath(path), path
-        if not os.path.exists(path):
-            raise FactorFileNotFoundError(2, f"{where}: no such factor file (nor {_npz_path(path)})")
+        where = _regular_file(_text_path(path))
+        opened = source = _open_regular(where)
+        size = os.fstat(opened.fileno()).st_size
     try:
         with zipfile.ZipFile(source) as zf:
+            _check_budget(zf, size)
             kind, data = _read(zf)
-    except (_VersionError, _Inconsistent) as err:
+    except (_VersionError, _Inconsistent, _TooLarge) as err:
         raise FactorFileError(f"{where}: {err}") from err
     except _NotOurs as err:
         raise FactorFileError(f"{where}: not a lowrank_pool factor file ({err})") from err
     except (KeyError, ValueError, IndexError, TypeError) as err:
         raise FactorFileError(f"{where}: factor file is incomplete or inconsistent ({err})") from err
-    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as err:
+    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, MemoryError) as err:
         raise FactorFileError(f"{where}: not a readable lowrank_pool factor file ({err})") from err
+    finally:
+        if opened is not None:
+            opened.close()
     try:
         return _validated(kind, data)
     except (KeyError, ValueError, IndexError, TypeError) as err:  # pragma: no cover - checked on the headers
         raise FactorFileError(f"{where}: {kind} factor file is incomplete or inconsistent ({err})") from err
+
+
+def _regular_file(text: str) -> str:
+    """The file to read: ``text`` itself, else ``text + ".npz"``, whichever is a regular file (after links)."""
+    candidates = [text] if text.endswith(".npz") else [text, text + ".npz"]
+    special = []
+    for candidate in candidates:
+        try:
+            mode = os.stat(candidate).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise FactorFileError(f"{candidate}: cannot be read ({err.strerror or err})") from err
+        if stat.S_ISREG(mode):
+            return candidate
+        special.append(f"{candidate} is a {_kind_of(mode)}")
+    if special:
+        raise FactorFileError(f"path: expected a regular file, but {' and '.join(special)}")
+    raise FactorFileNotFoundError(2, f"{text}: no such factor file (nor {_npz_path(text)})")
+
+
+def _open_regular(path: str) -> Any:
+    """``path`` opened for reading, refused unless it is a regular file when opened (a FIFO or a device swapped in
+    after the first look is not read: O_NONBLOCK keeps the open itself from waiting on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise FactorFileError(f"{path}: cannot be read ({err.strerror or err})") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise FactorFileError(f"path: expected a regular file, but {path} is a {_kind_of(mode)}")
+    return os.fdopen(fd, "rb")
+
+
+def _stream_size(fh: Any) -> int | None:
+    """The bytes of a seekable file object (None where it cannot say)."""
+    try:
+        here = fh.tell()
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(here)
+        return int(end) - int(here)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_budget(zf: zipfile.ZipFile, size: int | None) -> None:
+    """Refuse an archive whose members would expand beyond MAX_EXPANSION × its size, or the machine's memory."""
+    declared = sum(info.file_size for info in zf.infolist())
+    if size is not None and declared > max(MAX_EXPANSION * size, _MIN_BUDGET):
+        raise _TooLarge(
+            f"its members would expand to {declared} bytes from a {size}-byte file (more than {MAX_EXPANSION} times "
+            "its size: a factor file stores its arrays uncompressed)"
+        )
+    memory = _memory_bytes()
+    if memory is not None and declared > memory:
+        raise _TooLarge(f"its members would expand to {declared} bytes, more than this machine's memory ({memory})")
 
 
 def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:

@@ -325,7 +325,7 @@ def test_factor_files_are_checked_before_anything_is_allocated(tmp_path):
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("__format__.npy", b"\x93NUMPY" + b"\0" * 2**20)
-    with pytest.raises(lp.FactorFileError, match=r"tag '__format__' is 1048\d+ bytes"):
+    with pytest.raises(lp.FactorFileError, match=r"would expand to 1048\d+ bytes from a \d+-byte file"):
         lp.load_factors(bomb)
     # a tag whose header declares a billion elements in a few bytes
     big_tag = _edit_member(good, tmp_path / "big_tag.npz", "__version__.npy", b"'shape': ()", b"'shape': (1000000000,)")
