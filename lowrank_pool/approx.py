@@ -142,6 +142,28 @@ def symmetric_part(xp: Namespace, W: Array) -> Array:
     return (W + xp.matrix_transpose(W)) / 2
 
 
+def _unit_scale(xp: Namespace, T: Array) -> tuple[Array, float]:
+    """(T / s, s) with s a power of two within a factor 2 of max|T| (0 for T = 0): the fits run on numbers of
+    size about 1 whatever W's scale (its norm neither underflows at 1e-170 nor overflows float32 at 1e20), and
+    dividing by a power of two changes only exponents. The caller scales the fit back by s."""
+    peak = float(xp.max(xp.abs(T)))
+    if peak == 0.0:
+        return T, 0.0
+    s = math.ldexp(1.0, math.frexp(peak)[1] - 1)  # peak = m·2^e, 1/2 <= m < 1: s = 2^(e-1), peak / s in [1, 2)
+    return T / s, s
+
+
+def _scaled_back(xp: Namespace, values: Array, s: float, what: str) -> Array:
+    """values · s, refused where that leaves the dtype's range (a W near its dtype's largest numbers)."""
+    out = values * s
+    if not bool(xp.all(xp.isfinite(out))):
+        raise ArgumentError(
+            f"W: the fit's {what} exceed the range of {values.dtype} at W's scale (max |W| ~ {s:.3g}); "
+            "fit W in float64, or divide it by a constant first"
+        )
+    return out
+
+
 def cp_approx(
     W: Array,
     rank: int,
@@ -195,9 +217,6 @@ def cp_approx(
     >>> bool(np.linalg.norm(lp.to_dense(cp) - W) < 1e-6 * np.linalg.norm(W))
     True
     """
-    from tensorly.cp_tensor import cp_normalize
-    from tensorly.decomposition import parafac
-
     xp, W, sizes = _check_w(W)
     k, f = sizes["K"], sizes["f"]
     rank = check_positive_int(rank, "rank")
@@ -207,11 +226,33 @@ def cp_approx(
             f"rank: expected at most min(K·f, f²) = {min(k * f, f * f)} for W of shape {(k, f, f)}, got {rank}"
         )
     check_choice(init, "init", ("svd", "random"))
-    target = detach(symmetric_part(xp, W) if symmetric else W)
     restarts = check_positive_int(n_restarts, "n_restarts")
-    norm = float(xp.linalg.vector_norm(target))
-    if norm == 0.0:  # W = 0 (or antisymmetric with symmetric=True): ALS would divide by zero
+    target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
+    if scale == 0.0:  # W = 0 (or antisymmetric with symmetric=True): ALS would divide by zero
         return _zero_cp(xp, target, k, f, rank)
+    cp = _cp_fit(xp, target, rank, n_iter_max, tol, stall, restarts, init, random_state)
+    from tensorly.cp_tensor import CPTensor
+
+    with tensorly_context(xp):
+        return CPTensor((_scaled_back(xp, cp.weights, scale, "weights"), list(cp.factors)))
+
+
+def _cp_fit(
+    xp: Namespace,
+    target: Array,
+    rank: int,
+    n_iter_max: int,
+    tol: float,
+    stall: float,
+    restarts: int,
+    init: str,
+    random_state: int | None,
+) -> Any:
+    """The best of ``restarts`` ALS fits of the nonzero ``target`` (max |target| about 1), normalised."""
+    from tensorly.cp_tensor import cp_normalize
+    from tensorly.decomposition import parafac
+
+    norm = float(xp.linalg.vector_norm(target))
     best: tuple[float, Any] = (math.inf, None)
     for attempt in range(restarts):
         history: list[float] = []
@@ -257,10 +298,7 @@ def cp_approx(
         if err <= tol:
             break
     if best[1] is None:  # every fit collapsed: the best rank - 1 fit, with a zero-weight component added
-        fewer = cp_approx(
-            target, rank - 1, symmetric=False, n_iter_max=n_iter_max, tol=tol, stall=stall,
-            n_restarts=n_restarts, init=init, random_state=random_state,
-        )  # fmt: skip
+        fewer = _cp_fit(xp, target, rank - 1, n_iter_max, tol, stall, restarts, init, random_state)
         return _padded_cp(xp, fewer, rank)
     return best[1]
 
@@ -319,17 +357,21 @@ def tucker_approx(
     True
     """
     from tensorly.decomposition import tucker
+    from tensorly.tucker_tensor import TuckerTensor
 
     xp, W, sizes = _check_w(W)
     ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"])
     _check_fit_options(n_iter_max, tol, random_state)
     check_choice(init, "init", ("svd", "random"))
-    target = detach(symmetric_part(xp, W) if symmetric else W)
-    start: Any = _leading_subspaces(xp, target, ranks, random_state) if init == "svd" else init
-    if float(xp.linalg.vector_norm(target)) == 0.0:  # W = 0 (or antisymmetric): the exact form is 0
+    target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
+    if scale == 0.0:  # W = 0 (or antisymmetric): the exact form is 0
         return _zero_tucker(xp, target, ranks)
+    start: Any = _leading_subspaces(xp, target, ranks, random_state) if init == "svd" else init
     with tensorly_context(xp):
-        return tucker(target, list(ranks), n_iter_max=n_iter_max, tol=tol, init=start, random_state=random_state)
+        core, factors = tucker(
+            target, list(ranks), n_iter_max=n_iter_max, tol=tol, init=start, random_state=random_state
+        )
+        return TuckerTensor((_scaled_back(xp, core, scale, "core"), list(factors)))
 
 
 def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
