@@ -38,6 +38,7 @@ from ._xp import (
 )
 
 __all__ = [
+    "MAX_ITERATIONS",
     "ArgumentError",
     "ArgumentTypeError",
     "BackendError",
@@ -63,8 +64,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- scalars
-def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` as an int, or raise if it is not a positive integer.
+def check_positive_int(value: Any, name: str, most: int | None = None) -> int:
+    """Return ``value`` as an int, or raise if it is not a positive integer (at most ``most``).
 
     Parameters
     ----------
@@ -72,6 +73,8 @@ def check_positive_int(value: Any, name: str) -> int:
         The argument to check (a bool is refused).
     name : str
         Its name, for the error.
+    most : int, optional
+        The largest value accepted (an iteration count whose loop would never end, say).
 
     Examples
     --------
@@ -87,7 +90,12 @@ def check_positive_int(value: Any, name: str) -> int:
         raise ArgumentTypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
     if value <= 0:
         raise ArgumentError(f"{name}: expected a positive int, got {value}")
+    if most is not None and value > most:
+        raise ArgumentError(f"{name}: expected a positive int of at most {most}, got {value}")
     return int(value)
+
+
+MAX_ITERATIONS = 1000  # Newton–Schulz converges quadratically within tens of steps; more is a mistake, not a wish
 
 
 def check_int(value: Any, name: str) -> int:

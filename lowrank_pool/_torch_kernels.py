@@ -326,6 +326,8 @@ def fast_shared_scores(
         return None
     if x.layout != torch.strided or a.layout != torch.strided or bm.layout != torch.strided:
         return None
+    if x.is_nested or a.is_nested or bm.is_nested:  # (a strided nested tensor: the general path names it)
+        return None
     dtype, nd = x.dtype, x.dim()
     if dtype not in _KERNEL_DTYPES or a.dtype != dtype or bm.dtype != dtype or not 3 <= nd <= 5:
         return None

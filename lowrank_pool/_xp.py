@@ -67,6 +67,11 @@ def namespace(**arrays: Array) -> Namespace:
     for name, a in arrays.items():
         if not aac.is_array_api_obj(a) or isinstance(a, int | float | complex):
             raise BackendError(f"{name}: expected an array (numpy, torch, ...), got {type(a).__name__}")
+        if isinstance(a, np.ma.MaskedArray):  # its mask would be dropped by some operations and not others
+            raise BackendError(
+                f"{name}: expected a plain array, got a numpy masked array; pass {name}.filled(0) to count masked "
+                f"entries as zeros, or {name}.data to ignore the mask"
+            )
     try:
         xp = aac.array_namespace(*arrays.values())
     except TypeError as err:

@@ -24,12 +24,29 @@ from ._xp import Array, Features, Namespace, device_of, fft_of, full_precision, 
 __all__ = ["compact_bilinear_pool", "count_sketches", "sketch_hashes"]
 
 
+MAX_DIM = 2**31  # a sketch longer than this is beyond any FFT and memory here
+MAX_SEED = 2**63 - 1
+
+
+def check_sketch(dim: Any, seed: Any) -> tuple[int, int]:
+    """(dim, seed) as ints: 1 <= dim <= 2³¹ and 0 <= seed < 2⁶³ (numpy's generator takes non-negative seeds)."""
+    dim = check_positive_int(dim, "dim")
+    if dim > MAX_DIM:
+        raise ArgumentError(f"dim: expected a sketch size of at most 2**31 = {MAX_DIM}, got {dim}")
+    seed = check_int(seed, "seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise ArgumentError(f"seed: expected an integer from 0 to 2**63 - 1, got {seed}")
+    return dim, seed
+
+
 def sketch_hashes(channels: int, dim: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The two count sketches of a seed as (bins (f,) in [0, d), signs (f,) of ±1).
 
     Generated with numpy's PCG64 from ``seed`` whatever the array library, so a seed gives the same
     sketch on every backend and device.
     """
+    channels = check_positive_int(channels, "channels")
+    dim, seed = check_sketch(dim, seed)
     rng = np.random.default_rng(seed)
     return [(rng.integers(0, dim, channels), rng.choice([-1.0, 1.0], channels)) for _ in range(2)]
 
@@ -109,8 +126,7 @@ def compact_bilinear_pool(
     >>> bool(abs((M[0] * M[1]).sum() - psi[0] @ psi[1]) < 0.5 * abs(M[0]).sum() * abs(M[1]).sum() / 512**0.5)
     True
     """
-    dim = check_positive_int(dim, "dim")
-    seed = check_int(seed, "seed")
+    dim, seed = check_sketch(dim, seed)
     xp, feats, _ = prepare(X, channel_axis, check_finite)
     if hashes is None:
         hashes = sketch_hashes(feats.channels, dim, seed)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._checks import ShapeError, check_choice, check_finite, check_number, check_positive_int, shape_of
+from ._checks import (
+    MAX_ITERATIONS,
+    ShapeError,
+    check_choice,
+    check_finite,
+    check_number,
+    check_positive_int,
+    shape_of,
+)
 from ._xp import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
@@ -136,7 +144,7 @@ def matrix_sqrt(
            [0., 3.]])
     """
     check_choice(method, "method", ("eigh", "newton_schulz"))
-    num_iters = check_positive_int(num_iters, "num_iters")
+    num_iters = check_positive_int(num_iters, "num_iters", MAX_ITERATIONS)
     xp = namespace(G=G)
     check_floating(xp, G, "G")
     shape = shape_of(G)

@@ -229,6 +229,9 @@ def rank_profile(
             raise ShapeError(
                 f"labels: expected shape ({shape_of(features)[0]},) (one per sample), got {shape_of(labels)}"
             )
+        if shape_of(labels)[0] and not bool(xp.all((labels >= 0) & (labels < k))):
+            low, high = int(xp.min(labels)), int(xp.max(labels))
+            raise ArgumentError(f"labels: expected class indices in [0, {k}) (K = {k} classes), got {low} to {high}")
         if parts["projection"] is not None:
             features = project_channels(features, parts["projection"], channel_axis=parts["channel_axis"])
             parts["channel_axis"] = -1

@@ -14,7 +14,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Literal
 
-from ._checks import check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
+from ._checks import MAX_ITERATIONS, check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
 from ._xp import Array, Features, Namespace, full_precision, gram_product
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 
@@ -141,7 +141,7 @@ def bilinear_pool(
     array([[15.,  7.]])
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
-    num_iters = check_positive_int(num_iters, "num_iters")
+    num_iters = check_positive_int(num_iters, "num_iters", MAX_ITERATIONS)
     eps = check_number(eps, "eps")
     xp, feats, fac = prepare(X, channel_axis, check_finite, W=W)
     w = fac["W"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._checks import (
+    MAX_ITERATIONS,
     check_choice,
     check_flag,
     check_int,
@@ -24,6 +25,7 @@ from .second_order import NORMALIZATIONS
 
 __all__ = [
     "ATTENTIONS",
+    "MAX_ITERATIONS",
     "NORMALIZATIONS",
     "PATHS",
     "as_cp",

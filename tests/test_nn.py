@@ -701,23 +701,29 @@ class _TimmLike(torch.nn.Module):
 
 
 def test_compact_layer_holds_its_hashes_and_follows_its_seed():
-    """The hashes live on the layer's device (no host-to-device copy per step), are not saved (the seed
-    makes them), follow .to(), and are rebuilt when seed or dim is changed after construction."""
+    """The sketch (seed, bins, signs) is part of the state: saved, loaded with the weights (a state dict of another
+    seed brings its own sketch, never a mix), on the layer's device, following .to(); a changed seed or a weight of
+    another sketch size rebuilds it; the sketch size follows the weight."""
     layer = make("compact")
-    assert not any(k.startswith("sketch_") for k in layer.state_dict())
+    assert {"sketch_seed", "sketch_bins", "sketch_signs"} <= set(layer.state_dict())
     assert layer.sketch_bins.shape == (2, F_IN) and layer.sketch_signs.dtype == torch.float64
     assert layer.float().sketch_signs.dtype == torch.float32
     layer.double()
     x = _inputs("nchw")
-    for change in ({"seed": 5}, {"dim": 16}):
-        for key, value in change.items():
-            setattr(layer, key, value)
-        if "dim" in change:
-            layer.weight = torch.nn.Parameter(torch.randn(16, K, dtype=torch.float64, generator=gen(2)))
-        _close(scores(layer, x), functional("compact", layer, x), f"compact after {change}")
+    layer.seed = 5
+    assert int(layer.sketch_seed) == 5
+    _close(scores(layer, x), functional("compact", layer, x), "compact after seed = 5")
+    layer.weight = torch.nn.Parameter(torch.randn(16, K, dtype=torch.float64, generator=gen(2)))
+    assert layer.dim == 16
+    _close(scores(layer, x), functional("compact", layer, x), "compact after a weight of d = 16")
+    with pytest.raises(AttributeError):
+        layer.dim = 8  # the sketch size is the weight's
+    other = make("compact", seed=1)  # (make's seed draws the weights)
+    other.seed = 7
     twin = make("compact", seed=0)
-    twin.load_state_dict(make("compact").state_dict())
-    _close(scores(twin, x), scores(make("compact"), x), "compact after load_state_dict")
+    twin.load_state_dict(other.state_dict())
+    assert twin.seed == 7
+    _close(scores(twin, x), scores(other, x), "compact after load_state_dict of another seed")
     # X with another channel count than the layer was built for is refused (it was sketched silently)
     with pytest.raises(lp.ShapeError, match=r"^hashes: expected shape \(f,\) with f = 4, got \(6,\); f is the"):
         twin(x[:, :4])

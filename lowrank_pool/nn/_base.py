@@ -81,10 +81,14 @@ class PoolingHead(nn.Module):
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise lp.DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
         self.factory = {"device": _check_device(device), "dtype": dtype}
-        self.bias = nn.Parameter(torch.empty(num_classes, **self.factory)) if check_flag(bias, "bias") else None
+        if check_flag(bias, "bias"):
+            self._reserve(bias=(self.num_classes,))
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(self.num_classes, **self.factory))
+        else:
+            self.bias = None
 
     def _param(self, *shape: int) -> nn.Parameter:
-        return nn.Parameter(torch.empty(*shape, **self.factory))
+        return nn.Parameter(torch.empty(*(int(d) for d in shape), **self.factory))
 
     def _reserve(self, **shapes: tuple[int, ...]) -> None:
         """Refuse, before allocating anything, parameters that cannot fit in the device's memory.
@@ -94,7 +98,7 @@ class PoolingHead(nn.Module):
         """
         dtype = self.factory["dtype"] or torch.get_default_dtype()
         itemsize = torch.empty((), dtype=dtype).element_size()
-        need = sum(math.prod(s) for s in shapes.values()) * itemsize
+        need = sum(math.prod(int(d) for d in s) for s in shapes.values()) * itemsize  # (Python ints: no overflow)
         device = torch.device(self.factory["device"] or "cpu")
         have = _device_memory(device)
         if need > have:

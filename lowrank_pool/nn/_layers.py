@@ -6,15 +6,17 @@ math exists once, in the functional core.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 import lowrank_pool as lp
-from lowrank_pool.compact import sketch_hashes
+from lowrank_pool.compact import check_sketch, sketch_hashes
 from lowrank_pool.validation import (
     ATTENTIONS,
+    MAX_ITERATIONS,
     NORMALIZATIONS,
     PATHS,
     as_cp,
@@ -22,7 +24,6 @@ from lowrank_pool.validation import (
     as_tucker,
     check_choice,
     check_flag,
-    check_int,
     check_number,
     check_positive_int,
     check_tucker_ranks,
@@ -89,7 +90,7 @@ class FirstOrderPool(PoolingHead):
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.reduce = check_choice(reduce, "reduce", ("mean", "sum", "max"))
-        self._reserve(weight=(in_channels, num_classes))
+        self._reserve(weight=(self.in_channels, self.num_classes))
         self.weight = self._param(in_channels, num_classes)  # (f, K)
         self.reset_parameters(generator)
 
@@ -158,13 +159,19 @@ class BilinearPool(PoolingHead):
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         self.normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
-        self.reduce_dim = None if reduce_dim is None else check_positive_int(reduce_dim, "reduce_dim")
-        self.eps, self.num_iters = check_number(eps, "eps"), check_positive_int(num_iters, "num_iters")
-        d = self.reduce_dim or in_channels
+        reduce_dim = None if reduce_dim is None else check_positive_int(reduce_dim, "reduce_dim")
+        self.eps, self.num_iters = check_number(eps, "eps"), check_positive_int(num_iters, "num_iters", MAX_ITERATIONS)
+        d = reduce_dim or in_channels
         self._reserve(weight=(num_classes, d, d), **({"reduction": (in_channels, d)} if reduce_dim else {}))
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
         self.weight = self._param(num_classes, d, d)  # (K, d, d)
         self.reset_parameters(generator)
+
+    @property
+    def reduce_dim(self) -> int | None:
+        """d of the 1×1 reduction (None without one), read from its parameter (facts about a head follow its
+        parameters, also when they are replaced)."""
+        return None if self.reduction is None else int(self.reduction.shape[1])
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         if self.reduction is not None:
@@ -247,16 +254,25 @@ class AttentionalPool(PoolingHead):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
-        self.rank = check_positive_int(rank, "rank")
-        self.bottom_up = check_choice(bottom_up, "bottom_up", ("shared", "per_class"))
+        rank = check_positive_int(rank, "rank")
+        bottom_up = check_choice(bottom_up, "bottom_up", ("shared", "per_class"))
         self.attention = check_choice(attention, "attention", ATTENTIONS)
         self.return_maps = check_flag(return_maps, "return_maps")
         b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self._reserve(A=(in_channels, num_classes, rank), B=b_shape)
         self.A = self._param(in_channels, num_classes, rank)
-        b_shape = (in_channels, rank) if bottom_up == "shared" else (in_channels, num_classes, rank)
         self.B = self._param(*b_shape)
         self.reset_parameters(generator)
+
+    @property
+    def rank(self) -> int:
+        """P, read from A (facts about a head follow its parameters, also when they are replaced)."""
+        return int(self.A.shape[-1])
+
+    @property
+    def bottom_up(self) -> str:
+        """``"shared"`` (B (f, P)) or ``"per_class"`` (B (f, K, P)), read from B."""
+        return "shared" if self.B.dim() == 2 else "per_class"
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.A, fan_std(self.in_channels * self.rank), generator)
@@ -382,11 +398,16 @@ class CPPool(_FactorizedHead):
     """
 
     def _build(self, rank: Any) -> None:
-        self.rank = check_positive_int(rank, "rank")
-        self._reserve(U=(self.num_classes, self.rank), A=(self.in_channels, self.rank), C=(self.in_channels, self.rank))
-        self.U = self._param(self.num_classes, self.rank)
-        self.A = self._param(self.in_channels, self.rank)
-        self.C = self._param(self.in_channels, self.rank)
+        rank = check_positive_int(rank, "rank")
+        self._reserve(U=(self.num_classes, rank), A=(self.in_channels, rank), C=(self.in_channels, rank))
+        self.U = self._param(self.num_classes, rank)
+        self.A = self._param(self.in_channels, rank)
+        self.C = self._param(self.in_channels, rank)
+
+    @property
+    def rank(self) -> int:
+        """R, read from the factors (facts about a head follow its parameters, also when they are replaced)."""
+        return int(self.U.shape[1])
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.U, fan_std(self.rank), generator)
@@ -463,13 +484,18 @@ class TuckerPool(_FactorizedHead):
     """
 
     def _build(self, rank: Any) -> None:
-        self.ranks = check_tucker_ranks(rank, self.num_classes, self.in_channels)
-        k, f, (rk, ra, rc) = self.num_classes, self.in_channels, self.ranks
-        self._reserve(core=self.ranks, U=(k, rk), A=(f, ra), C=(f, rc))
-        self.core = self._param(*self.ranks)
-        self.U = self._param(self.num_classes, self.ranks[0])
-        self.A = self._param(self.in_channels, self.ranks[1])
-        self.C = self._param(self.in_channels, self.ranks[2])
+        ranks = check_tucker_ranks(rank, self.num_classes, self.in_channels)
+        k, f, (rk, ra, rc) = self.num_classes, self.in_channels, ranks
+        self._reserve(core=ranks, U=(k, rk), A=(f, ra), C=(f, rc))
+        self.core = self._param(*ranks)
+        self.U = self._param(self.num_classes, rk)
+        self.A = self._param(self.in_channels, ra)
+        self.C = self._param(self.in_channels, rc)
+
+    @property
+    def ranks(self) -> tuple[int, int, int]:
+        """(R_K, R_a, R_c), read from the core (facts about a head follow its parameters)."""
+        return tuple(int(r) for r in self.core.shape)  # type: ignore[return-value]
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.core, fan_std(self.ranks[1] * self.ranks[2]), generator)
@@ -545,14 +571,17 @@ class EigPool(_FactorizedHead):
     """
 
     def _build(self, rank: Any) -> None:
-        self.rank = check_positive_int(rank, "rank")
-        if self.rank > self.in_channels:
+        rank = check_positive_int(rank, "rank")
+        if rank > self.in_channels:
             raise lp.ArgumentError(f"rank: expected at most f = {self.in_channels} eigenpairs per class, got {rank}")
-        self._reserve(
-            eigenvalues=(self.num_classes, self.rank), eigenvectors=(self.in_channels, self.num_classes, self.rank)
-        )
-        self.eigenvalues = self._param(self.num_classes, self.rank)
-        self.eigenvectors = self._param(self.in_channels, self.num_classes, self.rank)
+        self._reserve(eigenvalues=(self.num_classes, rank), eigenvectors=(self.in_channels, self.num_classes, rank))
+        self.eigenvalues = self._param(self.num_classes, rank)
+        self.eigenvectors = self._param(self.in_channels, self.num_classes, rank)
+
+    @property
+    def rank(self) -> int:
+        """P, read from the eigenvalues (facts about a head follow its parameters)."""
+        return int(self.eigenvalues.shape[1])
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.eigenvalues, fan_std(self.rank), generator)
@@ -629,6 +658,10 @@ class CompactBilinearPool(PoolingHead):
     torch.Size([2, 10])
     """
 
+    sketch_seed: torch.Tensor
+    sketch_bins: torch.Tensor
+    sketch_signs: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,
@@ -645,25 +678,55 @@ class CompactBilinearPool(PoolingHead):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
-        self.dim = check_positive_int(dim, "dim")
+        dim, seed = check_sketch(dim, seed)
         self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
-        self.seed = check_int(seed, "seed")
         self.eps = check_number(eps, "eps")
-        self._reserve(weight=(self.dim, num_classes))
-        self.weight = self._param(self.dim, num_classes)  # (d, K)
-        # the seed's hashes on the layer's device (not saved: the seed makes them), so that a step on a
-        # GPU makes no host-to-device copy; rebuilt if the seed or dim is changed afterwards
-        self._hashed: tuple[int, int] | None = None
-        self.register_buffer("sketch_bins", None, persistent=False)
-        self.register_buffer("sketch_signs", None, persistent=False)
-        self._hash(self.weight.device, self.weight.dtype)
+        self._reserve(weight=(dim, num_classes))
+        self.weight = self._param(dim, num_classes)  # (d, K)
+        # The sketch is part of the model's state (saved and loaded with it: a state dict from a layer of another
+        # seed brings its own sketch), kept on the layer's device so that a step on a GPU copies nothing to it.
+        self.register_buffer("sketch_seed", torch.tensor(seed, dtype=torch.int64, device=self.weight.device))
+        self.register_buffer("sketch_bins", torch.empty(2, in_channels, dtype=torch.int64, device=self.weight.device))
+        self.register_buffer(
+            "sketch_signs", torch.empty(2, in_channels, dtype=self.weight.dtype, device=self.weight.device)
+        )
+        self._hash(seed)
         self.reset_parameters(generator)
 
-    def _hash(self, device: torch.device, dtype: torch.dtype) -> None:
-        pairs = sketch_hashes(self.in_channels, self.dim, self.seed)
-        self.sketch_bins = torch.as_tensor(np.stack([b for b, _ in pairs]), device=device)  # (2, f) int64
-        self.sketch_signs = torch.as_tensor(np.stack([s for _, s in pairs]), dtype=dtype, device=device)  # ±1
-        self._hashed = (self.seed, self.dim)
+    @property
+    def dim(self) -> int:
+        """d, read from the weight (facts about a head follow its parameters)."""
+        return int(self.weight.shape[0])
+
+    @property
+    def seed(self) -> int:
+        """The seed of the sketch this layer holds (loading a state dict brings that state's seed and sketch)."""
+        return int(self.sketch_seed)
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._hash(check_sketch(self.dim, value)[1])
+
+    def _hash(self, seed: int) -> None:
+        pairs = sketch_hashes(self.in_channels, self.dim, seed)
+        self._hashed_dim = self.dim
+        with torch.no_grad():
+            self.sketch_seed.fill_(seed)
+            self.sketch_bins.copy_(torch.as_tensor(np.stack([b for b, _ in pairs])))  # (2, f) in [0, d)
+            self.sketch_signs.copy_(torch.as_tensor(np.stack([s for _, s in pairs])))  # (2, f) of ±1
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        keys = [prefix + name for name in ("sketch_seed", "sketch_bins", "sketch_signs")]
+        if not any(k in state_dict for k in keys):  # a state saved before the sketch was part of it
+            warnings.warn(
+                f"{type(self).__name__}: the state dict holds no sketch (saved by an earlier lowrank_pool); this "
+                f"layer keeps its own (seed {self.seed}), which must be the one the weights were trained with",
+                UserWarning,
+                stacklevel=2,
+            )
+            state_dict = {**state_dict, **{k: getattr(self, k[len(prefix) :]) for k in keys}}
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._hashed_dim = self.dim  # (the loaded sketch goes with the loaded weight)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         std = fan_std(self.dim) if self.normalize else 1.0 / self.in_channels
@@ -672,8 +735,8 @@ class CompactBilinearPool(PoolingHead):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self._hashed != (self.seed, self.dim):
-            self._hash(self.weight.device, self.weight.dtype)
+        if self._hashed_dim != self.dim:  # the weight was replaced by one of another sketch size
+            self._hash(self.seed)
         pairs = [(self.sketch_bins[i], self.sketch_signs[i]) for i in range(2)]
         psi = lp.compact_bilinear_pool(x, self.dim, hashes=pairs, channel_axis=self.channel_axis)
         norm = self.normalize or ""

@@ -107,11 +107,11 @@ class PoseAttentionalPool(PoolingHead):
         self.return_maps = check_flag(return_maps, "return_maps")
         width = self.hidden or in_channels
         extra = {"hidden": (in_channels, width)} if hidden else {}
-        self._reserve(head=(width, num_keypoints + 1), A=(in_channels, num_classes), **extra)
+        self._reserve(head=(width, self.num_keypoints + 1), A=(self.in_channels, self.num_classes), **extra)
         self.hidden_weight = self._param(in_channels, width) if hidden else None
         self.hidden_bias = self._param(width) if hidden else None
-        self.head_weight = self._param(width, num_keypoints + 1)  # (d, J + 1)
-        self.head_bias = self._param(num_keypoints + 1)
+        self.head_weight = self._param(width, self.num_keypoints + 1)  # (d, J + 1)
+        self.head_bias = self._param(self.num_keypoints + 1)
         self.A = self._param(in_channels, num_classes)  # top-down a_k
         self.reset_parameters(generator)
 
