@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -53,6 +54,7 @@ def _variants(a: np.ndarray, name: str) -> dict[str, Any]:
         f"{name} torch bfloat16": torch.from_numpy(a.copy()).to(torch.bfloat16),
         f"{name} torch meta": torch.from_numpy(a.copy()).to("meta"),
         f"{name} list": a.tolist(),
+        f"{name} masked": np.ma.masked_array(a, mask=a > 1.0),
     }
     if a.ndim >= 1 and a.shape[-1] > 1:
         out[f"{name} negative stride"] = a[..., ::-1]
@@ -60,6 +62,12 @@ def _variants(a: np.ndarray, name: str) -> dict[str, Any]:
         out[f"{name} torch sparse"] = torch.from_numpy(a.copy()).to_sparse()
     if a.ndim >= 1:
         out[f"{name} broadcast"] = np.broadcast_to(a[..., :1], a.shape)
+    if a.ndim >= 2 and a.shape[0] > 0:  # a batch of one nested tensor per row, both of torch's nested layouts
+        rows = [torch.from_numpy(r.copy()) for r in a]
+        with warnings.catch_warnings():  # (torch: the strided layout of nested tensors is a prototype)
+            warnings.simplefilter("ignore", UserWarning)
+            out[f"{name} torch nested"] = torch.nested.nested_tensor(rows)
+        out[f"{name} torch nested jagged"] = torch.nested.nested_tensor(rows, layout=torch.jagged)
     return out
 
 
@@ -496,6 +504,9 @@ def _option_probes() -> tuple[list[Any], dict[str, Any]]:
         True,
         np.int64(2),
         float("inf"),
+        2**70,
+        np.uint64(2**63),
+        np.ma.masked_array(np.ones((2, 3, 3)), mask=np.eye(3, dtype=bool)[None].repeat(2, 0)),
     ]
     W = np.random.default_rng(6).random((2, 3, 3))
     calls = {
@@ -511,6 +522,13 @@ def _option_probes() -> tuple[list[Any], dict[str, Any]]:
         "rank_profile(W,[1],method=v)": lambda v: lp.rank_profile(W, [1], method=v),
         "rank_profile feats": lambda v: lp.rank_profile(W, [1], features=v, labels=np.zeros(2, int), progress=False),
         "rank_profile labels": lambda v: lp.rank_profile(W, [1], features=np.ones((2, 4, 3)), labels=v, progress=False),
+        "rank_profile label values": lambda v: lp.rank_profile(
+            W, [1], features=np.ones((2, 4, 3)), labels=np.array([0, v]) if np.ndim(v) == 0 else v, progress=False
+        ),
+        "compact dim": lambda v: lp.compact_bilinear_pool(np.ones((2, 3, 4)), v),
+        "compact seed": lambda v: lp.compact_bilinear_pool(np.ones((2, 3, 4)), 8, seed=v),
+        "compact layer seed": lambda v: lnn.CompactBilinearPool(3, 2, dim=8, seed=v),
+        "save then load": lambda v: lp.load_factors(lp.save_factors("probe_rt", v)),
         "pool_cost kind": lambda v: lp.pool_cost(v, batch=1, positions=1, channels=1, classes=1, ranks=1),
         "pool_cost batch": lambda v: lp.pool_cost("cp", batch=v, positions=1, channels=1, classes=1, ranks=1),
         "pool_cost ranks": lambda v: lp.pool_cost("cp", batch=1, positions=1, channels=1, classes=1, ranks=v),
@@ -588,3 +606,280 @@ def test_helpers_and_options_answer_or_name_the_argument(name, tmp_path, monkeyp
             pytest.fail(f"{name} with {value!r:.40}: {type(err).__name__}: {err}")
         else:
             COUNTS["results"] += 1
+
+
+# ----------------------------------------------------------------------------- files: kinds that hang, explode or lie
+def _special_files(tmp_path: Any) -> dict[str, Any]:
+    """Paths that are not regular files (FIFO, socket, device, directory, a link to a device), each under a name
+    load_factors would try."""
+    import os
+    import socket
+
+    out = {}
+    os.mkfifo(tmp_path / "fifo.npz")
+    out["FIFO"] = tmp_path / "fifo.npz"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.npz"))
+    out["socket"] = tmp_path / "sock.npz"
+    (tmp_path / "dir.npz").mkdir()
+    out["directory"] = tmp_path / "dir.npz"
+    os.symlink("/dev/zero", tmp_path / "zero.npz")
+    out["link to /dev/zero"] = tmp_path / "zero.npz"
+    out["/dev/null"] = "/dev/null"
+    os.symlink(tmp_path / "fifo.npz", tmp_path / "link_to_fifo")
+    out["a name whose .npz twin is missing, itself a link to a FIFO"] = tmp_path / "link_to_fifo"
+    out["_socket"] = sock
+    return out
+
+
+def test_load_factors_never_opens_a_special_file(tmp_path):
+    """Devices, FIFOs, sockets, directories and links to them are refused before they are opened: a call returns at
+    once (a FIFO would block the open forever, /dev/zero would read without end)."""
+    import signal
+
+    files = _special_files(tmp_path)
+    sock = files.pop("_socket")
+
+    def hung(*_: Any) -> None:
+        raise TimeoutError("load_factors blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    try:
+        for path in files.values():
+            signal.alarm(5)
+            with pytest.raises(lp.FactorFileError, match="expected a regular file"):
+                lp.load_factors(path)
+            signal.alarm(0)
+            COUNTS["cases"] += 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        sock.close()
+    # a directory beside the file save_factors wrote: the file is found
+    form = np.ones((1, 2, 2))
+    lp.save_factors(tmp_path / "head", form)
+    (tmp_path / "head").mkdir()
+    np.testing.assert_array_equal(lp.load_factors(tmp_path / "head"), form)
+
+
+def _bomb(path: Any, members: dict[str, tuple[tuple[int, ...], int]]) -> None:
+    """A deflated archive whose members declare `shape` float64 arrays of zeros (`repeat` copies of each): tiny on
+    disk, huge decompressed, and consistent (each member holds exactly what its header declares)."""
+    import io
+    import zipfile
+
+    tags = io.BytesIO()
+    lp.save_factors(tags, np.ones((1, 2, 2)))
+    src = zipfile.ZipFile(io.BytesIO(tags.getvalue()))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in src.namelist():
+            if name != "W.npy":
+                z.writestr(name, src.read(name))
+        for name, (shape, repeat) in members.items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            for k in range(repeat):
+                with z.open(f"{name}{k or ''}.npy", "w", force_zip64=True) as fh:
+                    fh.write(header.getvalue())
+                    for _ in range(math.prod(shape) * 8 // 2**20):
+                        fh.write(bytes(2**20))
+                    fh.write(bytes(math.prod(shape) * 8 % 2**20))
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"W": ((1, 1024, 1024), 1)},  # one deflated member of 8 MiB from a few KiB
+        {"W": ((1, 64, 64), 40)},  # many members (the extra ones unexpected), 32 KiB each
+        {"W": ((512, 512, 512), 0)},  # a header alone declaring 1 GiB (its member absent)
+    ],
+)
+def test_load_factors_bounds_what_it_allocates(tmp_path, members):
+    """A generated zip bomb is refused before it is decompressed, without the memory it would take; the bound is
+    MAX_EXPANSION × the file's size (factor files are stored uncompressed)."""
+    import resource
+
+    from lowrank_pool import io as lio
+
+    path = tmp_path / "bomb.npz"
+    _bomb(path, members)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(lp.FactorFileError) as err:
+        lp.load_factors(path)
+    COUNTS["cases"] += 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+    message = str(err.value)
+    assert "would expand" in message or "unexpected members" in message or "missing members" in message, message
+    # a legitimate file is far inside the bound: np.savez stores members uncompressed
+    lp.save_factors(tmp_path / "fine", np.ones((4, 64, 64)))
+    size = (tmp_path / "fine.npz").stat().st_size
+    assert lio.MAX_EXPANSION * size > 4 * 64 * 64 * 8
+
+
+def test_save_factors_is_atomic(tmp_path, monkeypatch):
+    """A reader never sees half a file: loads running beside repeated saves of two different forms all succeed and
+    return one of them. A save that fails midway leaves the previous file and no temporary file."""
+    import threading
+
+    path = tmp_path / "head.npz"
+    forms = [np.full((2, 16, 16), 1.0), np.full((2, 16, 16), 2.0)]
+    lp.save_factors(path, forms[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        k = 0
+        while not stop.is_set():
+            lp.save_factors(path, forms[k % 2])
+            k += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            value = float(lp.load_factors(path)[0, 0, 0])
+            assert value in (1.0, 2.0)
+            COUNTS["cases"] += 1
+    finally:
+        stop.set()
+        thread.join()
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise OSError("disk full")
+
+    before = path.read_bytes()
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        lp.save_factors(path, forms[1])
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["head.npz"]
+
+
+def test_save_factors_refuses_what_load_factors_would(tmp_path):
+    """Every form save_factors writes, load_factors reads back; what load would refuse (a W that is not (K, f, f), a
+    zero size, a form whose shapes do not fit) is refused before anything is written."""
+    bad = {
+        "W not square": np.zeros((2, 3, 4)),
+        "W zero classes": np.zeros((0, 3, 3)),
+        "W zero channels": np.zeros((2, 0, 0)),
+        "W 2-D": np.zeros((3, 3)),
+        "rank-P mismatch": lp.RankP(np.ones((3, 2, 2)), np.ones((4, 2))),
+    }
+    for name, form in bad.items():
+        with pytest.raises(lp.LowRankPoolError, match=r"^(obj|A|B|W): "):  # (the form, or the part that is wrong)
+            lp.save_factors(tmp_path / "x", form)
+        assert not (tmp_path / "x.npz").exists(), name
+        COUNTS["cases"] += 1
+
+
+def test_file_arguments_are_checked(tmp_path):
+    """Paths with a NUL, empty paths, read-only, text-mode and closed file objects: the package's error naming path."""
+    import io
+
+    form = np.ones((1, 2, 2))
+    (tmp_path / "ro.bin").write_bytes(b"")
+    lp.save_factors(tmp_path / "ok", form)
+    with open(tmp_path / "ro.bin", "rb") as read_only, open(tmp_path / "t.txt", "w") as text:
+        cases = [
+            lambda: lp.save_factors("a\0b", form),
+            lambda: lp.load_factors("a\0b"),
+            lambda: lp.save_factors("", form),
+            lambda: lp.load_factors(""),
+            lambda: lp.save_factors(read_only, form),
+            lambda: lp.save_factors(text, form),
+            lambda: lp.load_factors(text),
+        ]
+        closed = io.BytesIO()
+        closed.close()
+        cases.append(lambda: lp.save_factors(closed, form))
+        for case in cases:
+            try:
+                case()
+            except lp.LowRankPoolError as err:
+                assert str(err).startswith("path: ") or "regular file" in str(err), str(err)
+            COUNTS["cases"] += 1
+    target = tmp_path / "out.npz"
+    target.mkdir()
+    with pytest.raises(lp.ArgumentError, match=r"^path: .* is a directory"):
+        lp.save_factors(target, form)
+
+
+# ----------------------------------------------------------------------------- weights at any scale
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fit", ["cp", "tucker", "eig"])
+def test_fits_are_scale_equivariant_over_the_dtype_range(dtype, fit):
+    """fit(W · s) = fit(W) · s for s over the dtype's whole range (the norm of W · 1e-170 underflows, that of
+    float32 W · 1e20 overflows): never a zero form for a nonzero W, never an error about an internal rank."""
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((3, 5, 5)).astype(dtype)
+    approx = {
+        "cp": lambda w: lp.to_dense(lp.cp_approx(w, 3)),
+        "tucker": lambda w: lp.to_dense(lp.tucker_approx(w, 3)),
+        "eig": lambda w: lp.to_dense(lp.eig_approx(w, 3)),
+    }[fit]
+    ref = approx(W).astype(np.float64)
+    info = np.finfo(dtype)
+    scales = [2.0**e for e in range(int(np.log2(info.tiny)) + 8, int(np.log2(info.max)) - 8, 37)]
+    scales += [1e-170, 1e-160, 1e170] if dtype == np.float64 else [1e-25, 1e-30, 1e20, 1e30]
+    for s in scales:
+        got = approx((W.astype(np.float64) * s).astype(dtype)).astype(np.float64) / s
+        COUNTS["cases"] += 1
+        assert np.isfinite(got).all(), (fit, s)
+        # the same fit up to the rounding of W · s (ALS: a few sweeps' worth of the dtype's precision)
+        assert np.abs(got - ref).max() <= 1e3 * info.eps * np.abs(ref).max() + 1e-2 * (dtype == np.float32), (fit, s)
+
+
+# ----------------------------------------------------------------------------- layers: state and facts
+def test_layer_facts_follow_their_parameters():
+    """Ranks and sizes are read from the parameters: replacing them (another rank, another sketch size) changes what
+    the layer reports and does, consistently; a size that is the parameters' cannot be set on its own."""
+    from lowrank_pool import nn as lnn
+
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    layer = lnn.AttentionalPool(8, 4, rank=1).double()
+    layer.A = torch.nn.Parameter(torch.randn(8, 4, 3, dtype=torch.float64))
+    layer.B = torch.nn.Parameter(torch.randn(8, 3, dtype=torch.float64))
+    _, (top, bottom) = layer(x, return_maps=True)
+    assert layer.rank == 3 and top.shape == (2, 4, 3, 3, 3) and bottom.shape == (2, 3, 3, 3)
+    layer.B = torch.nn.Parameter(torch.randn(8, 4, 3, dtype=torch.float64))
+    assert layer.bottom_up == "per_class"
+    cases = [
+        (lnn.CPPool(8, 4, 2), "U", (4, 5), "rank", 5),
+        (lnn.EigPool(8, 4, 2), "eigenvalues", (4, 3), "rank", 3),
+        (lnn.TuckerPool(8, 4, 2), "core", (2, 3, 3), "ranks", (2, 3, 3)),
+        (lnn.BilinearPool(8, 4, reduce_dim=3), "reduction", (8, 5), "reduce_dim", 5),
+        (lnn.CompactBilinearPool(8, 4, dim=16), "weight", (32, 4), "dim", 32),
+    ]
+    for head, name, shape, fact, value in cases:
+        setattr(head, name, torch.nn.Parameter(torch.zeros(shape)))
+        assert getattr(head, fact) == value, (type(head).__name__, fact)
+        with pytest.raises(AttributeError):
+            setattr(head, fact, value)
+        COUNTS["cases"] += 1
+
+
+def test_every_head_state_dict_determines_its_scores():
+    """Two heads of a class built with different seeds and options that are state: loading one's state_dict into the
+    other makes the scores equal (the sketch of compact bilinear pooling included), never a mix."""
+    from lowrank_pool import nn as lnn
+
+    x = torch.randn(2, 8, 3, 3)
+    builders = {
+        "first": lambda g: lnn.FirstOrderPool(8, 4, generator=g),
+        "bilinear": lambda g: lnn.BilinearPool(8, 4, reduce_dim=3, generator=g),
+        "attentional": lambda g: lnn.AttentionalPool(8, 4, rank=2, generator=g),
+        "pose": lambda g: lnn.PoseAttentionalPool(8, 4, 3, generator=g),
+        "cp": lambda g: lnn.CPPool(8, 4, 3, generator=g),
+        "tucker": lambda g: lnn.TuckerPool(8, 4, 2, generator=g),
+        "eig": lambda g: lnn.EigPool(8, 4, 2, generator=g),
+        "compact": lambda g: lnn.CompactBilinearPool(8, 4, dim=32, seed=int(g.initial_seed()), generator=g),
+    }
+    for name, build in builders.items():
+        a, b = build(torch.Generator().manual_seed(1)), build(torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            if a.bias is not None:
+                a.bias.normal_(generator=torch.Generator().manual_seed(3))
+        b.load_state_dict(a.state_dict())
+        sa, sb = a(x), b(x)
+        sa, sb = (s[0] if isinstance(s, tuple) else getattr(s, "scores", s) for s in (sa, sb))
+        assert torch.equal(sa, sb), name
+        COUNTS["cases"] += 1
