@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo    - train every head on digits and textures, compress, write demo_out/ (ARGS=--quick: 1 min)"
-	@echo "make test    - ruff, mypy and pytest (derandomised hypothesis profile)"
+	@echo "make test    - ruff, import-linter, mypy and pytest (derandomised hypothesis profile)"
 	@echo "make integration - torchvision resnet18 and timm in their own venv (5.5 GB, torch 2.14.1)"
 	@echo "make dist    - build wheel + sdist, install each in a fresh venv and smoke-test it"
 	@echo "make docs    - build the documentation site into docs/_build/html (examples executed)"
@@ -51,6 +51,7 @@ demo: $(VENV)/.demo
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check lowrank_pool tests benchmarks docs
 	$(VENV)/bin/ruff format --check lowrank_pool tests benchmarks
+	$(VENV)/bin/lint-imports --no-logo   # the layering contracts of pyproject.toml
 
 typecheck: $(VENV)/.test
 	$(VENV)/bin/mypy

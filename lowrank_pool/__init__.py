@@ -15,9 +15,18 @@ from ._native import empty_cache as _empty_cache
 from ._native import status as _kernel_status
 from .approx import cp_approx, eig_approx, tucker_approx
 from .attention import AttentionMaps, attention_maps, attention_weights, rank1_pool, rankp_pool
-from .compact import compact_bilinear_pool
-from .factorized import EigTensor, RankP, cp_pool, cp_to_rankp, eig_pool, pool_cost, rankp_to_cp, to_dense, tucker_pool
+from .compact import compact_bilinear_pool, count_sketches, sketch_hashes
+from .factorized import EigTensor, RankP, cp_pool, cp_to_rankp, eig_pool, pool_cost, rankp_to_cp, tucker_pool
 from .first_order import first_order_pool, project_channels
+from .heads import (
+    HeadForm,
+    approx_form,
+    convert_form,
+    head_scores,
+    moment_weighted_approx,
+    project_factors,
+    to_dense,
+)
 from .io import FactorFileError, FactorFileNotFoundError, load_factors, save_factors
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 from .profile import RankProfile, rank_profile
@@ -133,6 +142,7 @@ __all__ = [
     "EigTensor",
     "FactorFileError",
     "FactorFileNotFoundError",
+    "HeadForm",
     "KernelBuildError",
     "KernelStatus",
     "LowRankPoolError",
@@ -140,11 +150,14 @@ __all__ = [
     "RankProfile",
     "ShapeError",
     "__version__",
+    "approx_form",
     "attention_maps",
     "attention_weights",
     "bilinear_pool",
     "build_kernel",
     "compact_bilinear_pool",
+    "convert_form",
+    "count_sketches",
     "cp_approx",
     "cp_pool",
     "cp_to_rankp",
@@ -153,18 +166,22 @@ __all__ = [
     "empty_cache",
     "first_order_pool",
     "gram",
+    "head_scores",
     "kernel_status",
     "l2_normalize",
     "load_factors",
     "matrix_sqrt",
+    "moment_weighted_approx",
     "pool_cost",
     "project_channels",
+    "project_factors",
     "rank1_pool",
     "rank_profile",
     "rankp_pool",
     "rankp_to_cp",
     "save_factors",
     "signed_sqrt",
+    "sketch_hashes",
     "to_dense",
     "tucker_approx",
     "tucker_pool",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import Array, Namespace, acc_dtype, check_floating, device_of, namespace, result_dtype
 from ._errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -24,18 +25,8 @@ from ._errors import (
     ShapeError,
     shape_of,
 )
-from ._xp import (
-    Array,
-    Features,
-    Namespace,
-    acc_dtype,
-    check_floating,
-    device_of,
-    features,
-    form_kind,
-    namespace,
-    result_dtype,
-)
+from ._forms import form_kind
+from ._layout import Features, features
 
 __all__ = [
     "MAX_ITERATIONS",

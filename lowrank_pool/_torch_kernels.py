@@ -32,15 +32,16 @@ autograd). Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) uses :meth
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import array_api_compat.torch as xp
 import torch
 
 from . import _native
-from ._xp import channels_first_product, resolve_channel_axis, result_dtype
-from .attention import activate
+from ._backend import result_dtype
+from ._errors import LowRankPoolError
+from ._layout import plan
+from ._ops import activate, channels_first_product
 
 __all__ = ["fast_shared_scores", "gram", "shared_bottom_up_scores"]
 
@@ -93,7 +94,7 @@ def _in_functorch_transform() -> bool:
 
 def _bottom_up(xt: torch.Tensor, m: torch.Tensor, channels_first: bool) -> torch.Tensor:
     """Mᵀ X_bᵀ (B, P, n) of every sample, X read in place: channels-first X by the batched product of
-    :func:`~lowrank_pool._xp.channels_first_product` (a plain ``torch.matmul`` copies it whenever M
+    :func:`~lowrank_pool._ops.channels_first_product` (a plain ``torch.matmul`` copies it whenever M
     requires grad), (B, n, f) X by one GEMM on its (B·n, f) view."""
     if channels_first:
         return channels_first_product(torch, m.mT, xt)
@@ -334,26 +335,25 @@ def fast_shared_scores(
     if not (x.is_cpu and a.is_cpu and bm.is_cpu) and (a.device != x.device or bm.device != x.device):
         return None
     shape = x.shape
-    ax = resolve_channel_axis(nd, channel_axis)  # (an int or None here: the caller leaves other types)
-    if not -nd <= ax < nd:  # out of range: the general path names the argument
+    try:  # the layout rule of the general path (cached per shape): anything it refuses, the general path names
+        where = plan(shape, channel_axis)
+    except LowRankPoolError:
         return None
-    ax %= nd
-    if ax != 1 and ax != nd - 1:  # the batch axis (named by the general path) or a middle one (moved last there)
+    ax, f, n = where.axis, where.channels, where.positions
+    if ax != 1 and ax != nd - 1:  # a middle axis (moved last by the general path)
         return None
     cf = ax == 1
-    if (cf or nd > 3) and not x.is_contiguous():  # channels_last memory or a strided view: the general path's rule
+    if (cf or nd > 3) and not x.is_contiguous():  # channels_last memory or a strided view: the general path's views
         return None
-    f = shape[ax]
-    n = math.prod(shape[1:ax]) * math.prod(shape[ax + 1 :])
     if rank1:
         if a.dim() != 2 or bm.dim() != 1 or a.shape[0] != f or bm.shape[0] != f:
             return None
-        if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0:
+        if shape[0] == 0 or a.shape[1] == 0:
             return None
     else:
         if a.dim() != 3 or bm.dim() != 2 or a.shape[0] != f or bm.shape[0] != f or a.shape[2] != bm.shape[1]:
             return None
-        if shape[0] == 0 or n == 0 or f == 0 or a.shape[1] == 0 or a.shape[2] == 0:
+        if shape[0] == 0 or a.shape[1] == 0 or a.shape[2] == 0:
             return None
     if not cf and nd > 3:  # channels-last maps: their (B, n, f) rows
         x = x.view(shape[0], n, f)

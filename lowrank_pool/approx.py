@@ -16,6 +16,18 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from ._backend import (
+    Array,
+    Namespace,
+    acc_dtype,
+    check_floating,
+    check_has_values,
+    detach,
+    device_of,
+    is_linalg_error,
+    namespace,
+    random_normal,
+)
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
@@ -28,23 +40,11 @@ from ._checks import (
     check_tucker_ranks,
     shape_of,
 )
-from ._xp import (
-    Array,
-    Namespace,
-    acc_dtype,
-    check_floating,
-    check_has_values,
-    detach,
-    device_of,
-    is_linalg_error,
-    namespace,
-    random_normal,
-    tensorly_context,
-    top_eigh,
-)
+from ._ops import top_eigh
+from ._tensorly import tensorly_context
 from .factorized import EigTensor, _cp_dense
 
-__all__ = ["cp_approx", "eig_approx", "eig_stream", "symmetric_part", "tucker_approx"]
+__all__ = ["cp_approx", "eig_approx", "tucker_approx"]
 
 
 def _check_w(W: Any, name: str = "W") -> tuple[Namespace, Array, dict[str, int]]:

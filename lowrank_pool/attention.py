@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Literal, NamedTuple
 
+from ._backend import Array, Namespace, check_floating, namespace
 from ._checks import (
     ArgumentError,
     ShapeError,
@@ -35,17 +36,9 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import (
-    Array,
-    Features,
-    Namespace,
-    check_floating,
-    namespace,
-    project,
-    torch_fast_scores,
-    torch_shared_scores,
-    weighted_sum,
-)
+from ._delegation import shared_scores, torch_fast_scores
+from ._layout import Features
+from ._ops import activate, project, weighted_sum
 
 __all__ = ["AttentionMaps", "attention_maps", "attention_weights", "rank1_pool", "rankp_pool"]
 
@@ -77,17 +70,6 @@ class AttentionMaps(NamedTuple):
 
     top_down: Array
     bottom_up: Array
-
-
-def activate(xp: Namespace, u: Array, attention: str, axis: int = 1) -> Array:
-    """σ of bottom-up maps u over the positions (``axis``); see :func:`attention_weights`."""
-    if attention == "linear":
-        return u
-    if attention == "relu":
-        return xp.maximum(u, xp.zeros_like(u))  # NaN stays NaN (where(u > 0, ...) would make it 0)
-    n = shape_of(u)[axis]
-    e = xp.exp(u - xp.max(u, axis=axis, keepdims=True))
-    return e * (n / xp.sum(e, axis=axis, keepdims=True))
 
 
 def attention_weights(U: Array, /, *, attention: Attention = "linear", axis: int = 1) -> Array:
@@ -143,7 +125,7 @@ def _shared_scores(xp: Namespace, feats: Features, bm: Array, a3: Array, attenti
     Torch tensors go to ``_torch_kernels`` (an autograd Function whose backward writes ∂X once, in X's
     layout; the compiled CPU kernel for inference); the products below serve the other libraries.
     """
-    s = torch_shared_scores(
+    s = shared_scores(
         xp, feats.data, bm, a3, channels_first=feats.layout == "bfn", attention=attention, positions=feats.positions
     )
     if s is not None:  # torch

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import Array, Namespace, device_of, full_precision, is_numpy_array, namespace
 from ._checks import check_factor, check_int, check_positive_int, prepare
 from ._errors import ArgumentError, ArgumentTypeError
-from ._xp import Array, Features, Namespace, device_of, fft_of, full_precision, is_numpy_array, namespace, scatter_sum
+from ._layout import Features
+from ._ops import fft_of, scatter_sum
 
 __all__ = ["compact_bilinear_pool", "count_sketches", "sketch_hashes"]
 
@@ -29,7 +31,28 @@ MAX_SEED = 2**63 - 1
 
 
 def check_sketch(dim: Any, seed: Any) -> tuple[int, int]:
-    """(dim, seed) as ints: 1 <= dim <= 2³¹ and 0 <= seed < 2⁶³ (numpy's generator takes non-negative seeds)."""
+    """Return ``(dim, seed)`` of a Tensor Sketch as ints, or raise naming the one that is wrong.
+
+    ``1 <= dim <= 2**31`` (a longer sketch is beyond any FFT and memory here) and
+    ``0 <= seed <= 2**63 - 1`` (numpy's generator takes non-negative seeds).
+
+    Parameters
+    ----------
+    dim : int
+        The sketch size d.
+    seed : int
+        The seed of the hashes and signs.
+
+    Examples
+    --------
+    >>> from lowrank_pool.validation import check_sketch
+    >>> check_sketch(256, 0)
+    (256, 0)
+    >>> check_sketch(256, -1)
+    Traceback (most recent call last):
+    ...
+    lowrank_pool._errors.ArgumentError: seed: expected an integer from 0 to 2**63 - 1, got -1
+    """
     dim = check_positive_int(dim, "dim")
     if dim > MAX_DIM:
         raise ArgumentError(f"dim: expected a sketch size of at most 2**31 = {MAX_DIM}, got {dim}")
@@ -40,10 +63,32 @@ def check_sketch(dim: Any, seed: Any) -> tuple[int, int]:
 
 
 def sketch_hashes(channels: int, dim: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The two count sketches of a seed as (bins (f,) in [0, d), signs (f,) of ±1).
+    """The two count sketches of a seed as ``(bins (f,) in [0, d), signs (f,) of ±1)`` pairs.
 
     Generated with numpy's PCG64 from ``seed`` whatever the array library, so a seed gives the same
-    sketch on every backend and device.
+    sketch on every backend and device. :func:`compact_bilinear_pool` takes them as ``hashes`` (a
+    layer keeps them on its device), and :func:`count_sketches` builds their dense matrices.
+
+    Parameters
+    ----------
+    channels : int
+        f, the channels hashed.
+    dim : int
+        d, the sketch size.
+    seed : int
+        The seed (see :func:`lowrank_pool.validation.check_sketch`).
+
+    Returns
+    -------
+    list of two (numpy.ndarray, numpy.ndarray)
+        Integer bins (f,) and float signs (f,) of each count sketch.
+
+    Examples
+    --------
+    >>> import lowrank_pool as lp
+    >>> (bins, signs), _ = lp.sketch_hashes(4, 8, seed=0)
+    >>> bins.shape, set(signs.tolist()) <= {-1.0, 1.0}, bool(bins.max() < 8)
+    ((4,), True, True)
     """
     channels = check_positive_int(channels, "channels")
     dim, seed = check_sketch(dim, seed)
@@ -54,7 +99,29 @@ def sketch_hashes(channels: int, dim: int, seed: int) -> list[tuple[np.ndarray, 
 def count_sketches(channels: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The two count-sketch matrices (f, d) of a seed: one ±1 per row, at a uniformly random column.
 
-    The dense form of :func:`sketch_hashes` (C x = x @ matrix); the pooling itself never builds it.
+    The dense form of :func:`sketch_hashes` (C x = x @ matrix), for checking a sketch by hand; the
+    pooling itself never builds it.
+
+    Parameters
+    ----------
+    channels : int
+        f.
+    dim : int
+        d.
+    seed : int
+        The seed.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        C₁ and C₂, each (f, d).
+
+    Examples
+    --------
+    >>> import lowrank_pool as lp
+    >>> c1, c2 = lp.count_sketches(4, 8, seed=0)
+    >>> c1.shape, (abs(c1).sum(axis=1) == 1).all()
+    ((4, 8), np.True_)
     """
     out = []
     for bins, signs in sketch_hashes(channels, dim, seed):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+from ._backend import Array, Namespace, device_of
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
@@ -36,7 +37,9 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, Namespace, device_of, form_kind, project, tensorly_context
+from ._forms import form_kind
+from ._ops import project
+from ._tensorly import tensorly_context
 from .second_order import bilinear_scores
 
 __all__ = [

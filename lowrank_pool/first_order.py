@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ._backend import Array
 from ._checks import (
     ArgumentError,
     ShapeError,
@@ -14,7 +15,7 @@ from ._checks import (
     prepare,
     shape_of,
 )
-from ._xp import Array, project, weighted_sum
+from ._ops import project, weighted_sum
 
 __all__ = ["first_order_pool", "project_channels"]
 

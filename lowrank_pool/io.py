@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import host_copy
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
@@ -29,7 +30,8 @@ from ._checks import (
     parse_rankp,
     parse_tucker,
 )
-from ._xp import form_kind, host_copy, tensorly_context
+from ._forms import form_kind
+from ._tensorly import tensorly_context
 from .factorized import EigTensor, RankP
 
 __all__ = ["FactorFileError", "load_factors", "save_factors"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ._backend import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 from ._checks import (
     MAX_ITERATIONS,
     ShapeError,
@@ -13,7 +14,6 @@ from ._checks import (
     check_positive_int,
     shape_of,
 )
-from ._xp import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 
 __all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._backend import Array, check_floating, detach, namespace
 from ._checks import (
     ArgumentError,
     DTypeError,
@@ -25,10 +26,10 @@ from ._checks import (
     check_tucker_ranks,
     shape_of,
 )
-from ._xp import Array, check_floating, detach, namespace
 from .approx import cp_approx, eig_stream, symmetric_part, tucker_approx
 from .factorized import EigTensor, cp_pool, eig_pool, to_dense, tucker_pool
 from .first_order import project_channels
+from .heads import to_dense as head_to_dense
 from .second_order import NORMALIZATIONS, bilinear_pool
 
 __all__ = ["RankProfile", "rank_profile"]
@@ -132,14 +133,16 @@ class RankProfile:
 
 
 def _head_parts(head: Any) -> dict[str, Any]:
-    """W, bias, normalisation and channel projection of a bilinear head (a ``BilinearPool``)."""
+    """W, bias, normalisation and channel projection of a head, through its factors() (a HeadForm)."""
+    form = head.factors()
+    w = head_to_dense(form._replace(projection=None, normalize=None, bias=None))
     return {
-        "W": detach(head.weight),
-        "bias": None if head.bias is None else detach(head.bias),
-        "normalize": head.normalize,
-        "eps": head.eps,
-        "num_iters": head.num_iters,
-        "projection": None if head.reduction is None else detach(head.reduction),
+        "W": detach(w),
+        "bias": None if form.bias is None else detach(form.bias),
+        "normalize": form.normalize,
+        "eps": form.eps,
+        "num_iters": form.num_iters,
+        "projection": None if form.projection is None else detach(form.projection),
         "channel_axis": getattr(head, "channel_axis", None),
     }
 
@@ -162,7 +165,8 @@ def rank_profile(
 
     Parameters
     ----------
-    W : array (K, f, f), or a trained bilinear head (``lowrank_pool.nn.BilinearPool``)
+    W : array (K, f, f), or a trained head with a W (anything whose ``factors()`` has one: a
+        ``BilinearPool``, a factorised head, a linear attentional head)
         A head brings its own W, bias, normalisation and channel reduction: the
         accuracy reported is then exactly that head's, with W replaced by each
         approximation (and its ``channel_axis`` unless one is given here).
@@ -200,7 +204,7 @@ def rank_profile(
     check_choice(method, "method", ("cp", "tucker", "eig"))
     parts: dict[str, Any] = {"W": W, "bias": bias, "normalize": normalize, "eps": 1e-6, "num_iters": 5}
     parts.update(projection=None, channel_axis=channel_axis)
-    if hasattr(W, "weight") and hasattr(W, "normalize") and not hasattr(W, "shape"):
+    if callable(getattr(W, "factors", None)) and not hasattr(W, "shape"):  # a head: the HeadForm protocol
         head = _head_parts(W)
         if bias is not None or normalize is not None:
             raise ArgumentError("bias, normalize: taken from the head; pass them only with a W array")

@@ -14,11 +14,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Literal
 
+from ._backend import Array, Namespace, full_precision
 from ._checks import MAX_ITERATIONS, check_choice, check_factor, check_number, check_positive_int, prepare, shape_of
-from ._xp import Array, Features, Namespace, full_precision, gram_product
+from ._delegation import gram_product
+from ._layout import Features
 from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
 
-__all__ = ["NORMALIZATIONS", "bilinear_pool", "gram"]
+__all__ = ["bilinear_pool", "gram"]
 
 Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
 NORMALIZATIONS = (None, "signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2")

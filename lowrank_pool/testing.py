@@ -13,8 +13,8 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
+from ._backend import host_copy
 from ._checks import shape_of
-from ._xp import host_copy
 
 __all__ = ["assert_close", "eps_of", "random_features", "to_numpy"]
 

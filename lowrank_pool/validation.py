@@ -21,6 +21,7 @@ from ._checks import (
     parse_tucker,
 )
 from .attention import ATTENTIONS
+from .compact import check_sketch
 from .second_order import NORMALIZATIONS
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_positive_int",
+    "check_sketch",
     "check_tucker_ranks",
 ]
 

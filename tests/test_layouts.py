@@ -63,9 +63,10 @@ def test_channel_first_equals_channels_last(bk, dtype, B, f, spatial, seed):
 
 def test_nchw_is_read_without_a_copy():
     """The (B, f, n) view of a contiguous NCHW tensor shares memory with it."""
-    from lowrank_pool._xp import features
+    from lowrank_pool._backend import namespace
+    from lowrank_pool._layout import features
 
-    xp = lp._xp.namespace(X=torch.zeros(1))
+    xp = namespace(X=torch.zeros(1))
     x = torch.randn(2, 5, 3, 4)
     v = features(xp, x, 1)
     assert v.layout == "bfn" and v.data.data_ptr() == x.data_ptr()
@@ -76,10 +77,10 @@ def test_nchw_is_read_without_a_copy():
     v = features(xp, video, 1)
     assert v.layout == "bnf" and v.data.data_ptr() == video.data_ptr()
     xn = np.zeros((2, 5, 3, 4))
-    vn = features(lp._xp.namespace(X=xn), xn, 1)
+    vn = features(namespace(X=xn), xn, 1)
     assert vn.layout == "bfn" and np.shares_memory(vn.data, xn)
     xl = np.moveaxis(np.zeros((2, 3, 4, 5)), -1, 1)  # numpy channels-last memory
-    vl = features(lp._xp.namespace(X=xl), xl, 1)
+    vl = features(namespace(X=xl), xl, 1)
     assert vl.layout == "bnf" and np.shares_memory(vl.data, xl)
 
 

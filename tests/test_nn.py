@@ -639,9 +639,14 @@ def test_keypoint_heatmaps_and_loss():
             r"cp factor A: expected shape \(f, R\) with R = 2, got \(4, 3\)",
         ),
         (
-            lambda: CPPool.from_factors(lp.EigTensor(torch.ones(3, 2), torch.ones(4, 3, 2))),
+            lambda: CPPool.from_factors(torch.ones(4, 3)),
             lp.ArgumentTypeError,
-            r"cp: expected a CPTensor or a \(weights, \[U, A, C\]\) tuple, got an eigen form .*\(use eig_pool\)",
+            r"form: CPPool cannot hold first-order weights \(f, K\)",
+        ),
+        (
+            lambda: CPPool.from_factors(lp.HeadForm(torch.ones(2, 4, 4), normalize="l2")),
+            lp.ArgumentError,
+            r"form: scores of a normalised M \(normalize='l2'\) have no cp form",
         ),
         (lambda: CPPool.from_dense(np.ones((2, 3, 3)), 2), lp.ArgumentTypeError, r"W: expected a torch.Tensor"),
         (lambda: AttentionalPool(8, 3, bottom_up="global"), lp.ArgumentError, r"bottom_up: expected one of"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -87,6 +87,140 @@ class PoolingHead(nn.Module):
         else:
             self.bias = None
 
+    #: The factor form the head holds, and that :meth:`from_factors` builds it from: ``"dense"``, ``"cp"``,
+    #: ``"tucker"``, ``"eig"``, ``"rankp"``, ``"first_order"``; None where its scores have no factor form.
+    form_kind: ClassVar[str | None] = None
+
+    def factors(self) -> lp.HeadForm:
+        """The function this head computes, as a value: ``lp.head_scores(x, head.factors(),
+        channel_axis=head.channel_axis)`` equals ``head(x)`` (its live parameters: gradients flow).
+
+        Returns
+        -------
+        lowrank_pool.HeadForm
+            The factor form of the weights, with the bias and the head's projection, normalisation,
+            attention or reduction. A head whose scores have no factor form raises ArgumentTypeError.
+
+        Examples
+        --------
+        >>> import torch, lowrank_pool as lp
+        >>> from lowrank_pool.nn import EigPool
+        >>> head, x = EigPool(6, 3, rank=2), torch.randn(2, 6, 4, 4)
+        >>> torch.allclose(lp.head_scores(x, head.factors()), head(x))
+        True
+        """
+        raise lp.ArgumentTypeError(f"{type(self).__name__}: its scores have no factor form")
+
+    def to_dense(self) -> torch.Tensor:
+        """W (K, f, f) of this head's bilinear form ⟨M, W_k⟩ (:func:`lowrank_pool.to_dense` of :meth:`factors`).
+
+        Returns
+        -------
+        torch.Tensor
+            W on the input's f channels (a 1×1 reduction folded in), differentiable in the parameters.
+            Heads whose score is not linear in M = XᵀX / n raise, saying why.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import CPPool
+        >>> CPPool(6, 3, rank=2).to_dense().shape
+        torch.Size([3, 6, 6])
+        """
+        return lp.to_dense(self.factors())
+
+    @classmethod
+    def from_factors(cls, form: Any, /, **kwargs: Any) -> Any:
+        """A head of this class that computes ``form``'s scores: a :class:`lowrank_pool.HeadForm` (what
+        :meth:`factors` and :func:`lowrank_pool.load_factors` return) or a bare form.
+
+        The form is converted exactly into the class's own (:func:`lowrank_pool.convert_form`: any form of W
+        into CP, Tucker, eigen, rank-P or dense; a projection folded into the channel factors, or kept as the
+        1×1 reduction of a :class:`BilinearPool`); the bias is copied. ``kwargs`` go to the constructor
+        (``path``, ``channel_axis``, ``dtype``, ``device``, ...).
+
+        Parameters
+        ----------
+        form : HeadForm or W (K, f, f), CPTensor, TuckerTensor, EigTensor, RankP
+        **kwargs
+            Constructor options.
+
+        Returns
+        -------
+        PoolingHead
+            Of this class.
+
+        Examples
+        --------
+        >>> import torch, lowrank_pool as lp
+        >>> from lowrank_pool.nn import CPPool, EigPool
+        >>> eig = EigPool(4, 2, rank=4, dtype=torch.float64)
+        >>> cp = CPPool.from_factors(eig.factors())           # exact: rank K·P
+        >>> x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+        >>> torch.allclose(cp(x), eig(x))
+        True
+        """
+        if cls.form_kind is None:
+            raise lp.ArgumentTypeError(f"{cls.__name__}: built by its constructor, not from factors")
+        head = form if isinstance(form, lp.HeadForm) else lp.HeadForm(form)
+        _check_convertible(head, cls)
+        layer = cls._from_form(head, kwargs)
+        if head.bias is not None and layer.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(torch.as_tensor(head.bias))
+        return layer
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> Any:  # pragma: no cover - per class
+        raise NotImplementedError
+
+    @classmethod
+    def from_dense(cls, W: Any, rank: Any = None, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """A head of this class fitted to W (K, f, f) or to a trained head, at ``rank``
+        (:func:`lowrank_pool.approx_form`: the CP, Tucker, eigen or rank-P form; options of the fit in ``fit``).
+
+        From a head (anything with :meth:`factors` whose form has a W), its bias, channel_axis and 1×1
+        reduction carry over, so at full rank the new head reproduces its scores. ``kwargs`` go to the layer.
+
+        Parameters
+        ----------
+        W : torch.Tensor (K, f, f) or a pooling head
+        rank : int (or Tucker's ranks)
+            Ignored by the dense head.
+        fit : dict, optional
+            Options of :func:`lowrank_pool.cp_approx` / :func:`lowrank_pool.tucker_approx`.
+        **kwargs
+            Constructor options.
+
+        Returns
+        -------
+        PoolingHead
+            Of this class.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import BilinearPool, EigPool
+        >>> dense = BilinearPool(6, 3, normalize=None, dtype=torch.float64)
+        >>> eig = EigPool.from_dense(dense, rank=6)            # full rank: the same scores
+        >>> x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+        >>> torch.allclose(eig(x), dense(x))
+        True
+        """
+        if cls.form_kind is None or cls.form_kind == "first_order":
+            raise lp.ArgumentTypeError(f"{cls.__name__}: has no form of W to fit")
+        source, opts = _source(W)
+        if source.normalize is not None:
+            raise lp.ArgumentError(
+                f"W: a head with normalize={source.normalize!r} has no factorised equivalent (its score is not "
+                "linear in M = XᵀX/n); train it with normalize=None to convert it exactly, or pass its weight to "
+                "approximate W alone"
+            )
+        w = lp.to_dense(lp.HeadForm(source.form, attention=source.attention))
+        fitted = lp.approx_form(w.detach(), rank, kind=cls.form_kind, **(fit or {}))
+        head = lp.HeadForm(fitted, bias=source.bias, projection=source.projection)
+        return cls.from_factors(head, **{**opts, **kwargs})
+
     def _param(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(*(int(d) for d in shape), **self.factory))
 
@@ -129,6 +263,67 @@ class PoolingHead(nn.Module):
     def _common_repr(self) -> str:
         axis = "" if self.channel_axis is None else f", channel_axis={self.channel_axis}"
         return f"bias={self.bias is not None}{axis}"
+
+
+def _check_convertible(head: lp.HeadForm, cls: type) -> None:
+    """Whether ``cls`` can compute the head's function: first-order weights only as first-order, a normalised W only
+    as a dense head, a non-linear attention only as a rank-P head."""
+    kind = cls.form_kind  # type: ignore[attr-defined]
+    first = getattr(head.form, "ndim", None) == 2
+    if first != (kind == "first_order"):
+        what = "first-order weights (f, K)" if first else "a form of W"
+        raise lp.ArgumentTypeError(f"form: {cls.__name__} cannot hold {what}")
+    if head.normalize is not None and kind != "dense":
+        raise lp.ArgumentError(
+            f"form: scores of a normalised M (normalize={head.normalize!r}) have no {kind} form; only a dense head "
+            "holds them"
+        )
+    if head.attention != "linear" and kind != "rankp":
+        raise lp.ArgumentError(
+            f"form: scores with attention={head.attention!r} have no {kind} form; only an attentional head holds them"
+        )
+
+
+def _source(W: Any) -> tuple[lp.HeadForm, dict[str, Any]]:
+    """The HeadForm of a dense W or of a head (through its factors), detached, and the layer options it carries."""
+    if isinstance(W, torch.Tensor):
+        return lp.HeadForm(W.detach()), {"dtype": W.dtype, "device": W.device}
+    factors = getattr(W, "factors", None)
+    if not callable(factors):
+        raise lp.ArgumentTypeError(
+            f"W: expected a torch.Tensor (K, f, f) or a pooling head (with factors()), got {type(W).__name__}"
+        )
+    head = factors()
+    if getattr(head.form, "ndim", None) == 2:
+        raise lp.ArgumentTypeError(f"W: a {type(W).__name__} is first-order: it has no W to fit")
+    detached = head._replace(
+        form=_detached(head.form),
+        bias=None if head.bias is None else head.bias.detach(),
+        projection=None if head.projection is None else head.projection.detach(),
+    )
+    opts: dict[str, Any] = {"channel_axis": W.channel_axis, "bias": head.bias is not None}
+    some = next(iter(W.parameters()), None)
+    if some is not None:
+        opts.update(dtype=some.dtype, device=some.device)
+    return detached, opts
+
+
+def _detached(form: Any) -> Any:
+    """A form with every tensor detached (tuples, lists and named tuples kept)."""
+    if isinstance(form, torch.Tensor):
+        return form.detach()
+    if isinstance(form, tuple | list):
+        parts = [_detached(p) for p in form]
+        if hasattr(form, "_fields"):
+            return type(form)(*parts)
+        return type(form)(parts)
+    return form
+
+
+def as_tensors(*arrays: Any, like: dict[str, Any]) -> list[torch.Tensor]:
+    """The arrays as detached tensors in the layer's dtype and device (``like``: the constructor options)."""
+    dtype, device = like.get("dtype"), like.get("device")
+    return [torch.as_tensor(a).detach().to(dtype=dtype, device=device) for a in arrays]
 
 
 def _check_device(device: Any) -> Any:

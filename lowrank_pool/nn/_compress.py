@@ -252,7 +252,7 @@ def compress(
                 f"features: a head with normalize={head.normalize!r} has no exact low-rank form; pass the feature "
                 "maps to compress it by matching its scores"
             )
-        return EigPool.from_dense(head, rank) if form == "eig" else cls.from_dense(head, rank, fit=fit)  # type: ignore[attr-defined]
+        return cls.from_dense(head, rank, fit=fit)
     if not isinstance(features, torch.Tensor):
         raise lp.BackendError(f"features: expected a torch.Tensor, got {type(features).__name__}")
     student = _whitened_fit(cls, head, rank, features, fit, batch_size)
@@ -267,42 +267,18 @@ def compress(
 def _whitened_fit(
     cls: Any, head: BilinearPool, rank: Any, features: torch.Tensor, fit: dict[str, Any] | None, batch: int
 ) -> Any:
-    """The low-rank fit of W weighted by the features' mean second moment, as the start of matching.
-
-    With M̄ = E[XᵀX/n] = C² (C its square root), the score error of Ŵ on an average sample
-    is governed by ‖C (W − Ŵ) C‖_F rather than ‖W − Ŵ‖_F: the factors are fitted to C W C and
-    mapped back through the pseudo-inverse C⁺, so directions the features never excite cost no
-    rank (a Frobenius start there would be a saddle point of the matching: zero gradient).
-    """
-    w = head.weight.detach()
-    if head.reduction is not None:  # the student lives on the f channels: W_f = R W Rᵀ
-        red = head.reduction.detach()
-        w = red @ w @ red.mT
+    """The low-rank head fitted to W weighted by the features' mean second moment M̄ (the start of matching):
+    :func:`lowrank_pool.moment_weighted_approx` of the head's W on its f input channels, bias carried over."""
+    w = lp.to_dense(lp.HeadForm(head.weight.detach(), projection=_detached(head.reduction)))
     m = torch.zeros(w.shape[1], w.shape[1], dtype=w.dtype, device=w.device)
     for i in range(0, features.shape[0], batch):
         m += lp.gram(features[i : i + batch], channel_axis=head.channel_axis).sum(0).to(w.dtype)
     m /= max(features.shape[0], 1)
-    lam, e = torch.linalg.eigh((m + m.mT) / 2)
-    keep = lam > lam.max().clamp_min(0) * 1e-10
-    root = torch.where(keep, lam.clamp_min(0).sqrt(), torch.zeros_like(lam))
-    inv = torch.where(keep, 1 / root.where(keep, torch.ones_like(root)), torch.zeros_like(root))
-    c, c_pinv = (e * root) @ e.mT, (e * inv) @ e.mT
-    wc = c @ w @ c
+    form = lp.moment_weighted_approx(w, rank, m, kind=cls.form_kind, **(fit or {}))
+    bias = _detached(head.bias)
     opts: dict[str, Any] = {"dtype": w.dtype, "device": w.device, "channel_axis": head.channel_axis}
-    opts["bias"] = head.bias is not None
-    student: PoolingHead
-    if cls is EigPool:
-        mu, v = lp.eig_approx(wc, rank)
-        student = EigPool.from_factors(lp.EigTensor(mu, (c_pinv @ v.flatten(1)).unflatten(1, v.shape[1:])), **opts)
-    elif cls is CPPool:
-        cp = lp.cp_approx(wc, rank, **(fit or {}))
-        student = CPPool.from_factors(
-            (cp.weights, [cp.factors[0], c_pinv @ cp.factors[1], c_pinv @ cp.factors[2]]), **opts
-        )
-    else:
-        core, (u, a, cc) = lp.tucker_approx(wc, rank, **(fit or {}))
-        student = TuckerPool.from_factors((core, [u, c_pinv @ a, c_pinv @ cc]), **opts)
-    if head.bias is not None and student.bias is not None:
-        with torch.no_grad():
-            student.bias.copy_(head.bias)
-    return student
+    return cls.from_factors(lp.HeadForm(form, bias=bias), bias=head.bias is not None, **opts)
+
+
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 import lowrank_pool as lp
-from lowrank_pool.compact import check_sketch, sketch_hashes
 from lowrank_pool.validation import (
     ATTENTIONS,
     MAX_ITERATIONS,
@@ -26,10 +25,11 @@ from lowrank_pool.validation import (
     check_flag,
     check_number,
     check_positive_int,
+    check_sketch,
     check_tucker_ranks,
 )
 
-from ._base import PoolingHead, fan_std
+from ._base import PoolingHead, as_tensors, fan_std
 
 Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
 
@@ -94,9 +94,28 @@ class FirstOrderPool(PoolingHead):
         self.weight = self._param(in_channels, num_classes)  # (f, K)
         self.reset_parameters(generator)
 
+    form_kind = "first_order"
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.weight, fan_std(self.in_channels), generator)
         self._reset_bias()
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm(self.weight, self.bias, reduce=self.reduce)
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> FirstOrderPool:
+        if head.projection is not None and head.reduce == "max":
+            raise lp.ArgumentError(
+                "form: the max over positions of X R is not R applied to the max of X: a first-order head with "
+                "reduce='max' cannot fold a projection in"
+            )
+        form = head.form if head.projection is None else lp.project_factors(head.form, head.projection)
+        (w,) = as_tensors(form, like=_options(form, kwargs))
+        layer = cls(w.shape[0], w.shape[1], **{"reduce": head.reduce, **_options(head.form, kwargs)})
+        with torch.no_grad():
+            layer.weight.copy_(w)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -166,6 +185,38 @@ class BilinearPool(PoolingHead):
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
         self.weight = self._param(num_classes, d, d)  # (K, d, d)
         self.reset_parameters(generator)
+
+    form_kind = "dense"
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm(
+            self.weight,
+            self.bias,
+            projection=self.reduction,
+            normalize=self.normalize,
+            eps=self.eps,
+            num_iters=self.num_iters,
+        )
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> BilinearPool:
+        w = lp.convert_form(head.form, "dense")
+        opts = _options(w, kwargs)
+        (w,) = as_tensors(w, like=opts)
+        red = None if head.projection is None else as_tensors(head.projection, like=opts)[0]
+        f = w.shape[1] if red is None else red.shape[0]
+        extra = {
+            "normalize": head.normalize,
+            "reduce_dim": None if red is None else red.shape[1],
+            "eps": head.eps,
+            "num_iters": head.num_iters,
+        }
+        layer = cls(f, w.shape[0], **{**extra, **opts})
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if red is not None and layer.reduction is not None:
+                layer.reduction.copy_(red)
+        return layer
 
     @property
     def reduce_dim(self) -> int | None:
@@ -264,10 +315,28 @@ class AttentionalPool(PoolingHead):
         self.B = self._param(*b_shape)
         self.reset_parameters(generator)
 
+    form_kind = "rankp"
+
     @property
     def rank(self) -> int:
         """P, read from A (facts about a head follow its parameters, also when they are replaced)."""
         return int(self.A.shape[-1])
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm(lp.RankP(self.A, self.B), self.bias, attention=self.attention)
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> AttentionalPool:
+        rp = lp.convert_form(head.form, "rankp")
+        if head.projection is not None:
+            rp = lp.project_factors(rp, head.projection)
+        opts = _options(rp[0], kwargs)
+        a, b = as_tensors(*rp, like=opts)
+        extra = {"attention": head.attention, "bottom_up": "shared" if b.ndim == 2 else "per_class"}
+        layer = cls(a.shape[0], a.shape[1], a.shape[2], **{**extra, **opts})
+        with torch.no_grad():
+            layer.A.copy_(a), layer.B.copy_(b)
+        return layer
 
     @property
     def bottom_up(self) -> str:
@@ -299,44 +368,12 @@ class AttentionalPool(PoolingHead):
 
 
 # ----------------------------------------------------------------------------- factorised heads
-def _dense_source(source: Any) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor | None]:
-    """(W, layer options, channel projection) of a dense W or a trained :class:`BilinearPool`.
-
-    A head's bias and channel_axis travel as layer options; its 1×1 reduction R (f, d)
-    is returned so that factors of its W (K, d, d) can be mapped to the f channels.
-    """
-    if isinstance(source, BilinearPool):
-        if source.normalize is not None:
-            raise lp.ArgumentError(
-                f"W: a BilinearPool with normalize={source.normalize!r} has no factorised equivalent (its score "
-                "is not linear in M = XᵀX/n); train it with normalize=None to convert it exactly, or pass "
-                "head.weight to approximate W alone"
-            )
-        opts: dict[str, Any] = {"channel_axis": source.channel_axis, "bias": source.bias is not None}
-        opts.update(dtype=source.weight.dtype, device=source.weight.device)
-        if source.bias is not None:
-            opts["_bias_value"] = source.bias.detach()
-        red = None if source.reduction is None else source.reduction.detach()
-        return source.weight.detach(), opts, red
-    if isinstance(source, torch.Tensor):
-        return source.detach(), {"dtype": source.dtype, "device": source.device}, None
-    raise lp.ArgumentTypeError(
-        f"W: expected a torch.Tensor (K, f, f) or a lowrank_pool.nn.BilinearPool, got {type(source).__name__}"
-    )
-
-
-def _build(cls: Any, opts: dict[str, Any], kwargs: dict[str, Any], *args: Any) -> Any:
-    """cls(*args, **opts | kwargs), then the source head's bias copied in."""
-    bias_value = opts.pop("_bias_value", None)
-    layer = cls(*args, **{**opts, **kwargs})
-    if bias_value is not None and layer.bias is not None:
-        with torch.no_grad():
-            layer.bias.copy_(bias_value)
-    return layer
-
-
-def _as_tensors(*arrays: Any) -> list[torch.Tensor]:
-    return [torch.as_tensor(a).detach() for a in arrays]
+def _options(like: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor options: the dtype and device of a form's array (numpy arrays: torch's equivalents), then
+    ``kwargs``."""
+    t = torch.as_tensor(like)
+    dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
+    return {"dtype": dtype, "device": t.device, **kwargs}
 
 
 class _FactorizedHead(PoolingHead):
@@ -409,45 +446,29 @@ class CPPool(_FactorizedHead):
         """R, read from the factors (facts about a head follow its parameters, also when they are replaced)."""
         return int(self.U.shape[1])
 
+    form_kind = "cp"
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm((None, [self.U, self.A, self.C]), self.bias)
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> CPPool:
+        cp = lp.convert_form(head.form, "cp")
+        if head.projection is not None:
+            cp = lp.project_factors(cp, head.projection)
+        weights, factors = as_cp(cp)
+        opts = _options(factors[0], kwargs)
+        w, u, a, c = as_tensors(weights, *factors, like=opts)
+        layer = cls(a.shape[0], u.shape[0], u.shape[1], **opts)
+        with torch.no_grad():  # (λ folded into U)
+            layer.U.copy_(u * w[None, :]), layer.A.copy_(a), layer.C.copy_(c)
+        return layer
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.U, fan_std(self.rank), generator)
         self._init_(self.A, fan_std(self.in_channels), generator)
         self._init_(self.C, fan_std(self.in_channels), generator)
         self._reset_bias()
-
-    @classmethod
-    def from_factors(cls, cp: Any, **kwargs: Any) -> CPPool:
-        """A layer holding the factors of a CPTensor / (weights, [U, A, C]) (weights folded into U).
-
-        The factors are validated like :func:`lowrank_pool.cp_pool`'s (shapes named in errors);
-        ``kwargs`` go to the layer (``bias``, ``path``, ``channel_axis``, ...).
-        """
-        weights, factors = as_cp(cp)
-        w, u, a, c = _as_tensors(weights, *factors)
-        u = u * w.to(u)[None, :]
-        opts = {"dtype": u.dtype, "device": u.device, **kwargs}
-        layer = cls(a.shape[0], u.shape[0], u.shape[1], **opts)
-        with torch.no_grad():
-            layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
-        return layer
-
-    @classmethod
-    def from_dense(cls, W: Any, rank: int, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> CPPool:
-        """Fit :func:`lowrank_pool.cp_approx` (options in ``fit``) to W (K, f, f) or a trained :class:`BilinearPool`.
-
-        From a head, its bias, channel_axis and 1×1 reduction carry over, so at full rank
-        the new layer reproduces the head's scores (only ``normalize=None`` heads convert;
-        others raise). ``kwargs`` go to the layer.
-        """
-        w, opts, red = _dense_source(W)
-        cp = lp.cp_approx(w, rank, **(fit or {}))
-        weights, (u, a, c) = cp.weights, cp.factors
-        if red is not None:
-            a, c = red @ a, red @ c
-        layer = _build(cls, opts, kwargs, a.shape[0], u.shape[0], u.shape[1])
-        with torch.no_grad():
-            layer.U.copy_(u * weights[None, :]), layer.A.copy_(a), layer.C.copy_(c)
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -497,41 +518,30 @@ class TuckerPool(_FactorizedHead):
         """(R_K, R_a, R_c), read from the core (facts about a head follow its parameters)."""
         return tuple(int(r) for r in self.core.shape)  # type: ignore[return-value]
 
+    form_kind = "tucker"
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm((self.core, [self.U, self.A, self.C]), self.bias)
+
+    @classmethod
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> TuckerPool:
+        tk = lp.convert_form(head.form, "tucker")
+        if head.projection is not None:
+            tk = lp.project_factors(tk, head.projection)
+        core, factors = as_tucker(tk)
+        opts = _options(core, kwargs)
+        core, u, a, c = as_tensors(core, *factors, like=opts)
+        layer = cls(a.shape[0], u.shape[0], tuple(int(r) for r in core.shape), **opts)
+        with torch.no_grad():
+            layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
+        return layer
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.core, fan_std(self.ranks[1] * self.ranks[2]), generator)
         self._init_(self.U, fan_std(self.ranks[0]), generator)
         self._init_(self.A, fan_std(self.in_channels), generator)
         self._init_(self.C, fan_std(self.in_channels), generator)
         self._reset_bias()
-
-    @classmethod
-    def from_factors(cls, tucker: Any, **kwargs: Any) -> TuckerPool:
-        """A layer holding a TuckerTensor / (core, [U, A, C]), validated like :func:`lowrank_pool.tucker_pool`'s."""
-        core, factors = as_tucker(tucker)
-        core, u, a, c = _as_tensors(core, *factors)
-        opts = {"dtype": u.dtype, "device": u.device, **kwargs}
-        layer = cls(a.shape[0], u.shape[0], (int(core.shape[0]), int(core.shape[1]), int(core.shape[2])), **opts)
-        with torch.no_grad():
-            layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
-        return layer
-
-    @classmethod
-    def from_dense(
-        cls, W: Any, rank: int | tuple[int, int, int], *, fit: dict[str, Any] | None = None, **kwargs: Any
-    ) -> TuckerPool:
-        """Fit :func:`lowrank_pool.tucker_approx` (options in ``fit``) to W (K, f, f) or a :class:`BilinearPool`.
-
-        From a head, its bias, channel_axis and 1×1 reduction carry over (see
-        :meth:`CPPool.from_dense`). ``kwargs`` go to the layer.
-        """
-        w, opts, red = _dense_source(W)
-        core, (u, a, c) = lp.tucker_approx(w, rank, **(fit or {}))
-        if red is not None:
-            a, c = red @ a, red @ c
-        layer = _build(cls, opts, kwargs, a.shape[0], u.shape[0], tuple(int(r) for r in core.shape))
-        with torch.no_grad():
-            layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -583,36 +593,28 @@ class EigPool(_FactorizedHead):
         """P, read from the eigenvalues (facts about a head follow its parameters)."""
         return int(self.eigenvalues.shape[1])
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        self._init_(self.eigenvalues, fan_std(self.rank), generator)
-        self._init_(self.eigenvectors, fan_std(self.in_channels), generator)
-        self._reset_bias()
+    form_kind = "eig"
+
+    def factors(self) -> lp.HeadForm:
+        return lp.HeadForm(lp.EigTensor(self.eigenvalues, self.eigenvectors), self.bias)
 
     @classmethod
-    def from_factors(cls, eig: Any, **kwargs: Any) -> EigPool:
-        """A layer holding an :class:`lowrank_pool.EigTensor` / (eigenvalues (K, P), eigenvectors (f, K, P))."""
-        mu, v = _as_tensors(*as_eig(eig))
-        opts = {"dtype": v.dtype, "device": v.device, **kwargs}
+    def _from_form(cls, head: lp.HeadForm, kwargs: dict[str, Any]) -> EigPool:
+        eig = lp.convert_form(head.form, "eig")
+        if head.projection is not None:
+            eig = lp.project_factors(eig, head.projection)
+        mu, v = as_eig(eig)
+        opts = _options(v, kwargs)
+        mu, v = as_tensors(mu, v, like=opts)
         layer = cls(v.shape[0], v.shape[1], v.shape[2], **opts)
         with torch.no_grad():
             layer.eigenvalues.copy_(mu), layer.eigenvectors.copy_(v)
         return layer
 
-    @classmethod
-    def from_dense(cls, W: Any, rank: int, **kwargs: Any) -> EigPool:
-        """The P largest-magnitude eigenpairs per class (:func:`lowrank_pool.eig_approx`) of W or a head.
-
-        From a head, its bias, channel_axis and 1×1 reduction carry over; at P = f the
-        scores are the head's exactly. ``kwargs`` go to the layer.
-        """
-        w, opts, red = _dense_source(W)
-        mu, v = lp.eig_approx(w, rank)
-        if red is not None:  # Σ μ (R v)(R v)ᵀ = R W_k Rᵀ: exact, though R v is not orthonormal
-            v = (red @ v.flatten(1)).unflatten(1, v.shape[1:])
-        layer = _build(cls, opts, kwargs, v.shape[0], v.shape[1], v.shape[2])
-        with torch.no_grad():
-            layer.eigenvalues.copy_(mu), layer.eigenvectors.copy_(v)
-        return layer
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        self._init_(self.eigenvalues, fan_std(self.rank), generator)
+        self._init_(self.eigenvectors, fan_std(self.in_channels), generator)
+        self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -708,12 +710,18 @@ class CompactBilinearPool(PoolingHead):
         self._hash(check_sketch(self.dim, value)[1])
 
     def _hash(self, seed: int) -> None:
-        pairs = sketch_hashes(self.in_channels, self.dim, seed)
+        pairs = lp.sketch_hashes(self.in_channels, self.dim, seed)
         self._hashed_dim = self.dim
         with torch.no_grad():
             self.sketch_seed.fill_(seed)
             self.sketch_bins.copy_(torch.as_tensor(np.stack([b for b, _ in pairs])))  # (2, f) in [0, d)
             self.sketch_signs.copy_(torch.as_tensor(np.stack([s for _, s in pairs])))  # (2, f) of ±1
+
+    def factors(self) -> lp.HeadForm:
+        raise lp.ArgumentTypeError(
+            "CompactBilinearPool: its scores are a linear map of a random sketch of M, an estimate of ⟨M, W⟩ whose W "
+            "is never formed: it has no factor form"
+        )
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         keys = [prefix + name for name in ("sketch_seed", "sketch_bins", "sketch_signs")]

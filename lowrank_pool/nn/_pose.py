@@ -115,6 +115,12 @@ class PoseAttentionalPool(PoolingHead):
         self.A = self._param(in_channels, num_classes)  # top-down a_k
         self.reset_parameters(generator)
 
+    def factors(self) -> lp.HeadForm:
+        raise lp.ArgumentTypeError(
+            "PoseAttentionalPool: its bottom-up map comes from the pose head (a 1×1 convolution with a bias, and a "
+            "hidden layer where set), not from a factor of W: it has no factor form"
+        )
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         if self.hidden_weight is not None and self.hidden_bias is not None:
             self._init_(self.hidden_weight, fan_std(self.in_channels), generator)
