@@ -32,13 +32,10 @@ __all__ = [
 def channels_first_product(xp: Namespace, mt: Array, x: Array) -> Array:
     """Mᵀ X_b (B, k, n) of every channels-first sample X_b (f, n), from Mᵀ (k, f), X read in place.
 
-    torch.matmul folds (k, f) @ (B, f, n) into one GEMM on a (B·n, f) copy of X when M has
-    requires_grad set (inside no_grad too, for a parameter handed as it is: rank-1 inference at
-    (32, 49, 2048) 7.7 -> 0.68 ms), and hands back ∂X in that layout: two transposing copies of X
-    per training step (55 of 141 ms of a CP head's fwd+bwd at (32, 196, 2048), R = 64). The
-    batched form with Mᵀ broadcast reads X in place, writes ∂X in X's layout, and pays a (B, k, f)
-    ∂M buffer instead, at most twice X for k <= 2n (measured 1.2-3x faster up to k = 1.3n, even at
-    2n; the fold won from k = 2.6n). ``xp`` may be ``torch`` itself (the autograd Functions' hot path).
+    Rule: with torch and k <= 2n, Mᵀ is broadcast to (B, k, f) so that the batched product reads X in place
+    and writes ∂X in X's layout (torch.matmul would fold the product into one GEMM on a (B·n, f) copy of X
+    whenever M requires grad); beyond 2n the fold wins. Figures: docs/performance.md, "The Python core". ``xp`` may be
+    ``torch`` itself (the autograd Functions' hot path).
     """
     b, f, n = shape_of(x)
     k = shape_of(mt)[0]
@@ -56,7 +53,7 @@ def project(xp: Namespace, feats: Features, m: Array) -> Array:
     x = feats.data
     if feats.layout == "bfn":
         return xp.matrix_transpose(channels_first_product(xp, xp.matrix_transpose(m), x))
-    if is_torch(xp):  # one GEMM on the (B·n, f) view; writing Z as (B, k, n) measured up to 1.35x slower
+    if is_torch(xp):  # one GEMM on the (B·n, f) view (the faster form for torch: docs/performance.md)
         return xp.matmul(x, m)
     b, n, f = shape_of(x)
     return xp.reshape(xp.matmul(xp.reshape(x, (b * n, f)), m), (b, n, shape_of(m)[1]))
@@ -66,9 +63,9 @@ def scatter_sum(xp: Namespace, y: Array, index: Any, size: int, axis: int) -> Ar
     """Z (``size`` long on ``axis``) with Z[..., j, ...] = Σ over c with index[c] = j of y[..., c, ...].
 
     ``index`` is an integer array (len = y's length on ``axis``), numpy or of y's library on its
-    device; repeated bins add up (a count sketch). Each library's own scatter-add: O(y.size) work,
-    where the generic form (a product with the dense one-hot (len, size) matrix, kept for the other
-    libraries) costs O(y.size · size): 2.4 s instead of 0.1 s for a (32, 49, 2048) sketch of size 8192.
+    device; repeated bins add up (a count sketch). Each library's own scatter-add: O(y.size) work, where
+    the generic form (a product with the dense one-hot (len, size) matrix, kept for the other libraries)
+    costs O(y.size · size).
     """
     shape = list(shape_of(y))
     shape[axis] = size
@@ -91,8 +88,8 @@ def scatter_sum(xp: Namespace, y: Array, index: Any, size: int, axis: int) -> Ar
 
 
 def fft_of(xp: Namespace) -> Any:
-    """The FFT functions for ``xp``'s arrays: ``scipy.fft`` for numpy (numpy 2's own float32 rfft measured
-    13x slower: 1.6 s against 0.12 s for 6 272 transforms of length 8192), else ``xp.fft``."""
+    """The FFT functions for ``xp``'s arrays: ``scipy.fft`` for numpy (faster than numpy's own in float32:
+    docs/performance.md, "The Python core"), else ``xp.fft``."""
     if is_numpy(xp):
         import scipy.fft
 
@@ -114,12 +111,10 @@ def weighted_sum(xp: Namespace, feats: Features, u: Array) -> Array:
 def gram_generic(xp: Namespace, feats: Features) -> Array:
     """XᵀX (B, f, f) for every sample, by the faster batched GEMM form of the library.
 
-    Both forms hand BLAS one transposed operand and no copy, except with numpy when
-    n < f: OpenBLAS runs the batched product with a transposed (strided) operand 3-6x
-    slower than on C-contiguous data there (497 vs 80 ms at B=32, n=49, f=2048,
-    float32); the copy costs B·n·f, small next to the B·f² output. A symmetric rank-k
-    update (scipy's ?syrk, one call per sample) was measured 1.3-5x *slower* than the
-    batched GEMM with numpy/OpenBLAS, and torch has none.
+    Rule: one transposed operand and no copy, except with numpy when n < f, where Xᵀ is copied to
+    C-contiguous memory first (OpenBLAS's batched product is slower on a strided operand; the copy costs
+    B·n·f, small next to the B·f² output). No symmetric rank-k update: slower than the batched GEMM with
+    numpy, absent from torch. Figures: docs/performance.md, "The Python core".
     """
     x = feats.data
     xt = xp.matrix_transpose(x)
@@ -131,10 +126,9 @@ def gram_generic(xp: Namespace, feats: Features) -> Array:
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
     """The p eigenpairs of the symmetric matrix s (f, f) of largest |μ|, sorted by |μ| descending.
 
-    numpy, when p is small next to f (32·p <= f): scipy's partial ``eigh`` (MRRR driver)
-    of the p largest and the p smallest eigenvalues, which hold the p of largest |μ|;
-    measured 1.3-1.5x faster than the full ``eigh`` at f = 512-1024, p <= 16, and slower
-    beyond p ≈ f/16. Otherwise (and for every other library) the full ``eigh``.
+    Rule: numpy with 32·p <= f takes scipy's partial ``eigh`` (MRRR driver) of the p largest and the p
+    smallest eigenvalues, which hold the p of largest |μ|; otherwise (and every other library) the full
+    ``eigh``. Figures: docs/performance.md, "The Python core".
     """
     f = shape_of(s)[0]
     if is_numpy(xp) and 32 * p <= f:

@@ -200,7 +200,7 @@ class _SharedBottomUp(torch.autograd.Function):
 
 
 # Function.apply binds its arguments to forward's signature on every call (for setup_context), and
-# inspect.signature() rebuilds it each time unless the function carries one: 25 µs of a 0.2 ms step.
+# inspect.signature() rebuilds it unless the function carries one: it does (docs/performance.md).
 _SharedBottomUp.forward.__signature__ = inspect.signature(_SharedBottomUp.forward)  # type: ignore[attr-defined]
 
 
@@ -280,7 +280,7 @@ def shared_bottom_up_scores(
     scale = 1.0 / positions
     if _differentiated(x, bm, a3):
         return _function_scores(x, bm, a3, channels_first, attention, scale)
-    native = _native_kernel(x, bm, a3)  # (its set-up costs ~0.3 ms per call with cold caches)
+    native = _native_kernel(x, bm, a3)
     if native is not None:
         return native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
     return _scores(_maps(x, bm, channels_first, attention)[3], a3, scale)
@@ -318,9 +318,8 @@ def fast_shared_scores(
     the default ``check_finite`` (the caller tests it). What the general path's
     validation would then do is only to take these same views, so they go straight to
     the computation of :func:`shared_bottom_up_scores`, skipping checks whose Python and dispatcher calls
-    cost ~0.2 ms per call once the rest of a network has evicted them from the caches (on a GPU the
-    general path's checks cost 0.12 ms more per call than the products at small sizes). Anything else
-    returns None: the general path validates (and names a bad argument) and computes.
+    are most of a small call's time (docs/performance.md). Anything else returns None: the general path
+    validates (and names a bad argument) and computes.
     """
     code = _ATTENTION_CODES.get(attention) if type(attention) is str else None
     if code is None or type(a) not in _PLAIN or type(bm) not in _PLAIN or _IS_TRACING():
@@ -383,10 +382,8 @@ def _symmetrize_first(n: int, f: int, cpu: bool) -> bool:
     """Whether ∂X = X (G + Gᵀ) (one GEMM, after a pass forming G + Gᵀ) beats X G + X Gᵀ (two GEMMs, the second
     accumulating into the first's result) at n positions and f channels.
 
-    Forming G + Gᵀ reads Gᵀ a column at a time: measured on the CPU 0.4-0.5 ns a number at f <= 256, 2.3 ns at
-    512, 3-4.5 ns at 1024-2048 (rows f apart), against ~0.015-0.02 ns per number and position for the GEMM it
-    saves: the one GEMM wins from n ≈ 50-70 at f = 128-256, 170 at 512, 250-270 at 1024-2048. On an H100
-    (float32, batch 32, f = 128-2048) it won from n = 196 at every f and lost at n = 49 from f = 512.
+    Rule (measured: docs/performance.md): on the CPU from n = min(256, f / 2) positions, on a GPU from
+    n = 128: forming G + Gᵀ reads Gᵀ a column at a time, which costs more than a GEMM below those sizes.
     """
     return n >= (min(256, f // 2) if cpu else 128)
 

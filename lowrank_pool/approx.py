@@ -93,9 +93,8 @@ def _zero_tucker(xp: Namespace, like: Array, ranks: tuple[int, int, int]) -> Any
 def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int | None) -> list[Array]:
     """Leading left singular vectors of the three unfoldings of T (K, f, f), from their Gram matrices.
 
-    The subspaces tensorly's ``init="svd"`` uses, without an SVD of an (f, K·f) unfolding:
-    that SVD took 12 s at K=100, f=512, these Gram matrices (K·f³ work, f² memory,
-    one class at a time) take a fraction of a second. Columns beyond a mode's size are
+    The subspaces tensorly's ``init="svd"`` uses, without an SVD of an (f, K·f) unfolding: these Gram
+    matrices cost K·f³ work and f² memory, one class at a time (docs/performance.md). Columns beyond a mode's size are
     filled with seeded normal numbers, as tensorly does.
     """
     k, f = shape_of(T)[0], shape_of(T)[1]

@@ -227,7 +227,7 @@ def _checked_hashes(feats: Features, hashes: Any, dim: int, channel_axis: int | 
 def _sketch(xp: Namespace, feats: Features, dim: int, hashes: Sequence[tuple[Any, Any]]) -> Array:
     """ψ (B, d) of validated features with the two (bins, signs) pairs ``hashes``."""
     # the sketches and their FFTs along the last axis: channels-first X is read as a (B, n, f) view (the
-    # scatter-add reads it in place; an FFT along a strided axis measured 2x slower)
+    # scatter-add reads it in place; an FFT along a strided axis is slower: docs/performance.md)
     x = feats.data if feats.layout == "bnf" else xp.matrix_transpose(feats.data)
     if feats.batch == 0:  # nothing to sketch (torch's MKL FFT refuses an empty batch); keeps the autograd graph
         return xp.zeros((0, dim), dtype=x.dtype, device=device_of(x)) + xp.sum(x) * 0

@@ -56,10 +56,9 @@ __all__ = [
 
 Path = Literal["auto", "factorized", "dense"]
 
-# Cost-model constants: float32 GEMM throughput and DRAM bandwidth of the 2-core machines
-# this was measured on (docs/benchmarks.md: 180-430 GF/s, 26-33 GB/s). Only their ratio
-# matters for the choice of path; GEMMs whose output has fewer than ~SKINNY columns run
-# far below peak, which is what makes the dense path win at n=4096, f=128.
+# Cost-model constants: a GEMM throughput and a memory bandwidth in the ratio of a CPU's (the values and where
+# they come from: docs/performance.md). Only their ratio chooses the path; GEMMs whose output has fewer than
+# ~SKINNY columns run far below peak, which is what makes the dense path win at n=4096, f=128.
 PEAK_FLOPS = 250e9
 BANDWIDTH = 25e9
 SKINNY = 96
@@ -255,7 +254,7 @@ def _halves(xp: Namespace, z: Array, ra: int, rc: int) -> tuple[Array, Array]:
     """Z (B, n, R_a + R_c) as its two blocks of columns. For equal widths by ``unstack`` of a
     (B, n, 2, R) view, whose backward writes both gradients into one buffer (torch: a stack);
     two slices have a backward that zero-fills a full-size buffer for each half and adds them
-    (CP R = 64 at (32, 4096, 128), fwd+bwd: 192 -> 145 ms)."""
+    (docs/performance.md)."""
     if ra != rc:
         return z[:, :, :ra], z[:, :, ra:]
     b, n, _ = shape_of(z)
