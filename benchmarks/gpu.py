@@ -19,51 +19,25 @@ version's roofline (anywhere: nothing is run).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from run import SHAPES, _gemm_form, _reassociated_form, roofline_costs  # benchmarks/run.py, beside this script
+from lpbench.machine import gpu_limits  # the suite's shared parts (benchmarks/lpbench/, beside this script)
+from lpbench.roofline import SHAPES, gemm_form, reassociated_form, roofline_costs
+from lpbench.timing import device_ms
 
 import lowrank_pool as lp
 
 P, R = 4, 64  # as make bench: rank-P attention with P = 4 maps, CP of rank 64
 
 
-def _events_ms(fn: Callable[[], Any], before: Callable[[], Any], reps: int) -> float:
-    """Median device time of fn() in ms, before() run (untimed) ahead of each call."""
-    for _ in range(3):
-        before()
-        fn()
-    times = []
-    for _ in range(reps):
-        before()
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
-
-
-def machine_limits() -> dict[str, float]:
-    """float32 GEMM rate (GF/s, TF32 off) and read bandwidth (GB/s) of the device, measured now."""
-    a = torch.randn(8192, 8192, device="cuda")
-    gemm_ms = min(_events_ms(functools.partial(torch.matmul, a, a), lambda: None, 5) for _ in range(3))
-    big = torch.ones(2**29, device="cuda")  # 2 GiB
-    read_ms = min(_events_ms(big.sum, lambda: None, 5) for _ in range(3))
-    return {"gflops": 2 * 8192**3 / gemm_ms / 1e6, "read_gbps": 2**31 / read_ms / 1e6}
-
-
 def _roofline_of(label: str) -> str:
-    """The roofline method of a row (:func:`run.roofline_costs`), from its label."""
+    """The roofline method of a row (:func:`lpbench.roofline.roofline_costs`), from its label."""
     if label.startswith("rankp"):
         return "rankp"
     return "cp64" if label.startswith("cp_pool") else "rank1"
@@ -79,13 +53,13 @@ def _forms(f: int, k: int) -> dict[str, tuple[Callable[..., Any], tuple[torch.Te
     ap = (torch.randn(P, f, k, device="cuda") / f**0.5).permute(1, 2, 0).requires_grad_()  # read in place
     bp = param(f, P)
     cp = (None, [param(k, R), param(f, R), param(f, R)])
-    compiled_gemm = torch.compile(_gemm_form, dynamic=False)
-    compiled_re = torch.compile(_reassociated_form, dynamic=False)
+    compiled_gemm = torch.compile(gemm_form, dynamic=False)
+    compiled_re = torch.compile(reassociated_form, dynamic=False)
     compiled_ours = torch.compile(lp.rank1_pool, dynamic=False, fullgraph=True)
     return {
         "rank1_pool": (lp.rank1_pool, (a, b)),
-        "hand: GEMM form": (_gemm_form, (a, b)),
-        "hand: re-associated": (_reassociated_form, (a, b)),
+        "hand: GEMM form": (gemm_form, (a, b)),
+        "hand: re-associated": (reassociated_form, (a, b)),
         "hand: GEMM form, compiled": (compiled_gemm, (a, b)),
         "hand: re-associated, compiled": (compiled_re, (a, b)),
         "rank1_pool, compiled": (compiled_ours, (a, b)),
@@ -110,7 +84,7 @@ def _measure(fn: Callable[..., Any], x: torch.Tensor, params: tuple[torch.Tensor
     def step() -> None:
         fn(x, *params).sum().backward()
 
-    out = {"fwd": _events_ms(forward, prepare, reps), "fwd+bwd": _events_ms(step, prepare, reps)}
+    out = {"fwd": device_ms(forward, prepare, reps), "fwd+bwd": device_ms(step, prepare, reps)}
     prepare()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -159,7 +133,7 @@ def _measure_graphed(
         with torch.no_grad():
             x.mul_(1.0)
 
-    out = {mode: _events_ms(g.replay, rewrite, reps) for mode, g in graphs.items()}
+    out = {mode: device_ms(g.replay, rewrite, reps) for mode, g in graphs.items()}
     out["peak_x"] = float("nan")  # the graph's memory pool is held for its lifetime: not a step's peak
     for t in leaves:
         t.grad = None
@@ -230,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here, as on the CPU
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    limits = machine_limits()
+    limits = gpu_limits()
     torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
     rows = []

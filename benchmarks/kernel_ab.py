@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lpbench.roofline import SHAPES  # the suite's shared parts (benchmarks/lpbench/, beside this script)
 
 import lowrank_pool as lp
 from lowrank_pool import _native
 
-SHAPES = [(49, 2048, 10), (196, 512, 100), (196, 2048, 600), (4096, 128, 10)]  # (n, f, K), as make bench
 BATCH, P = 32, 4
 
 

@@ -32,40 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+# the suite's shared parts (benchmarks/lpbench/, beside this script)
+from lpbench.machine import cpu_limits
+from lpbench.roofline import SHAPES, SMOKE_SHAPES, gemm_form, reassociated_form, roofline_costs
+from lpbench.roofline import efficiency as roofline_efficiency
+
 import lowrank_pool as lp
 
-SHAPES = [(49, 2048, 10), (196, 512, 100), (196, 2048, 600), (4096, 128, 10)]  # (n, f, K)
-SMOKE_SHAPES = [(16, 24, 5), (64, 8, 3)]
 MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # skip beyond half the RAM
-
-
-# --------------------------------------------------------------------------- machine
-def _best(fn: Callable[[], Any], rounds: int) -> float:
-    fn()
-    best = math.inf
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def machine_limits(smoke: bool, rounds: int) -> dict[str, float]:
-    """GEMM peak (GF/s) per backend and dtype, and read bandwidth (GB/s), measured now."""
-    size = 256 if smoke else 2048
-    out: dict[str, float] = {}
-    for dt in ("float32", "float64"):
-        a = np.random.default_rng(0).standard_normal((size, size)).astype(dt)
-        out[f"numpy_{dt}_gflops"] = 2 * size**3 / _best(lambda a=a: a @ a, rounds) / 1e9
-        t = torch.from_numpy(a)
-        out[f"torch_{dt}_gflops"] = 2 * size**3 / _best(lambda t=t: t @ t, rounds) / 1e9
-    # 1 GiB: larger than any last-level cache here (EPYC parts have up to 256 MiB of L3), so
-    # this is DRAM bandwidth. Inputs that fit in cache can beat it: efficiencies > 100 % mean that.
-    big = np.ones((8 if smoke else 1024) * 2**20 // 8)  # float64, 8 MiB / 1 GiB
-    tb = torch.from_numpy(big)
-    bw = max(big.nbytes / _best(big.sum, rounds), big.nbytes / _best(tb.sum, rounds))
-    out["read_gbps"] = bw / 1e9
-    return out
 
 
 # --------------------------------------------------------------------------- cases
@@ -123,52 +97,9 @@ def _data(backend: str, dtype: str, batch: int, n: int, f: int, k: int, nchw: bo
     }
 
 
-def _costs(method: str, batch: int, n: int, f: int, k: int, r: int, item: int) -> tuple[float, float, float]:
-    """(FLOPs, bytes, FLOPs of the Gram matrix XᵀX among them) of the cheapest known algorithm, for the roofline.
-
-    CP and Tucker take the first two from the package's own cost model (:func:`lowrank_pool.pool_cost`,
-    the path ``path="auto"`` picks), so the benchmark and the library share one model; their dense path
-    forms the Gram matrix, as bilinear pooling does.
-    """
-    x = batch * n * f * item  # X is read once; the parameters are read once too
-    gram = 2 * batch * n * f * f
-    if method == "first_order":
-        return 2 * batch * n * f + 2 * batch * f * k, x + f * k * item, 0
-    if method == "bilinear":
-        return gram + 2 * batch * k * f * f, x + k * f * f * item, gram
-    if method == "rank1":
-        return 4 * batch * n * f + 2 * batch * f * k, x + f * (k + 1) * item, 0
-    if method == "rankp":
-        return 4 * batch * n * f * 4 + 2 * batch * 4 * f * k, x + 4 * f * (k + 1) * item, 0
-    if method == "compact":  # two count sketches (scatter-adds), two real FFTs of length d per position
-        d = 8192  # (2.5 d log2 d FLOPs each), the spectra's product, one inverse FFT per sample
-        fft = 2.5 * d * math.log2(d)
-        return 2 * batch * n * f + batch * n * (2 * fft + 3 * d) + batch * fft, x + batch * d * item, 0
-    kind = "cp" if method.startswith("cp") else "tucker"
-    kw: dict[str, Any] = {"batch": batch, "positions": n, "channels": f, "classes": k, "itemsize": item}
-    kw["ranks"] = r if kind == "cp" else (min(r, k), r, r)
-    seconds = lp.pool_cost(kind, **kw)
-    path = "factorized" if seconds["factorized"] <= seconds["dense"] else "dense"
-    flops, nbytes = lp.pool_cost(kind, measure="flops", **kw)[path], lp.pool_cost(kind, measure="bytes", **kw)[path]
-    return flops, nbytes, gram if path == "dense" else 0
-
-
-def roofline_costs(
-    method: str, batch: int, n: int, f: int, k: int, r: int, item: int, grad: bool
-) -> tuple[float, float]:
-    """(FLOPs, bytes) of the roofline: :func:`_costs` for the forward; forward+backward reads X and the
-    parameters twice (forward and backward), writes ∂X once and does three times the forward's FLOPs
-    (the forward, and a product of the same size for each of the two gradients), except the Gram
-    matrix XᵀX of the dense paths (bilinear pooling, CP and Tucker where ``auto`` takes the dense
-    path): its backward is one GEMM, ∂X = X (G + Gᵀ), so its 2 B n f² FLOPs count twice, not three
-    times."""
-    flops, nbytes, gram = _costs(method, batch, n, f, k, r, item)
-    return (3 * flops - gram, 2 * nbytes + batch * n * f * item) if grad else (flops, nbytes)
-
-
 @dataclass(frozen=True)
 class Ctx:
-    """The sizes of one (backend, dtype, shape, mode) group."""
+    """The sizes of one (backend, dtype, shape, mode) group, and whether this is a smoke run."""
 
     backend: str
     batch: int
@@ -177,6 +108,7 @@ class Ctx:
     k: int
     item: int
     grad: bool
+    smoke: bool = False
 
 
 Maker = Callable[[dict[str, Any], str], Callable[[], Any]]
@@ -187,8 +119,8 @@ class Case:
     """One family of rows: what to run (``make(data, path)`` returns the timed callable), where, and its roofline.
 
     ``needs(ctx)`` gives the bytes a call needs and what for: the row is reported as skipped
-    when they exceed ``limit`` times the memory budget. ``unavailable()`` names a missing
-    optional library. Baselines carry the method they compete with (``baseline_of``).
+    when they exceed ``limit`` times the memory budget. ``unavailable(ctx)`` names a missing
+    optional library (or a row a smoke run leaves out). Baselines carry the method they compete with (``baseline_of``).
     """
 
     method: str
@@ -201,7 +133,7 @@ class Case:
     baseline_of: str = ""
     needs: Callable[[Ctx, str], tuple[float, str]] | None = None
     limit: float = 1.0
-    unavailable: Callable[[], str] | None = None
+    unavailable: Callable[[Ctx], str] | None = None
 
 
 def _gib(nbytes: float) -> str:
@@ -235,21 +167,7 @@ def _broadcast(d: dict[str, Any], _path: str) -> Callable[[], Any]:
 
 def _autograd_gemm(d: dict[str, Any], _path: str) -> Callable[[], Any]:
     X, A, b = d["X"], d["A"], d["b"]
-    return lambda: _gemm_form(X, A, b)
-
-
-def _gemm_form(X: Any, A: Any, b: Any) -> Any:
-    """What a user writes first: project X on [A | b], multiply the maps, average (plain autograd)."""
-    k = A.shape[1]
-    z = torch.cat([A, b[:, None]], 1).T @ X.reshape(X.shape[0], X.shape[1], -1)
-    return (z[:, :k] * z[:, k:]).mean(-1)
-
-
-def _reassociated_form(X: Any, A: Any, b: Any) -> Any:
-    """The re-associated form aᵀ(Xᵀ(X b)) / n by hand, with plain autograd (no fused backward)."""
-    xt = X.reshape(X.shape[0], X.shape[1], -1)  # (B, f, n)
-    u = (b @ xt)[:, :, None]  # (B, n, 1): the bottom-up map
-    return (xt @ u)[..., 0] @ A / xt.shape[-1]
+    return lambda: gemm_form(X, A, b)
 
 
 _COMPILED: dict[str, Any] = {}
@@ -270,11 +188,8 @@ def _compiled(form: Callable[..., Any]) -> Maker:
     return make
 
 
-SMOKE = False  # set by main(): --smoke leaves the torch.compile baselines out (compile time, not speed)
-
-
-def _compile_unavailable() -> str:
-    if SMOKE:
+def _compile_unavailable(ctx: Ctx) -> str:
+    if ctx.smoke:
         return "torch.compile baselines are left out of --smoke (they measure compile time there)"
     return ""
 
@@ -306,7 +221,7 @@ def _trl(r: int) -> Maker:
     return make
 
 
-def _tltorch_missing() -> str:
+def _tltorch_missing(_ctx: Ctx) -> str:
     try:
         import tltorch  # noqa: F401
     except ImportError as err:
@@ -347,7 +262,7 @@ CASES: list[Case] = [
     Case("(b) autograd GEMM", _autograd_gemm, "rank1", layouts=("nchw",), backends=("torch",), baseline_of="rank1"),
     Case(
         "(e) autograd re-associated",
-        lambda d, _: lambda: _reassociated_form(d["X"], d["A"], d["b"]),
+        lambda d, _: lambda: reassociated_form(d["X"], d["A"], d["b"]),
         "rank1",
         layouts=("nchw",),
         backends=("torch",),
@@ -363,7 +278,7 @@ CASES: list[Case] = [
             baseline_of="rank1",
             unavailable=_compile_unavailable,
         )
-        for name, form in (("(f) compiled GEMM", _gemm_form), ("(g) compiled re-associated", _reassociated_form))
+        for name, form in (("(f) compiled GEMM", gemm_form), ("(g) compiled re-associated", reassociated_form))
     ),
     *(
         Case(
@@ -399,14 +314,20 @@ CASES: list[Case] = [
 
 
 def build(
-    backend: str, dtype: str, batch: int, shape: tuple[int, int, int], mode: str, methods: set[str] | None = None
+    backend: str,
+    dtype: str,
+    batch: int,
+    shape: tuple[int, int, int],
+    mode: str,
+    methods: set[str] | None = None,
+    smoke: bool = False,
 ) -> list[tuple[Result, Callable[[], Any] | None]]:
     """Every (result slot, callable) of one (backend, dtype, shape, mode) group, from :data:`CASES`.
 
     ``methods`` keeps only those methods and the baselines that compete with them.
     """
     n, f, k = shape
-    ctx = Ctx(backend, batch, n, f, k, np.dtype(dtype).itemsize, mode == "fwd+bwd")
+    ctx = Ctx(backend, batch, n, f, k, np.dtype(dtype).itemsize, mode == "fwd+bwd", smoke)
     groups: list[tuple[Result, Callable[[], Any] | None]] = []
     for layout in ("bnf", "nchw"):
         d = _data(backend, dtype, batch, n, f, k, layout == "nchw", ctx.grad)
@@ -433,7 +354,7 @@ def build(
 
 
 def _skip(case: Case, ctx: Ctx, path: str, d: dict[str, Any]) -> str:
-    if case.unavailable is not None and (why := case.unavailable()):
+    if case.unavailable is not None and (why := case.unavailable(ctx)):
         return why
     if case.method == "bilinear" and d["W"] is None:
         return _bilinear_needs(ctx, path)[1]
@@ -584,9 +505,10 @@ def measure_memory(results: list[Result], batch: int) -> None:
 
 # --------------------------------------------------------------------------- report
 def efficiency(res: Result, limits: dict[str, float]) -> float:
-    peak = limits[f"{res.backend}_{res.dtype}_gflops"] * 1e9
-    roof = max(res.flops / peak, res.nbytes / (limits["read_gbps"] * 1e9))
-    return roof / res.median if res.times else math.nan
+    gflops = limits[f"{res.backend}_{res.dtype}_gflops"]
+    return (
+        roofline_efficiency(res.flops, res.nbytes, res.median, gflops, limits["read_gbps"]) if res.times else math.nan
+    )
 
 
 def report(results: list[Result], limits: dict[str, float], out: str, meta: dict[str, Any]) -> str:
@@ -756,22 +678,20 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(json.loads(args.memory_child))
         return 0
     torch.set_num_threads(args.threads)
-    global SMOKE
-    SMOKE = args.smoke
     rounds = args.rounds or (3 if args.smoke else 7)
     batch = 4 if args.smoke else 32
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     if args.shapes:
         shapes = [shapes[int(i)] for i in args.shapes.split(",")]
     methods = set(args.methods.split(",")) if args.methods else None
-    limits = machine_limits(args.smoke, 3 if args.smoke else 5)
+    limits = cpu_limits(args.smoke, 3 if args.smoke else 5)
     print("machine:", ", ".join(f"{k} {v:.1f}" for k, v in limits.items()), flush=True)
     results: list[Result] = []
     for shape in shapes:
         for backend in args.backends.split(","):
             for dtype in args.dtypes.split(","):
                 for mode in ("fwd", "fwd+bwd") if backend == "torch" else ("fwd",):
-                    group = build(backend, dtype, batch, shape, mode, methods)
+                    group = build(backend, dtype, batch, shape, mode, methods, args.smoke)
                     time_group(group, rounds, args.group_seconds, args.x_state)
                     results.extend(res for res, _ in group)
                     print(f"  {backend} {dtype} {shape} {mode}: {len(group)} cases", flush=True)

@@ -11,26 +11,13 @@ read bandwidth of a 1 GiB array measured in the same run. Run: ``.venv/bin/pytho
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
-from run import SHAPES, roofline_costs  # benchmarks/run.py, beside this script: the same shapes and roofline
+from lpbench.roofline import SHAPES, roofline_costs  # the suite's shared parts (benchmarks/lpbench/)
+from lpbench.timing import median_ms
 
 import lowrank_pool as lp
 
 BATCH, P = 32, 4  # as make bench (its rank-P roofline counts P = 4)
-
-
-def _median_ms(fn, before, reps: int = 25) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        before()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def _measure(pool, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -48,13 +35,13 @@ def _measure(pool, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[f
     def step() -> None:
         pool(x, a, b).sum().backward()
 
-    return _median_ms(forward, prepare), _median_ms(step, prepare)
+    return median_ms(forward, prepare), median_ms(step, prepare)
 
 
 def main() -> None:
     torch.set_num_threads(2)
     big = torch.ones(2**28)  # 1 GiB
-    read_gbps = big.nbytes / min(_median_ms(big.sum, lambda: None, 5) for _ in range(3)) / 1e6
+    read_gbps = big.nbytes / min(median_ms(big.sum, lambda: None, 5) for _ in range(3)) / 1e6
     print(f"read bandwidth {read_gbps:.1f} GB/s (1 GiB); batch {BATCH}, 2 threads, float32, NCHW input")
     print("| (n, f, K) | method | forward ms (eff) | forward+backward ms (eff) |")
     print("|---|---|---|---|")
