@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import lowrank_pool as lp  # noqa: E402
-from lowrank_pool.nn import BilinearPool, CPPool, EigPool, TuckerPool, compress, match_scores  # noqa: E402
+from lowrank_pool.nn import BilinearPool, CPPool, EigPool, MatchReport, TuckerPool, compress, match_scores  # noqa: E402
 
 F, K, D = 12, 4, 3
 
@@ -60,6 +60,7 @@ def test_match_scores_reports_and_stops():
     # a random start (a Frobenius start would sit at the saddle where X v = 0 and nothing moves)
     student = EigPool(F, K, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     report = match_scores(student, x, head(x).detach(), epochs=40, tol=1e-3, patience=2, batch_size=16)
+    assert isinstance(report, MatchReport)
     assert report["final"] <= report["initial"] and report["final"] <= min(report["history"]) * (1 + 1e-3)
     assert report["stopped"] in ("converged", "max_epochs") and report["epochs"] == len(report["history"]) - 1
     assert report["epochs"] < 40 or report["stopped"] == "max_epochs"

@@ -384,6 +384,7 @@ def test_rank_profile_reports_error_size_and_accuracy(tmp_path):
     x = rng.standard_normal((20, 6, f))
     labels = np.argmax(lp.bilinear_pool(x, W), axis=1)
     prof = lp.rank_profile(W, [1, 2, 4, 8], method="eig", features=x, labels=labels)
+    assert isinstance(prof, lp.RankProfile)
     assert prof.errors == sorted(prof.errors, reverse=True) and prof.errors[-1] < 1e-12
     assert prof.params == [r * K * (f + 1) for r in (1, 2, 4, 8)] and prof.dense_accuracy == 1.0
     assert prof.accuracy is not None and prof.accuracy[-1] == 1.0

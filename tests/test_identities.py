@@ -167,3 +167,29 @@ def test_gram_is_symmetric_psd_and_matches_oracle(bk, dtype, s):
     Gn = lp.testing.to_numpy(G)
     if Gn.size:
         assert np.linalg.eigvalsh((Gn + Gn.transpose(0, 2, 1)) / 2).min() >= -(s["n"] + 1) * 1e-6 * scale.max()
+
+
+@given(s=sizes())
+def test_project_channels_is_a_1x1_convolution_and_commutes_with_pooling(bk, dtype, s):
+    """Z = X M + 1 cᵀ on every position; first-order pooling of Z is (first-order pooling of X) M + c,
+    and the second moment of X M is Mᵀ (XᵀX/n) M (bilinear pooling after a channel reduction)."""
+    d = _data(s)
+    M, c = d["A"], d["b"][: s["K"]] if s["K"] <= s["f"] else np.resize(d["b"], s["K"])
+    X, Mb, cb = bk(d["X"], dtype), bk(M, dtype), bk(c, dtype)
+    Z = lp.project_channels(X, Mb, bias=cb)
+    assert tuple(Z.shape) == (s["B"], s["n"], s["K"]) and Z.dtype == X.dtype and type(Z) is type(X)
+    Xa, Ma = absolute(X, Mb)
+    scale = np.einsum("bnf,fk->bnk", Xa, Ma) + np.abs(c)
+    assert_close(Z, np.einsum("bnf,fk->bnk", d["X"], M) + c, terms=s["f"] + 2, scale=scale, like=Z)
+    # a channels-first map on a spatial grid gives the same numbers, back on its grid with keep_spatial
+    grid = bk(np.ascontiguousarray(d["X"].transpose(0, 2, 1)).reshape(s["B"], s["f"], s["n"], 1), dtype)
+    Zs = lp.project_channels(grid, Mb, bias=cb, keep_spatial=True)
+    assert tuple(Zs.shape) == (s["B"], s["K"], s["n"], 1)
+    assert_close(Z, lp.testing.to_numpy(Zs)[..., 0].transpose(0, 2, 1), terms=2 * (s["f"] + 2), scale=scale)
+    # pooling commutes with the projection
+    first = lp.first_order_pool(lp.project_channels(X, Mb), bk(np.eye(s["K"]), dtype))
+    assert_close(first, d["X"].mean(1) @ M, terms=s["f"] + s["n"] + 3, scale=Xa.mean(1) @ Ma)
+    G = lp.gram(lp.project_channels(X, Mb))
+    moment = np.einsum("fi,bfg,gj->bij", M, np.einsum("bnf,bng->bfg", d["X"], d["X"]) / s["n"], M)
+    scale2 = np.einsum("fi,bfg,gj->bij", Ma, np.einsum("bnf,bng->bfg", Xa, Xa) / s["n"], Ma)
+    assert_close(G, moment, terms=2 * s["f"] + s["n"] + 4, scale=scale2)

@@ -313,3 +313,29 @@ def test_the_dx_cache_stays_bounded_when_sizes_change():
         module.set_cache_limit(limit)
     lp.empty_cache()
     assert module.cache_blocks() == 0
+
+
+def test_the_public_kernel_functions(monkeypatch, tmp_path):
+    """kernel_status says what the loader found; build_kernel finds an up-to-date binary without compiling and
+    returns the status; a failing build raises KernelBuildError with the compiler's words."""
+    st = lp.kernel_status()
+    assert isinstance(st, lp.KernelStatus) and st.available == (st.path is not None)
+    assert set(st.cpu) <= set(_build.CAPABILITIES) and st.reason
+    if not _native.cpu_capabilities():
+        pytest.skip("no capability to build here")
+    _built(_native.cpu_capabilities()[0])
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("up to date: nothing to compile")
+
+    monkeypatch.setattr(_build, "_run", no_compiler)
+    again = lp.build_kernel(verbose=False)
+    assert again.available and again.capability == _native.cpu_capabilities()[0]
+    monkeypatch.undo()
+    monkeypatch.setenv("LOWRANK_POOL_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(lp.KernelBuildError, match="no C\\+\\+ compiler"):
+        lp.build_kernel(verbose=False)
+    with pytest.raises(lp.KernelBuildError, match="capabilities"):
+        lp.build_kernel("sse2", verbose=False)
+    _native.kernel.cache_clear()  # (the next call loads the real binary again)

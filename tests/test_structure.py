@@ -47,3 +47,25 @@ def test_every_module_exports_only_public_names():
         module = importlib.import_module(f"lowrank_pool.{info.name}")
         extra = sorted(set(getattr(module, "__all__", ())) - public)
         assert not extra, f"lowrank_pool.{info.name} exports names the package does not publish: {extra}"
+
+
+def test_every_public_name_has_its_test_place():
+    """tests/places.py names the module that holds each public name's tests; the module exists and tests it."""
+    import pathlib
+    import re
+
+    from places import PLACES
+
+    import lowrank_pool.nn
+
+    names = {n for n in lp.__all__ if not n.startswith("__")} | {f"nn.{n}" for n in lowrank_pool.nn.__all__}
+    missing = sorted(names - set(PLACES))
+    assert not missing, f"public names without a test place in tests/places.py: {missing}"
+    stale = sorted(set(PLACES) - names)
+    assert not stale, f"tests/places.py names what is no longer public: {stale}"
+    here = pathlib.Path(__file__).parent
+    for name, module in PLACES.items():
+        path = here / module
+        assert path.is_file(), f"{name}: {module} does not exist"
+        short = name.split(".")[-1]
+        assert re.search(rf"\b{short}\b", path.read_text()), f"{name}: {module} does not test it"
