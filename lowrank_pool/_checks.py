@@ -42,6 +42,7 @@ __all__ = [
     "check_finite",
     "check_number",
     "check_positive_int",
+    "check_progress",
     "check_shape",
     "check_tucker_ranks",
     "describe",
@@ -109,6 +110,13 @@ def check_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ArgumentTypeError(f"{name}: expected an int, got {type(value).__name__}")
     return int(value)
+
+
+def check_progress(value: Any, name: str = "progress") -> bool | None:
+    """Raise unless ``value`` is True, False or None (show a bar, never, when tqdm and a terminal are there)."""
+    if value is not None and not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name}: expected True, False or None, got {type(value).__name__}")
+    return value
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:

@@ -24,7 +24,6 @@ from ._backend import (
     check_has_values,
     detach,
     device_of,
-    is_linalg_error,
     namespace,
     random_normal,
 )
@@ -36,13 +35,16 @@ from ._checks import (
     check_finite,
     check_number,
     check_positive_int,
+    check_progress,
     check_shape,
     check_tucker_ranks,
     shape_of,
 )
+from ._fits import Collapsed, CPFit, ThreeWay, cp_als, hooi
 from ._ops import top_eigh
+from ._progress import Progress
 from ._tensorly import tensorly_context
-from .factorized import EigTensor, _cp_dense
+from .factorized import EigTensor
 
 __all__ = ["cp_approx", "eig_approx", "tucker_approx"]
 
@@ -67,15 +69,15 @@ def _check_fit_options(n_iter_max: Any, tol: Any, random_state: Any, stall: Any 
         raise ArgumentTypeError(f"random_state: expected an int or None, got {type(random_state).__name__}")
 
 
-def _zero_cp(xp: Namespace, like: Array, k: int, f: int, rank: int) -> Any:
+def _zero_cp(xp: Namespace, like: Array, k: int, f: int, rank: int, g: int | None = None) -> Any:
     """The exact CP form of W = 0: zero weights on unit-norm (seeded) factors."""
     from tensorly.cp_tensor import CPTensor
 
     factors = []
-    for i, rows in enumerate((k, f, f)):
+    for i, rows in enumerate((k, f, f if g is None else g)):
         m = random_normal(xp, (rows, rank), like, i)
         factors.append(m / xp.linalg.vector_norm(m, axis=0, keepdims=True))
-    with tensorly_context(xp):
+    with tensorly_context(xp, fit=False):
         return CPTensor((xp.zeros(rank, dtype=like.dtype, device=device_of(like)), factors))
 
 
@@ -83,38 +85,43 @@ def _zero_tucker(xp: Namespace, like: Array, ranks: tuple[int, int, int]) -> Any
     """The exact Tucker form of W = 0: a zero core on orthonormal (identity) factors."""
     from tensorly.tucker_tensor import TuckerTensor
 
-    k, f = shape_of(like)[0], shape_of(like)[1]
     dev = device_of(like)
-    factors = [xp.eye(rows, r, dtype=like.dtype, device=dev) for rows, r in zip((k, f, f), ranks, strict=True)]
-    with tensorly_context(xp):
+    factors = [xp.eye(rows, r, dtype=like.dtype, device=dev) for rows, r in zip(shape_of(like), ranks, strict=True)]
+    with tensorly_context(xp, fit=False):
         return TuckerTensor((xp.zeros(ranks, dtype=like.dtype, device=dev), factors))
 
 
-def _leading_subspaces(xp: Namespace, T: Array, ranks: Sequence[int], seed: int | None) -> list[Array]:
-    """Leading left singular vectors of the three unfoldings of T (K, f, f), from their Gram matrices.
+def _leading_subspaces(
+    xp: Namespace, T: Array, ranks: Sequence[int], seed: int | None, *, symmetric: bool = False
+) -> list[Array]:
+    """Leading left singular vectors of the three unfoldings of T (K, f, g), from their Gram matrices.
 
-    The subspaces tensorly's ``init="svd"`` uses, without an SVD of an (f, K·f) unfolding: these Gram
-    matrices cost K·f³ work and f² memory, one class at a time (docs/performance.md). Columns beyond a mode's size are
-    filled with seeded normal numbers, as tensorly does.
+    The subspaces tensorly's ``init="svd"`` uses, without an SVD of an (f, K·g) unfolding: the Gram
+    matrices cost K·f·g·max(f, g) work and (f² + g²) memory (docs/performance.md, "Fitting"); with
+    symmetric slices the two are one. Columns beyond a mode's size are filled with seeded normal numbers,
+    as tensorly does.
     """
-    k, f = shape_of(T)[0], shape_of(T)[1]
-    flat = xp.reshape(T, (k, f * f))
-    # mode 0 (classes): the K×K Gram matrix when K <= f², else its f²×f² twin, never more
+    k, f, g = shape_of(T)
+    flat = xp.reshape(T, (k, f * g))
+    # mode 0 (classes): the K×K Gram matrix when K <= f·g, else its (f·g)² twin, never more
     # memory than T itself (W (20000, 3, 3) would otherwise ask for a 3 GiB K×K matrix)
-    grams = [xp.matmul(flat, xp.matrix_transpose(flat)) if k <= f * f else None]
-    rows = xp.zeros((f, f), dtype=T.dtype, device=device_of(T))
-    cols = xp.zeros((f, f), dtype=T.dtype, device=device_of(T))
-    for i in range(k):
-        rows = rows + xp.matmul(T[i, ...], xp.matrix_transpose(T[i, ...]))
-        cols = cols + xp.matmul(xp.matrix_transpose(T[i, ...]), T[i, ...])
+    grams = [xp.matmul(flat, xp.matrix_transpose(flat)) if k <= f * g else None]
+    lines = xp.reshape(T, (k * f, g))
+    cols = xp.matmul(xp.matrix_transpose(lines), lines)  # Σ_k T_kᵀ T_k: one GEMM on T's (K·f, g) view
+    if symmetric and f == g:
+        rows = cols
+    else:
+        rows = xp.zeros((f, f), dtype=T.dtype, device=device_of(T))
+        for i in range(k):
+            rows = rows + xp.matmul(T[i, ...], xp.matrix_transpose(T[i, ...]))
     grams += [rows, cols]
     out = []
-    for mode, (g, r) in enumerate(zip(grams, ranks, strict=True)):
-        if g is None:
+    for mode, (gram, r) in enumerate(zip(grams, ranks, strict=True)):
+        if gram is None:
             lead, dim = _left_singular_vectors(xp, flat, r), k
         else:
-            dim = shape_of(g)[0]
-            _, vecs = xp.linalg.eigh(g)
+            dim = shape_of(gram)[0]
+            _, vecs = xp.linalg.eigh(gram)
             lead = xp.flip(vecs[:, max(dim - r, 0) :], axis=1)  # largest eigenvalues first
         if r > dim:
             extra = random_normal(xp, (dim, r - dim), T, None if seed is None else seed + mode)
@@ -175,34 +182,48 @@ def cp_approx(
     n_restarts: int = 1,
     init: Literal["svd", "random"] = "svd",
     random_state: int | None = 0,
+    progress: bool | None = None,
 ) -> Any:
     r"""Rank-R CP approximation :math:`W \approx \sum_r \lambda_r u_r \circ a_r \circ c_r`.
+
+    Alternating least squares whose every step is a GEMM with W's (K·f, f) view (no unfolding, no
+    Khatri–Rao product), accelerated by extrapolation (line search) from the sixth sweep, from the
+    leading singular subspaces of W's three unfoldings: seconds for W (100, 512, 512) at rank 64 where
+    tensorly's ``parafac`` takes minutes to the same error (docs/performance.md, "Fitting").
 
     Parameters
     ----------
     W : array, (K, f, f)
-        Class weight tensor (numpy, torch, jax or cupy).
+        Class weight tensor (numpy, torch on any device, jax, cupy or another array-API library); fitted
+        in its own dtype (float16/bfloat16 in float32).
     rank : int
         Number of components R, at most min(K·f, f²) (the largest CP rank a K×f×f
         tensor can have).
     symmetric : bool
         Fit the symmetric part (W_k + W_kᵀ)/2 only; it gives the same scores.
-    n_iter_max, init, random_state
-        Passed to ``tensorly.decomposition.parafac`` (ALS, normalised factors). The
-        SVD initialisation with a fixed seed makes fits reproducible.
+    n_iter_max : int
+        At most this many ALS sweeps per start.
     tol, stall : float
-        ALS stops when the exact relative error e = ‖T − T̂‖/‖T‖ falls below ``tol``
-        or one sweep improves it by less than ``stall``·e.
+        ALS stops when the relative error e = ‖T − T̂‖/‖T‖ falls below ``tol``
+        or one sweep improves it by less than ``stall``·e. e comes from R×R Gram matrices and,
+        where that would cancel (e² within rounding of ‖T‖²), from the dense residual.
     n_restarts : int
         ALS can stall in a "swamp" (nearly collinear factors) far from an exact fit.
         With ``n_restarts > 1``, a fit whose error stays above ``tol`` is followed by
-        fits from seeded random starts with line search, and the best is returned.
+        fits from seeded random starts, and the best is returned.
+    init : {"svd", "random"}
+        The first start: the leading left singular vectors of W's unfoldings, or seeded normal factors.
+    random_state : int or None
+        Seed of the random starts (and of the columns "svd" has to fill): fits are reproducible.
+    progress : bool, optional
+        A tqdm bar over the sweeps (default: when tqdm is installed and stderr is a terminal). Each
+        sweep's error is logged at DEBUG and each fit's summary at INFO on the ``"lowrank_pool"`` logger.
 
     Returns
     -------
     tensorly.cp_tensor.CPTensor
-        ``(weights (R,), [U (K, R), A (f, R), C (f, R)])`` in W's library and dtype;
-        pass it to :func:`cp_pool`. Where every fit's normal equations turn singular (W of a
+        ``(weights (R,), [U (K, R), A (f, R), C (f, R)])`` in W's library and dtype, with unit-norm factor
+        columns; pass it to :func:`cp_pool`. Where every fit's normal equations turn singular (W of a
         lower rank than R, e.g. rank 1 asked at rank 2), it is the best rank R − 1 fit with a
         component of weight 0 added.
 
@@ -226,19 +247,22 @@ def cp_approx(
         )
     check_choice(init, "init", ("svd", "random"))
     restarts = check_positive_int(n_restarts, "n_restarts")
+    check_progress(progress)
     target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
     if scale == 0.0:  # W = 0 (or antisymmetric with symmetric=True): ALS would divide by zero
         return _zero_cp(xp, target, k, f, rank)
-    cp = _cp_fit(xp, target, rank, n_iter_max, tol, stall, restarts, init, random_state)
+    t = ThreeWay(xp, target, symmetric=symmetric)
+    with Progress(f"cp_approx rank {rank}", n_iter_max * restarts, unit="sweep", bar=progress) as report:
+        weights, factors = _cp_fit(xp, t, rank, n_iter_max, tol, stall, restarts, init, random_state, report)
     from tensorly.cp_tensor import CPTensor
 
-    with tensorly_context(xp):
-        return CPTensor((_scaled_back(xp, cp.weights, scale, "weights"), list(cp.factors)))
+    with tensorly_context(xp, fit=False):
+        return CPTensor((_scaled_back(xp, weights, scale, "weights"), factors))
 
 
 def _cp_fit(
     xp: Namespace,
-    target: Array,
+    t: ThreeWay,
     rank: int,
     n_iter_max: int,
     tol: float,
@@ -246,76 +270,56 @@ def _cp_fit(
     restarts: int,
     init: str,
     random_state: int | None,
-) -> Any:
-    """The best of ``restarts`` ALS fits of the nonzero ``target`` (max |target| about 1), normalised."""
-    from tensorly.cp_tensor import cp_normalize
-    from tensorly.decomposition import parafac
-
-    norm = float(xp.linalg.vector_norm(target))
-    best: tuple[float, Any] = (math.inf, None)
+    report: Progress,
+) -> tuple[Array, list[Array]]:
+    """The best of ``restarts`` ALS fits of the nonzero ``t`` (max |T| about 1): weights, unit-norm factors."""
+    best: CPFit | None = None
     for attempt in range(restarts):
-        history: list[float] = []
-
-        def converged(cp: Any, _estimate: float, history: list[float] = history) -> bool:
-            # tensorly's own error estimate sqrt(|‖T‖² - 2<T, T̂> + ‖T̂‖²|) cancels below
-            # ~1e-8, so an exactly low-rank W would stop there; the residual is computed
-            # exactly instead (K·f² memory, the cost of one ALS sweep).
-            weights, factors = cp
-            err = float(xp.linalg.vector_norm(_cp_dense(xp, weights, list(factors)) - target)) / norm
-            history.append(err)
-            return err <= tol or (len(history) > 1 and history[-2] - err <= stall * err)
-
         seed = None if random_state is None else random_state + attempt
-        start: Any = init if attempt == 0 else "random"
-        with tensorly_context(xp):
-            if start == "svd":
-                from tensorly.cp_tensor import CPTensor
-
-                factors = _leading_subspaces(xp, target, (rank, rank, rank), random_state)
-                start = CPTensor((xp.ones(rank, dtype=target.dtype, device=device_of(target)), factors))
-            try:
-                cp = parafac(
-                    target,
-                    rank,
-                    n_iter_max=n_iter_max,
-                    tol=-math.inf,  # tensorly computes its estimate (for the callback) but never stops on it
-                    cvg_criterion="rec_error",
-                    init=start,
-                    normalize_factors=False,  # tensorly warns when a given init is normalised; done below
-                    random_state=seed,
-                    linesearch=attempt > 0,
-                    callback=converged,
-                )
-            except Exception as failure:
-                if not is_linalg_error(failure) or rank == 1:
-                    raise
-                continue  # singular normal equations: a component collapsed (W has a lower rank)
-            cp = cp_normalize(cp)
-        err = float(xp.linalg.vector_norm(_cp_dense(xp, cp.weights, list(cp.factors)) - target)) / norm
-        if err < best[0]:
-            best = (err, cp)
-        if err <= tol:
+        if attempt == 0 and init == "svd":
+            start = _leading_subspaces(xp, t.T, (rank, rank, rank), random_state, symmetric=t.symmetric)
+        else:
+            start = [
+                random_normal(xp, (rows, rank), t.T, None if seed is None else seed + 7919 * i)
+                for i, rows in enumerate((t.K, t.f, t.g))
+            ]
+        try:
+            fit = cp_als(t, start, n_iter_max=n_iter_max, tol=tol, stall=stall, linesearch=True, progress=report)
+        except Collapsed:
+            if rank == 1:
+                raise
+            continue  # singular normal equations: a component collapsed (W has a lower rank)
+        if best is None or fit.error < best.error:
+            best = fit
+        if fit.error <= tol:
             break
-    if best[1] is None:  # every fit collapsed: the best rank - 1 fit, with a zero-weight component added
-        fewer = _cp_fit(xp, target, rank - 1, n_iter_max, tol, stall, restarts, init, random_state)
-        return _padded_cp(xp, fewer, rank)
-    return best[1]
+    if best is None:  # every fit collapsed: the best rank - 1 fit, with a zero-weight component added
+        weights, factors = _cp_fit(xp, t, rank - 1, n_iter_max, tol, stall, restarts, init, random_state, report)
+        return _padded_cp(xp, weights, factors, rank)
+    report.done(error=best.error, sweeps=best.sweeps)
+    return _normalized(xp, [best.U, best.A, best.C])
 
 
-def _padded_cp(xp: Namespace, cp: Any, rank: int) -> Any:
-    """``cp`` with zero-weight components (unit-norm factors) appended up to ``rank``."""
-    from tensorly.cp_tensor import CPTensor
+def _normalized(xp: Namespace, factors: list[Array]) -> tuple[Array, list[Array]]:
+    """(weights, factors) with unit-norm columns; a zero column keeps weight 0 and stays as it is."""
+    weights = None
+    out = []
+    for m in factors:
+        norms = xp.linalg.vector_norm(m, axis=0)
+        safe = xp.where(norms > 0, norms, xp.ones_like(norms))
+        out.append(m / safe)
+        weights = norms if weights is None else weights * norms
+    assert weights is not None
+    return weights, out
 
-    weights, factors = cp
-    k, f = shape_of(factors[0])[0], shape_of(factors[1])[0]
-    zero = _zero_cp(xp, weights, k, f, rank - shape_of(weights)[0])
-    with tensorly_context(xp):
-        return CPTensor(
-            (
-                xp.concat([weights, zero.weights]),
-                [xp.concat([a, b], axis=1) for a, b in zip(factors, zero.factors, strict=True)],
-            )
-        )
+
+def _padded_cp(xp: Namespace, weights: Array, factors: list[Array], rank: int) -> tuple[Array, list[Array]]:
+    """``(weights, factors)`` with zero-weight components (unit-norm factors) appended up to ``rank``."""
+    k, f, g = (shape_of(m)[0] for m in factors)
+    zero = _zero_cp(xp, weights, k, f, rank - shape_of(weights)[0], g)
+    return xp.concat([weights, zero.weights]), [
+        xp.concat([a, b], axis=1) for a, b in zip(factors, zero.factors, strict=True)
+    ]
 
 
 def tucker_approx(
@@ -328,8 +332,13 @@ def tucker_approx(
     tol: float = 1e-10,
     init: Literal["svd", "random"] = "svd",
     random_state: int | None = 0,
+    progress: bool | None = None,
 ) -> Any:
     r"""Tucker approximation :math:`W \approx G \times_1 U \times_2 A \times_3 C` (HOOI).
+
+    Higher-order orthogonal iteration whose mode products are GEMMs with W's (K·f, f) view and whose
+    SVDs are of (mode size × product of the other two ranks) matrices, never of an (f, K·f) unfolding
+    (docs/performance.md, "Fitting").
 
     Parameters
     ----------
@@ -338,14 +347,23 @@ def tucker_approx(
         An int r means (min(r, K), r, r); every rank must fit its dimension.
     symmetric : bool
         Fit the symmetric part only (then A and C span the same subspace).
-    n_iter_max, tol, init, random_state
-        Passed to ``tensorly.decomposition.tucker``.
+    n_iter_max : int
+        At most this many HOOI sweeps.
+    tol : float
+        HOOI stops when a sweep changes the relative error √(‖T‖² − ‖G‖²)/‖T‖ by less than ``tol``
+        (or by less than 16 rounding units of W's dtype, the resolution of that error).
+    init : {"svd", "random"}
+        Start from the leading left singular vectors of W's unfoldings, or from seeded normal factors.
+    random_state : int or None
+    progress : bool, optional
+        A tqdm bar over the sweeps (default: when tqdm is installed and stderr is a terminal); logging as
+        in :func:`cp_approx`.
 
     Returns
     -------
     tensorly.tucker_tensor.TuckerTensor
-        ``(core (R_K, R_f, R_f), [U (K, R_K), A (f, R_f), C (f, R_f)])``; pass it to
-        :func:`tucker_pool`.
+        ``(core (R_K, R_f, R_f), [U (K, R_K), A (f, R_f), C (f, R_f)])`` with orthonormal factor columns;
+        pass it to :func:`tucker_pool`.
 
     Examples
     --------
@@ -355,22 +373,29 @@ def tucker_approx(
     >>> bool(np.allclose(lp.to_dense((core, [U, A, C])), (W + W.transpose(0, 2, 1)) / 2))
     True
     """
-    from tensorly.decomposition import tucker
-    from tensorly.tucker_tensor import TuckerTensor
-
     xp, W, sizes = _check_w(W)
     ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"])
     _check_fit_options(n_iter_max, tol, random_state)
     check_choice(init, "init", ("svd", "random"))
+    check_progress(progress)
     target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
     if scale == 0.0:  # W = 0 (or antisymmetric): the exact form is 0
         return _zero_tucker(xp, target, ranks)
-    start: Any = _leading_subspaces(xp, target, ranks, random_state) if init == "svd" else init
-    with tensorly_context(xp):
-        core, factors = tucker(
-            target, list(ranks), n_iter_max=n_iter_max, tol=tol, init=start, random_state=random_state
-        )
-        return TuckerTensor((_scaled_back(xp, core, scale, "core"), list(factors)))
+    t = ThreeWay(xp, target, symmetric=symmetric)
+    if init == "svd":
+        start = _leading_subspaces(xp, target, ranks, random_state, symmetric=t.symmetric)
+    else:
+        start = [
+            random_normal(xp, (rows, r), target, None if random_state is None else random_state + i)
+            for i, (rows, r) in enumerate(zip((t.K, t.f, t.g), ranks, strict=True))
+        ]
+    with Progress(f"tucker_approx ranks {ranks}", n_iter_max, unit="sweep", bar=progress) as report:
+        fit = hooi(t, start, ranks, n_iter_max=n_iter_max, tol=tol, progress=report)
+        report.done(error=fit.error, sweeps=fit.sweeps)
+    from tensorly.tucker_tensor import TuckerTensor
+
+    with tensorly_context(xp, fit=False):
+        return TuckerTensor((_scaled_back(xp, fit.core, scale, "core"), fit.factors))
 
 
 def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
@@ -388,32 +413,36 @@ def _class_matrices(W: Any) -> tuple[Namespace, int, int, Iterable[Array]]:
     return xp, sizes["K"], sizes["f"], (W[i, ...] for i in range(sizes["K"]))
 
 
-def eig_stream(W: Any, rank: int) -> tuple[Namespace, list[Array], list[Array], list[float]]:
+def eig_stream(
+    W: Any, rank: int, *, progress: bool | None = False
+) -> tuple[Namespace, list[Array], list[Array], list[float]]:
     """Per class: the ``rank`` eigenpairs of S_k of largest |μ| (sorted by |μ| descending), and ‖S_k‖_F².
 
     ``‖S_k‖² − Σ_p μ_kp²`` is the squared error of the truncation (Eckart–Young), so the
     rest of the spectrum is never needed.
     """
-    xp, _, f, mats = _class_matrices(W)
+    xp, k, f, mats = _class_matrices(W)
     if rank > f:
         raise ArgumentError(f"rank: expected at most f = {f} eigenpairs per class, got {rank}")
     mus, vecs, energies = [], [], []
-    for i, wk in enumerate(mats):
-        check_shape(f"W[{i}]", wk, ("f", "f"), f=f)
-        check_floating(xp, wk, f"W[{i}]")
-        check_finite(xp, wk, f"W[{i}]")
-        wk = detach(wk)
-        dt = acc_dtype(xp, wk.dtype)  # no half (or longdouble) eigh: float32 / float64
-        wk = wk if wk.dtype == dt else xp.astype(wk, dt)
-        sk = (wk + xp.matrix_transpose(wk)) / 2
-        mu, v = top_eigh(xp, sk, rank)
-        mus.append(mu)
-        vecs.append(v)
-        energies.append(float(xp.sum(sk * sk)))
+    with Progress(f"eig_approx rank {rank}", k, unit="class", bar=progress) as report:
+        for i, wk in enumerate(mats):
+            check_shape(f"W[{i}]", wk, ("f", "f"), f=f)
+            check_floating(xp, wk, f"W[{i}]")
+            check_finite(xp, wk, f"W[{i}]")
+            wk = detach(wk)
+            dt = acc_dtype(xp, wk.dtype)  # no half (or longdouble) eigh: float32 / float64
+            wk = wk if wk.dtype == dt else xp.astype(wk, dt)
+            sk = (wk + xp.matrix_transpose(wk)) / 2
+            mu, v = top_eigh(xp, sk, rank)
+            mus.append(mu)
+            vecs.append(v)
+            energies.append(float(xp.sum(sk * sk)))
+            report.step(**{"class": i})
     return xp, mus, vecs, energies
 
 
-def eig_approx(W: Any, rank: int, /) -> EigTensor:
+def eig_approx(W: Any, rank: int, /, *, progress: bool | None = None) -> EigTensor:
     r"""Per class, the optimal rank-P approximation of the symmetric part of W_k.
 
     .. math:: S_k = \tfrac12(W_k + W_k^\top) = \sum_i \mu_{ki} v_{ki} v_{ki}^\top,
@@ -430,6 +459,9 @@ def eig_approx(W: Any, rank: int, /) -> EigTensor:
     W : array (K, f, f) or a sequence of K arrays (f, f)
     rank : int
         P, at most f.
+    progress : bool, optional
+        A tqdm bar over the classes (default: when tqdm is installed and stderr is a terminal); the
+        start and end are logged at INFO, each class at DEBUG, on the ``"lowrank_pool"`` logger.
 
     Returns
     -------
@@ -444,5 +476,6 @@ def eig_approx(W: Any, rank: int, /) -> EigTensor:
     array([[ 3., -2.]])
     """
     rank = check_positive_int(rank, "rank")
-    xp, mus, vecs, _ = eig_stream(W, rank)
+    check_progress(progress)
+    xp, mus, vecs, _ = eig_stream(W, rank, progress=progress)
     return EigTensor(xp.stack(mus, axis=0), xp.stack(vecs, axis=1))

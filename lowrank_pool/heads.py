@@ -14,10 +14,13 @@ from typing import Any, NamedTuple, cast
 
 from ._backend import Array, Namespace, check_floating, device_of, namespace
 from ._checks import (
+    MAX_ITERATIONS,
     ArgumentError,
     ArgumentTypeError,
     ShapeError,
     check_choice,
+    check_number,
+    check_positive_int,
     check_shape,
     describe,
     parse_cp,
@@ -120,6 +123,34 @@ def _checked(head: Any) -> tuple[HeadForm, str]:
     if head.attention != "linear" and kind != "rankp":
         raise ArgumentError(f"attention: only a rank-P form has bottom-up maps, got attention={head.attention!r}")
     return head, kind
+
+
+def check_head(head: Any, /) -> HeadForm:
+    """``head`` as a validated :class:`HeadForm`: its form, options, and a bias (K,) and projection (f_in, f)
+    that fit the form's K classes and f channels (the package's errors name the field otherwise)."""
+    head, kind = _checked(head)
+    form = head.form
+    if kind == "first_order":
+        sizes = check_shape("form", form, ("f", "K"))
+    elif kind == "dense":
+        sizes = check_shape("form", form, ("K", "f", "f"))
+    elif kind == "cp":
+        factors = parse_cp(form, "form")[2]
+        sizes = {"K": shape_of(factors[0])[0], "f": shape_of(factors[1])[0]}
+    elif kind == "tucker":
+        factors = parse_tucker(form, "form")[2]
+        sizes = {"K": shape_of(factors[0])[0], "f": shape_of(factors[1])[0]}
+    elif kind == "eig":
+        sizes = parse_eig(form, "form")[3]
+    else:
+        sizes = parse_rankp(form[0], form[1])[1]
+    if head.bias is not None:
+        check_shape("bias", head.bias, ("K",), K=sizes["K"])
+    if head.projection is not None:
+        check_shape("projection", head.projection, ("f_in", "f"), f=sizes["f"])
+    check_number(head.eps, "eps")
+    check_positive_int(head.num_iters, "num_iters", MAX_ITERATIONS)
+    return head
 
 
 def head_scores(X: Array, head: HeadForm | Any, /, *, channel_axis: int | None = None) -> Array:
@@ -375,7 +406,7 @@ def approx_form(W: Array, rank: Any, /, *, kind: str, **options: Any) -> Any:
     rank : int (or Tucker's ranks)
     kind : {"dense", "cp", "tucker", "eig", "rankp"}
     **options
-        Options of :func:`cp_approx` / :func:`tucker_approx` (none for the eigen forms).
+        Options of :func:`cp_approx` / :func:`tucker_approx` (only ``progress`` for the eigen forms).
 
     Returns
     -------
@@ -391,13 +422,15 @@ def approx_form(W: Array, rank: Any, /, *, kind: str, **options: Any) -> Any:
     kind = check_choice(kind, "kind", KINDS)
     if kind == "dense":
         return W
-    if kind in ("eig", "rankp") and options:
-        raise ArgumentError(f"options: the eigen forms take no fit options, got {sorted(options)}")
+    if kind in ("eig", "rankp") and set(options) - {"progress"}:
+        raise ArgumentError(
+            f"options: the eigen forms take no fit options but progress, got {sorted(set(options) - {'progress'})}"
+        )
     if kind == "cp":
         return cp_approx(W, rank, **options)
     if kind == "tucker":
         return tucker_approx(W, rank, **options)
-    mu, v = eig_approx(W, rank)
+    mu, v = eig_approx(W, rank, **options)
     return EigTensor(mu, v) if kind == "eig" else RankP(v * mu[None, :, :], v)
 
 

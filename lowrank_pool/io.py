@@ -33,11 +33,13 @@ from ._checks import (
 from ._forms import form_kind
 from ._tensorly import tensorly_context
 from .factorized import EigTensor, RankP
+from .heads import HeadForm, check_head
 
 __all__ = ["FactorFileError", "load_factors", "save_factors"]
 
 FORMAT = "lowrank_pool.factors"
-VERSION = 1
+VERSION = 1  # a bare form (what every version reads)
+HEAD_VERSION = 2  # a head: the form with its bias, projection and head_scores options
 
 
 class FactorFileError(LowRankPoolError, ValueError):
@@ -102,23 +104,27 @@ def _binary_file(obj: Any, mode: str) -> None:
 
 
 def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
-    """Save a CP, Tucker, :class:`EigTensor`, :class:`RankP` form or a dense W to ``.npz``.
+    """Save a head (its :class:`HeadForm`: form, bias, projection, normalisation), or a bare CP, Tucker,
+    :class:`EigTensor`, :class:`RankP` form or dense W, to ``.npz``.
 
-    The file holds plain numeric arrays plus a format tag and version; it is read back
-    with ``allow_pickle=False``, so loading it can never execute code. ``.npz`` is
-    appended to a path without it (as numpy does), and :func:`load_factors` finds the
-    file under either name; an open binary file object is written as it is. The form is
-    validated first, as :func:`load_factors` will validate it (the shapes must fit
-    together; no zero sizes). A path is written atomically: into a temporary file in the
-    same directory, flushed, then renamed over the target, so a concurrent reader sees the
-    old file or the new one and a crash leaves the old one.
+    ``obj`` may be a :mod:`lowrank_pool.nn` head (anything with a ``factors()`` method), what its
+    ``factors()`` returns, or a bare form. A head's file holds what determines its scores — the form, the
+    bias c, the 1×1 projection R and the options of :func:`head_scores` (normalisation with ``eps`` and
+    ``num_iters``, attention, reduction) — so ``Head.from_factors(load_factors(path))`` scores exactly as
+    the saved head did. The file holds plain numeric arrays plus a format tag and version; it is read back
+    with ``allow_pickle=False``, so loading it can never execute code. ``.npz`` is appended to a path
+    without it (as numpy does), and :func:`load_factors` finds the file under either name; an open binary
+    file object is written as it is. The form is validated first, as :func:`load_factors` will validate it
+    (the shapes must fit together; no zero sizes). A path is written atomically: into a temporary file in
+    the same directory, flushed, then renamed over the target, so a concurrent reader sees the old file or
+    the new one and a crash leaves the old one.
 
     Parameters
     ----------
     path : str, os.PathLike or binary file object
         Where to write (``.npz`` appended to a path without it).
-    obj : CPTensor, TuckerTensor, EigTensor, RankP or array (K, f, f)
-        The form to save, on any backend (copied to the host).
+    obj : head, HeadForm, CPTensor, TuckerTensor, EigTensor, RankP or array (K, f, f)
+        What to save, on any backend (copied to the host; a head's parameters are detached).
 
     Returns
     -------
@@ -134,46 +140,79 @@ def save_factors(path: str | os.PathLike[str] | Any, obj: Any, /) -> Any:
     'head.npz'
     >>> lp.load_factors(path).eigenvalues
     array([[1.]])
+    >>> head = lp.HeadForm(eig, bias=np.array([0.5]))       # a head: its bias travels with the form
+    >>> lp.load_factors(lp.save_factors(path, head)).bias
+    array([0.5])
     """
     if _is_file_object(path) or hasattr(path, "write"):
         _binary_file(path, "w")
         target: Any = path
     else:
         target = _npz_path(path)
-    kind = form_kind(obj)
-    arrays: dict[str, np.ndarray]
-    if kind == "eig":
-        _, mu, v, _ = parse_eig(obj)
-        arrays = {"eigenvalues": host_copy(mu), "eigenvectors": host_copy(v)}
-    elif kind == "rankp":
-        parse_rankp(*obj)
-        arrays = {"A": host_copy(obj[0]), "B": host_copy(obj[1])}
-    elif kind == "tucker":
-        _, core, factors, _ = parse_tucker(obj)
-        arrays = {"core": host_copy(core), **{f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}}
-    elif kind == "cp":
-        _, weights, factors, _ = parse_cp(obj)
-        arrays = {"weights": host_copy(weights), **{f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}}
-    elif kind == "dense":
-        arrays = {"W": host_copy(obj)}
-    else:
-        raise ArgumentTypeError(
-            "obj: expected a CPTensor, TuckerTensor, EigTensor, RankP, (weights, factors) / (core, factors) tuple "
-            f"or a dense W (K, f, f), got {describe(obj)}"
+    if not isinstance(obj, HeadForm) and callable(getattr(obj, "factors", None)) and not isinstance(obj, tuple):
+        obj = obj.factors()  # a head of lowrank_pool.nn (its factors() raises where it has no factor form)
+    head = obj if isinstance(obj, HeadForm) else None
+    form = head.form if head is not None else obj
+    kind = "first_order" if head is not None and _is_first_order(form) else form_kind(form)
+    arrays = _form_arrays(kind, form)
+    assert kind is not None  # _form_arrays refuses anything else
+    tags: dict[str, np.ndarray] = {"__format__": np.array(FORMAT), "kind": np.array(kind)}
+    if head is not None:
+        try:
+            check_head(head)
+        except LowRankPoolError as err:
+            raise type(err)(f"obj: {err}") from None
+        for name, value in (("bias", head.bias), ("projection", head.projection)):
+            if value is not None:
+                arrays[f"head_{name}"] = host_copy(value)
+        tags.update(
+            head=np.array(True),
+            normalize=np.array(head.normalize or ""),
+            attention=np.array(head.attention),
+            reduce=np.array(head.reduce),
+            eps=np.array(float(head.eps)),
+            num_iters=np.array(int(head.num_iters)),
         )
+    tags["__version__"] = np.array(HEAD_VERSION if head is not None else VERSION)
     for name, a in arrays.items():
         if a.dtype.kind != "f":
             raise ArgumentTypeError(f"obj: array {name!r} has dtype {a.dtype}; only numeric arrays can be saved")
     try:  # what load_factors would refuse is refused now, before anything is written
-        _validated(kind, arrays)
+        _validated(kind, arrays, {k: v for k, v in tags.items() if k in _HEAD_TAGS} if head is not None else None)
     except (KeyError, ValueError, IndexError, TypeError) as err:
         raise ShapeError(f"obj: not a form load_factors could read back ({err})") from err
-    tags = {"__format__": np.array(FORMAT), "__version__": np.array(VERSION), "kind": np.array(kind)}
     if not isinstance(target, str):
         np.savez(target, **tags, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
         return target
     _write_atomically(target, lambda fh: np.savez(fh, **tags, **arrays))  # type: ignore[arg-type]
     return target
+
+
+def _is_first_order(form: Any) -> bool:
+    return getattr(form, "ndim", None) == 2 and hasattr(form, "dtype") and form_kind(form) is None
+
+
+def _form_arrays(kind: str | None, obj: Any) -> dict[str, np.ndarray]:
+    if kind == "eig":
+        _, mu, v, _ = parse_eig(obj)
+        return {"eigenvalues": host_copy(mu), "eigenvectors": host_copy(v)}
+    if kind == "rankp":
+        parse_rankp(*obj)
+        return {"A": host_copy(obj[0]), "B": host_copy(obj[1])}
+    if kind == "tucker":
+        _, core, factors, _ = parse_tucker(obj)
+        return {"core": host_copy(core), **{f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}}
+    if kind == "cp":
+        _, weights, factors, _ = parse_cp(obj)
+        return {"weights": host_copy(weights), **{f"factor_{i}": host_copy(f) for i, f in enumerate(factors)}}
+    if kind == "dense":
+        return {"W": host_copy(obj)}
+    if kind == "first_order":
+        return {"weights": host_copy(obj)}
+    raise ArgumentTypeError(
+        "obj: expected a lowrank_pool.nn head, a HeadForm, a CPTensor, TuckerTensor, EigTensor, RankP, "
+        f"(weights, factors) / (core, factors) tuple or a dense W (K, f, f), got {describe(obj)}"
+    )
 
 
 def _write_atomically(target: str, write: Any) -> None:
@@ -212,13 +251,16 @@ def _umask() -> int:
 
 
 _MEMBERS = {
+    "first_order": ({"weights"}, set()),
     "eig": ({"eigenvalues", "eigenvectors"}, set()),
     "rankp": ({"A", "B"}, set()),
     "dense": ({"W"}, set()),
     "cp": ({"factor_0", "factor_1", "factor_2"}, {"weights"}),
     "tucker": ({"core", "factor_0", "factor_1", "factor_2"}, set()),
 }
-_TAGS = ("__format__", "__version__", "kind")
+_TAGS = ("__format__", "__version__", "kind", "head", "normalize", "attention", "reduce", "eps", "num_iters")
+_HEAD_TAGS = ("head", "normalize", "attention", "reduce", "eps", "num_iters")
+_HEAD_MEMBERS = {"head_bias", "head_projection"}
 _TAG_BYTES = 4096  # a tag member is a 0-d string or int: a few hundred bytes
 
 
@@ -245,7 +287,7 @@ def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
-def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
+def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The kind and arrays of a factor file, every member checked before any is read.
 
     Tags first (each a few bytes), then every data member's header: the member must be
@@ -275,19 +317,27 @@ def _read(zf: zipfile.ZipFile) -> tuple[str, dict[str, np.ndarray]]:
     raw = tags.get("__version__")
     ok = raw is not None and raw.shape == () and raw.dtype.kind in "iu"
     version = int(raw.item()) if ok and raw is not None else repr(raw)
-    if version != VERSION:
-        raise _VersionError(f"format version {version}, this lowrank_pool reads {VERSION}")
+    if version not in (VERSION, HEAD_VERSION):
+        raise _VersionError(f"format version {version}, this lowrank_pool reads {VERSION} and {HEAD_VERSION}")
     kind = str(tags.get("kind", ""))
     if kind not in _MEMBERS:
         raise ValueError(f"unknown factor kind {kind!r}")
+    head = {k: tags[k] for k in _HEAD_TAGS if k in tags}
+    if (version == HEAD_VERSION) != bool(head) or (head and set(head) != set(_HEAD_TAGS)):
+        raise _Inconsistent(f"format version {version} with head fields {sorted(head)}")
+    if kind == "first_order" and not head:
+        raise _Inconsistent("first-order weights are saved as a head only")
     try:
-        return kind, _read_members(zf, infos, kind)
+        return kind, _read_members(zf, infos, kind, bool(head)), head
     except (KeyError, ValueError, IndexError, TypeError) as err:
         raise _Inconsistent(f"{kind} factor file is incomplete or inconsistent ({err})") from err
 
 
-def _read_members(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], kind: str) -> dict[str, np.ndarray]:
+def _read_members(
+    zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], kind: str, head: bool
+) -> dict[str, np.ndarray]:
     required, optional = _MEMBERS[kind]
+    optional = optional | (_HEAD_MEMBERS if head else set())
     names = set(infos) - set(_TAGS)
     if names - required - optional:
         raise ValueError(f"unexpected members {sorted(names - required - optional)} in a {kind} file")
@@ -304,7 +354,7 @@ def _read_members(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], kind: 
                 f"array {name!r} declares shape {shape} ({declared} bytes) but holds {infos[name].file_size} bytes"
             )
         stand_ins[name] = np.broadcast_to(np.zeros((), dtype), shape)
-    _validated(kind, stand_ins)  # the shapes fit together, before any data is read
+    _validated(kind, stand_ins, {"head": np.array(True)} if head else None)  # the shapes fit, before any read
     return {name: _member(zf, infos[name]) for name in sorted(names)}
 
 
@@ -321,7 +371,7 @@ class _Inconsistent(ValueError):
 
 
 def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
-    """Load what :func:`save_factors` wrote, as numpy arrays in the same form.
+    """Load what :func:`save_factors` wrote, as numpy arrays: a head's :class:`HeadForm`, or a bare form.
 
     ``path`` is a file path (``path`` itself if it is a regular file, else ``path + ".npz"``)
     or an open binary file object. CP and Tucker forms come back as tensorly ``CPTensor`` /
@@ -346,8 +396,9 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
 
     Returns
     -------
-    CPTensor, TuckerTensor, EigTensor, RankP or numpy array
-        The saved form, as numpy arrays.
+    HeadForm, or CPTensor, TuckerTensor, EigTensor, RankP or numpy array
+        What was saved, as numpy arrays: a head's :class:`HeadForm` (pass it to the head class's
+        ``from_factors`` or to :func:`head_scores`), or the bare form (files of earlier versions too).
 
     Examples
     --------
@@ -373,7 +424,7 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
     try:
         with zipfile.ZipFile(source) as zf:
             _check_budget(zf, size)
-            kind, data = _read(zf)
+            kind, data, head = _read(zf)
     except (_VersionError, _Inconsistent, _TooLarge) as err:
         raise FactorFileError(f"{where}: {err}") from err
     except _NotOurs as err:
@@ -386,8 +437,8 @@ def load_factors(path: str | os.PathLike[str] | Any, /) -> Any:
         if opened is not None:
             opened.close()
     try:
-        return _validated(kind, data)
-    except (KeyError, ValueError, IndexError, TypeError) as err:  # pragma: no cover - checked on the headers
+        return _validated(kind, data, head or None)
+    except (KeyError, ValueError, IndexError, TypeError) as err:  # the head's options: checked on reading them
         raise FactorFileError(f"{where}: {kind} factor file is incomplete or inconsistent ({err})") from err
 
 
@@ -459,11 +510,44 @@ def _check_budget(zf: zipfile.ZipFile, size: int | None) -> None:
         raise _TooLarge(f"its members would expand to {declared} bytes, more than this machine's memory ({memory})")
 
 
-def _validated(kind: str, data: dict[str, np.ndarray]) -> Any:
-    """The form stored in ``data``, checked by the same validators as the pooling functions'."""
+def _validated(kind: str, data: dict[str, np.ndarray], head: dict[str, np.ndarray] | None = None) -> Any:
+    """The form (or, with ``head`` tags, the HeadForm) stored in ``data``, checked by the same validators as
+    the pooling functions'. Only the ``head`` tag present: shapes only (the options are checked once read)."""
     for name, a in data.items():
         if a.dtype.kind != "f":
             raise TypeError(f"array {name!r} has dtype {a.dtype}, expected a real floating dtype")
+    form = _form(kind, data)
+    if head is None:
+        return form
+    opts: dict[str, Any] = {}
+    if "normalize" in head:
+        normalize = str(head["normalize"])
+        opts = {
+            "normalize": normalize or None,
+            "attention": str(head["attention"]),
+            "reduce": str(head["reduce"]),
+            "eps": _scalar(head["eps"], "f", "eps"),
+            "num_iters": int(_scalar(head["num_iters"], "iu", "num_iters")),
+        }
+    out = HeadForm(form, data.get("head_bias"), data.get("head_projection"), **opts)
+    try:
+        return check_head(out)
+    except LowRankPoolError as err:
+        raise ValueError(f"head {err}") from None
+
+
+def _scalar(a: np.ndarray, kinds: str, name: str) -> Any:
+    if a.shape != () or a.dtype.kind not in kinds:
+        raise TypeError(f"tag {name!r} has shape {a.shape} and dtype {a.dtype}, expected a scalar")
+    return a.item()
+
+
+def _form(kind: str, data: dict[str, np.ndarray]) -> Any:
+    if kind == "first_order":
+        w = data["weights"]
+        if w.ndim != 2 or 0 in w.shape:
+            raise ValueError(f"weights: expected first-order weights (f, K), got shape {w.shape}")
+        return w
     if kind == "eig":
         eig = EigTensor(data["eigenvalues"], data["eigenvectors"])
         parse_eig(eig)

@@ -10,7 +10,7 @@ dense head's own.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,10 +22,12 @@ from ._checks import (
     check_choice,
     check_finite,
     check_positive_int,
+    check_progress,
     check_shape,
     check_tucker_ranks,
     shape_of,
 )
+from ._progress import Progress
 from .approx import cp_approx, eig_stream, symmetric_part, tucker_approx
 from .factorized import EigTensor, cp_pool, eig_pool, to_dense, tucker_pool
 from .first_order import project_channels
@@ -184,8 +186,9 @@ def rank_profile(
         linear in M, so the factorised paths do not apply).
     channel_axis : int, optional
     progress : bool, optional
-        tqdm progress bar over the ranks (default: shown when tqdm is installed and
-        more than one rank is fitted).
+        tqdm progress bar over the ranks (default: shown when tqdm is installed, stderr is a terminal
+        and more than one CP or Tucker rank is fitted); each rank is logged at DEBUG, the start and end
+        at INFO, on the ``"lowrank_pool"`` logger.
     **fit_kwargs
         Passed to :func:`cp_approx` / :func:`tucker_approx`.
 
@@ -260,23 +263,15 @@ def rank_profile(
     def accuracy(scores: Array) -> float:
         return float(xp.mean(xp.astype(xp.argmax(scores, axis=1) == labels, xp.float64)))
 
-    show = progress if progress is not None else len(ranks) > 1 and method != "eig"
-    iterator: Iterable[Any] = ranks
-    if show:
-        try:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(ranks, desc=f"{method} rank profile", unit="rank")
-        except ImportError:  # pragma: no cover
-            pass
-
+    check_progress(progress)
+    show = progress if progress is not None else (None if len(ranks) > 1 and method != "eig" else False)
     dense_params = k * f * f
     errors, params, accs = [], [], []
     if method == "eig":
         # one streamed eigendecomposition for every rank: errors from the spectra, and the
         # top max(ranks) eigenpairs sliced per rank for the accuracy column
         top = max(check_positive_int(r, "rank") for r in ranks)
-        _, mus, vecs, energies = eig_stream(W, top)
+        _, mus, vecs, energies = eig_stream(W, top, progress=show)
         sq = xp.stack(mus, axis=0) ** 2  # (K, top), by |μ| descending
         total = sum(energies)
         # energy beyond the top eigenpairs: ‖S‖² − Σ_{p<=top} μ² (exactly 0 when top = f, where the
@@ -286,21 +281,23 @@ def rank_profile(
     else:
         target = symmetric_part(xp, detach(W)) if fit_kwargs.get("symmetric", True) else detach(W)
         norm = float(xp.linalg.vector_norm(target))
-    for r in iterator:
-        if method == "eig":
-            tail = float(xp.sum(sq[:, r:])) + beyond  # ‖S − Ŝ_r‖² = Σ_{p>r} μ²
-            errors.append(math.sqrt(tail / total) if total > 0 else 0.0)
-            approx: Any = EigTensor(largest.eigenvalues[:, :r], largest.eigenvectors[:, :, :r])
-        else:
-            fit = cp_approx if method == "cp" else tucker_approx
-            approx = fit(W, r, **fit_kwargs)
-            diff = float(xp.linalg.vector_norm(to_dense(approx) - target))
-            errors.append(diff / norm if norm > 0 else 0.0)
-            if method == "tucker":
-                r = tuple(int(v) for v in shape_of(approx.core))
-        params.append(_params(method, r, k, f))
-        if features is not None:
-            accs.append(accuracy(head_scores(approx)))
+    with Progress(f"rank_profile {method}", len(ranks), unit="rank", bar=show) as report:
+        for r in ranks:
+            if method == "eig":
+                tail = float(xp.sum(sq[:, r:])) + beyond  # ‖S − Ŝ_r‖² = Σ_{p>r} μ²
+                errors.append(math.sqrt(tail / total) if total > 0 else 0.0)
+                approx: Any = EigTensor(largest.eigenvalues[:, :r], largest.eigenvectors[:, :, :r])
+            else:
+                fit = cp_approx if method == "cp" else tucker_approx
+                approx = fit(W, r, **{"progress": False, **fit_kwargs})
+                diff = float(xp.linalg.vector_norm(to_dense(approx) - target))
+                errors.append(diff / norm if norm > 0 else 0.0)
+                if method == "tucker":
+                    r = tuple(int(v) for v in shape_of(approx.core))
+            params.append(_params(method, r, k, f))
+            if features is not None:
+                accs.append(accuracy(head_scores(approx)))
+            report.step(rank=str(r), error=errors[-1])
     dense_acc = accuracy(head_scores(None)) if features is not None else None
     return RankProfile(
         method=method,

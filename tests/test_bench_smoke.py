@@ -141,3 +141,16 @@ def test_gpu_report_rescores_a_stored_run_without_a_gpu(tmp_path):
         assert f"| {tuple(shape)} | {label} |" in table and eff in table
     assert "| 0.90x |" in table and "| 2.50x (graphs) |" in table  # leads against rank1_pool, eager and graphed
     assert "(graph pool)" in table and "1.03 X" in table
+
+
+def test_fit_benchmark_smoke_run_compares_with_tensorly(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fits.py"), "--smoke", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "fits.json").read_text())["rows"]
+    assert {r["fit"].split()[0] for r in rows} == {"cp", "tucker", "eig"}
+    for r in rows:
+        assert r["ours_s"] > 0 and r["ours_sweeps"] >= 1 and 0 <= r["ours_error"] <= 1
+        if r["tensorly_s"] is not None:  # the same rank and tolerance: the errors agree
+            assert abs(r["ours_error"] - r["tensorly_error"]) < 1e-3, r
+    assert "| W | dtype | fit |" in (tmp_path / "fits.md").read_text()

@@ -232,7 +232,11 @@ AP = np.ones((4, 3, 2))
             lp.ArgumentTypeError,
             r"path: expected a file path \(str or os.PathLike\) or a binary file object, got int",
         ),
-        (lambda: lp.save_factors("x", object()), lp.ArgumentTypeError, r"obj: expected a CPTensor.*got object"),
+        (
+            lambda: lp.save_factors("x", object()),
+            lp.ArgumentTypeError,
+            r"obj: expected a lowrank_pool.nn head, a HeadForm, a CPTensor.*got object",
+        ),
         (lambda: lp.load_factors("/nonexistent/head"), lp.FactorFileNotFoundError, r"no such factor file"),
     ],
 )

@@ -254,6 +254,77 @@ def test_approximations_keep_the_torch_library_and_dtype():
     assert torch.allclose(lp.cp_pool(x, cp), lp.bilinear_pool(x, lp.to_dense(cp)), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("fit", ["cp", "tucker"])
+@given(K=st.integers(1, 5), f=st.integers(2, 9), seed=st.integers(0, 999))
+def test_fits_agree_across_libraries(bk, fit, K, f, seed):
+    """The same ALS / HOOI runs on every library's arrays (numpy, torch, array_api_strict, JAX, CuPy), in the
+    input's library: a fit that converges (HOOI; CP of an exact rank-2 W) gives numpy's to float64 rounding,
+    and an ALS stopped on its stall rule (W of higher rank) the same error."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((K, f, f))
+    S = (W + W.transpose(0, 2, 1)) / 2
+    if fit == "tucker":
+        ref, got = lp.to_dense(lp.tucker_approx(W, 2)), lp.to_dense(lp.tucker_approx(bk(W), 2))
+        assert type(got) is type(bk(W))
+        assert np.abs(to_numpy(got) - ref).max() <= 1e-9 * np.abs(ref).max()
+        return
+    r = min(2, K, f)
+    u, a = _orthonormal(rng, K, r), _orthonormal(rng, f, r)
+    exact = _dense_cp(np.arange(1.0, r + 1), [u, a, a])
+    got = lp.to_dense(lp.cp_approx(bk(exact), r))
+    assert type(got) is type(bk(exact))
+    assert np.abs(to_numpy(got) - lp.to_dense(lp.cp_approx(exact, r))).max() <= 1e-9
+
+    def error(dense):
+        return np.linalg.norm(to_numpy(dense) - S) / np.linalg.norm(S)
+
+    assert abs(error(lp.to_dense(lp.cp_approx(bk(W), 2))) - error(lp.to_dense(lp.cp_approx(W, 2)))) <= 1e-6
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_fits_reach_tensorlys_error_at_the_same_rank(symmetric):
+    """The three-way ALS and HOOI reach at least the fit of tensorly's parafac and tucker at the same rank
+    and stopping tolerance (same starts: the leading subspaces of the unfoldings)."""
+    from tensorly.decomposition import parafac, tucker
+
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((6, 9, 9)) + _dense_cp(*_cp(rng, 6, 9, 3))
+    T = (W + W.transpose(0, 2, 1)) / 2 if symmetric else W
+
+    def err(dense):
+        return np.linalg.norm(dense - T) / np.linalg.norm(T)
+
+    ours = err(lp.to_dense(lp.cp_approx(W, 4, symmetric=symmetric, stall=1e-12, n_iter_max=3000)))
+    theirs = err(lp.to_dense(parafac(T, 4, init="svd", n_iter_max=3000, tol=1e-12)))
+    assert ours <= theirs + 1e-6, (ours, theirs)
+    ours = err(lp.to_dense(lp.tucker_approx(W, (3, 4, 4), symmetric=symmetric, tol=1e-12)))
+    theirs = err(lp.to_dense(tucker(T, [3, 4, 4], init="svd", n_iter_max=300, tol=1e-12)))
+    assert ours <= theirs + 1e-9, (ours, theirs)
+
+
+def test_fits_report_progress_through_logging(caplog):
+    """An INFO record when a fit starts and ends (sweeps, seconds, error), a DEBUG record per sweep."""
+    import logging
+
+    W = np.random.default_rng(0).standard_normal((4, 6, 6))
+    for call, name in [
+        (lambda: lp.cp_approx(W, 3, progress=False), "cp_approx"),
+        (lambda: lp.tucker_approx(W, 3, progress=False), "tucker_approx"),
+        (lambda: lp.eig_approx(W, 3, progress=False), "eig_approx"),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="lowrank_pool"):
+            call()
+        records = [r for r in caplog.records if r.name == "lowrank_pool" and r.getMessage().startswith(name)]
+        infos = [r.getMessage() for r in records if r.levelno == logging.INFO]
+        steps = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+        assert len(infos) == 2 and "started" in infos[0] and "done" in infos[1], infos
+        assert steps and all("error" in m or "class" in m for m in steps), steps
+        assert f"{len(steps)} " in infos[1]
+    with pytest.raises(lp.ArgumentTypeError, match=r"^progress: expected True, False or None, got str"):
+        lp.cp_approx(W, 2, progress="yes")
+
+
 # ------------------------------------------------------------------ conversions
 @given(K=st.integers(1, 3), f=st.integers(1, 6), P=st.integers(1, 3), shared=st.booleans(), seed=st.integers(0, 999))
 def test_rankp_and_cp_convert_both_ways(bk, K, f, P, shared, seed):
@@ -436,6 +507,110 @@ def test_torch_factors_are_saved():
     assert np.allclose(back.eigenvalues, eig.eigenvalues.numpy())
 
 
+def _heads(torch):
+    from lowrank_pool import nn
+
+    g = torch.Generator().manual_seed(0)
+    opts = {"dtype": torch.float64, "generator": g}
+    return [
+        nn.FirstOrderPool(6, 3, reduce="max", **opts),
+        nn.BilinearPool(6, 3, **opts),  # signed_sqrt+l2
+        nn.BilinearPool(6, 3, normalize="matrix_sqrt", num_iters=7, eps=1e-4, **opts),
+        nn.BilinearPool(6, 3, reduce_dim=4, normalize=None, **opts),
+        nn.BilinearPool(6, 3, normalize=None, bias=False, **opts),
+        nn.AttentionalPool(6, 3, rank=2, attention="softmax", **opts),
+        nn.AttentionalPool(6, 3, rank=1, bottom_up="per_class", attention="relu", **opts),
+        nn.CPPool(6, 3, rank=4, **opts),
+        nn.TuckerPool(6, 3, rank=(3, 2, 2), **opts),
+        nn.EigPool(6, 3, rank=2, **opts),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("what", ["head", "factors", "file object"])
+def test_heads_are_saved_with_everything_that_sets_their_scores(tmp_path, index, what):
+    """save_factors(head) stores the form, bias, projection and options; from_factors(load_factors(...)) scores
+    exactly as the head did (trained parameters: perturbed from their initial values)."""
+    import io
+
+    torch = pytest.importorskip("torch")
+    head = _heads(torch)[index]
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(1)))
+    obj = head.factors() if what == "factors" else head
+    if what == "file object":
+        target = io.BytesIO()
+        lp.save_factors(target, obj)
+        target.seek(0)
+        back = lp.load_factors(target)
+    else:
+        back = lp.load_factors(lp.save_factors(tmp_path / "head", obj))
+    assert isinstance(back, lp.HeadForm) and all(
+        isinstance(a, np.ndarray) for a in (back.bias, back.projection) if a is not None
+    )
+    saved = head.factors()
+    assert (back.bias is None) == (saved.bias is None) and (back.projection is None) == (saved.projection is None)
+    assert (back.normalize, back.attention, back.reduce) == (saved.normalize, saved.attention, saved.reduce)
+    assert (back.eps, back.num_iters) == (saved.eps, saved.num_iters)
+    x = torch.randn(4, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    rebuilt = type(head).from_factors(back, dtype=torch.float64)
+    assert torch.equal(rebuilt(x), head(x))
+    # and the numpy arrays of the file score like the head on numpy input (another library's rounding)
+    want = lp.head_scores(x, saved).detach().numpy()
+    assert_close(lp.head_scores(x.numpy(), back), want, terms=400, scale=np.abs(want).max() + 1)
+
+
+def test_heads_without_a_factor_form_and_bad_head_files_are_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from lowrank_pool import nn
+
+    with pytest.raises(lp.ArgumentTypeError, match=r"^CompactBilinearPool: .* it has no factor form"):
+        lp.save_factors(tmp_path / "c", nn.CompactBilinearPool(6, 3, dim=32))
+    eig = lp.eig_approx(np.eye(3)[None].repeat(2, axis=0), 2)
+    with pytest.raises(lp.ShapeError, match=r"^obj: bias: expected shape \(K,\) with K = 2, got \(3,\)"):
+        lp.save_factors(tmp_path / "b", lp.HeadForm(eig, bias=np.zeros(3)))
+    with pytest.raises(lp.ArgumentError, match=r"^obj: normalize: only a dense W is normalised"):
+        lp.save_factors(tmp_path / "n", lp.HeadForm(eig, normalize="signed_sqrt"))
+    with pytest.raises(lp.ArgumentError, match=r"^obj: num_iters"):
+        lp.save_factors(tmp_path / "i", lp.HeadForm(np.zeros((2, 3, 3)), num_iters=0))
+    del torch
+
+    # files written by hand: head fields in a version-1 file, a version-2 file without them, a bias that
+    # does not fit, an unknown attention, bare first-order weights
+    good = {"eigenvalues": np.ones((2, 2)), "eigenvectors": np.ones((3, 2, 2))}
+    tags = {"__format__": np.array("lowrank_pool.factors"), "kind": np.array("eig")}
+    head = {
+        "head": np.array(True),
+        "normalize": np.array(""),
+        "attention": np.array("linear"),
+        "reduce": np.array("mean"),
+        "eps": np.array(1e-6),
+        "num_iters": np.array(5),
+    }
+    cases = {
+        "v1 with head": ({**tags, "__version__": np.array(1), **head}, good, "head fields"),
+        "v2 bare": ({**tags, "__version__": np.array(2)}, good, "head fields"),
+        "bias": ({**tags, "__version__": np.array(2), **head}, {**good, "head_bias": np.ones(3)}, "bias"),
+        "attention": (
+            {**tags, "__version__": np.array(2), **head, "attention": np.array("tanh")},
+            good,
+            "attention",
+        ),
+        "eps": ({**tags, "__version__": np.array(2), **head, "eps": np.array("x")}, good, "eps"),
+        "first order": (
+            {**tags, "kind": np.array("first_order"), "__version__": np.array(1)},
+            {"weights": np.ones((3, 2))},
+            "first-order weights are saved as a head only",
+        ),
+    }
+    for name, (t, arrays, pattern) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **t, **arrays)
+        with pytest.raises(lp.FactorFileError, match=pattern):
+            lp.load_factors(path)
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pwned",))
@@ -470,7 +645,7 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path, capsys):
     np.savez(missing, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("cp"))
     with pytest.raises(lp.FactorFileError, match="cp factor file is incomplete"):
         lp.load_factors(missing)
-    with pytest.raises(TypeError, match="obj: expected a CPTensor"):
+    with pytest.raises(TypeError, match=r"obj: expected a lowrank_pool\.nn head, a HeadForm, a CPTensor"):
         lp.save_factors(tmp_path / "x.npz", "W")
 
 

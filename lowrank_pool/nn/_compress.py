@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 import lowrank_pool as lp
+from lowrank_pool._progress import Progress
 from lowrank_pool.validation import check_choice, check_number, check_positive_int
 
 from ._base import PoolingHead
@@ -92,7 +93,8 @@ def match_scores(
     epochs, batch_size, lr, tol, patience
         Optimisation and stopping rule.
     progress : bool, optional
-        A tqdm bar over the epochs (default: when tqdm is installed and stderr is a terminal).
+        A tqdm bar over the epochs (default: when tqdm is installed and stderr is a terminal). Each
+        epoch's error is logged at DEBUG, the start and the outcome at INFO, on the ``"lowrank_pool"`` logger.
 
     Returns
     -------
@@ -143,46 +145,29 @@ def match_scores(
     best = _relative_error(student, features, targets, batch_size)
     report = MatchReport(initial=best, history=[best], epochs=0, stopped="max_epochs")
     best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    bar = _progress(epochs, progress)
     stale = 0
-    for epoch in range(epochs):
-        opt.step(closure)
-        err = _relative_error(student, features, targets, batch_size)
-        if not math.isfinite(err):
-            report["stopped"] = "diverged"
-            break
-        report["history"].append(err)
-        report["epochs"] = epoch + 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(rel_error=f"{err:.2e}")
-        if err < best * (1 - tol):
-            best, stale = err, 0
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= patience:
-                report["stopped"] = "converged"
+    with Progress(f"match_scores {type(student).__name__}", epochs, unit="epoch", bar=progress) as bar:
+        for epoch in range(epochs):
+            opt.step(closure)
+            err = _relative_error(student, features, targets, batch_size)
+            if not math.isfinite(err):
+                report["stopped"] = "diverged"
                 break
-    if bar is not None:
-        bar.close()
+            report["history"].append(err)
+            report["epochs"] = epoch + 1
+            bar.step(rel_error=err)
+            if err < best * (1 - tol):
+                best, stale = err, 0
+                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= patience:
+                    report["stopped"] = "converged"
+                    break
+        bar.done(rel_error=best, initial=report["initial"], stopped=report["stopped"])
     student.load_state_dict(best_state)
     report["final"] = best
     return report
-
-
-def _progress(total: int, progress: bool | None) -> Any:
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    import sys
-
-    if progress is None and not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, desc="matching scores", unit="epoch")
 
 
 _FORMS: dict[str, type[PoolingHead]] = {"eig": EigPool, "cp": CPPool, "tucker": TuckerPool}
@@ -225,6 +210,8 @@ def compress(
     batch_size : int
         Batch size for computing the dense scores and for matching.
     progress : bool, optional
+        tqdm bars over the fit's sweeps and the matching's epochs (default: when tqdm is installed and
+        stderr is a terminal); both are logged on the ``"lowrank_pool"`` logger (INFO: start and outcome).
     **match
         Options of :func:`match_scores` (``epochs``, ``lr``, ``tol``, ``patience``).
 
@@ -252,10 +239,10 @@ def compress(
                 f"features: a head with normalize={head.normalize!r} has no exact low-rank form; pass the feature "
                 "maps to compress it by matching its scores"
             )
-        return cls.from_dense(head, rank, fit=fit)
+        return cls.from_dense(head, rank, fit={"progress": progress, **(fit or {})})
     if not isinstance(features, torch.Tensor):
         raise lp.BackendError(f"features: expected a torch.Tensor, got {type(features).__name__}")
-    student = _whitened_fit(cls, head, rank, features, fit, batch_size)
+    student = _whitened_fit(cls, head, rank, features, {"progress": progress, **(fit or {})}, batch_size)
     with torch.no_grad():
         targets = torch.cat(
             [_scores(head, features[i : i + batch_size]) for i in range(0, features.shape[0], batch_size)]
