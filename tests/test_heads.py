@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -210,6 +210,7 @@ def _to_torch(form: object) -> object:
     target=st.sampled_from(["dense", "cp", "tucker", "eig", "rankp"]),
     seed=st.integers(0, 99),
 )
+@example(xp="numpy", k=1, f=3, source="dense", target="eig", seed=33)  # eigh's backward error (found in CI)
 def test_convert_form_keeps_the_scores(xp, k, f, source, target, seed):
     forms = _forms(xp, seed, k, f)
     x = np.random.default_rng(seed + 1).standard_normal((3, 4, f))
@@ -217,12 +218,17 @@ def test_convert_form_keeps_the_scores(xp, k, f, source, target, seed):
     want = lp.head_scores(x, forms["dense"])
     got = lp.head_scores(x, lp.convert_form(forms[source], target))
     assert type(got) is type(want)
-    assert_close(
-        got, want, terms=f * f * k, scale=float(abs(np.asarray(want)).max()) + 1.0, label=f"{source}->{target}"
-    )
+    # An exact conversion (eigh, SVD, unfolding) is backward stable: the W it stands for is off by
+    # about f·eps·‖W_k‖₂, which moves a score by at most that times the mean ‖x‖²; each side then
+    # rounds along its own chain of f² products and n = 4 positions.
+    w = np.asarray(forms["dense"])
+    x64 = np.asarray(x)
+    scale = np.linalg.norm(w, ord=2, axis=(1, 2))[None, :] * np.mean(np.sum(x64 * x64, axis=-1), axis=1)[:, None]
+    assert_close(got, want, terms=2 * (f * f + x64.shape[1] + 3), scale=scale + 1.0, label=f"{source}->{target}")
 
 
 @settings(max_examples=25, deadline=None)
+@example(kind="dense", d=1, f=1, seed=38)  # the two chains' roundings add (found in CI)
 @given(
     kind=st.sampled_from(["dense", "cp", "tucker", "eig", "rankp"]),
     d=st.integers(1, 4),
@@ -237,7 +243,10 @@ def test_project_factors_is_r_w_rt(kind, d, f, seed):
     x = rng.standard_normal((3, 4, f))
     want = lp.head_scores(x, lp.HeadForm(form, projection=r))
     got = lp.head_scores(x, lp.project_factors(form, r))
-    assert_close(got, want, terms=f * d * d, scale=float(abs(want).max()) + 1.0, label=kind)
+    # Each side rounds along a chain of f·d² products, the n = 4 positions' mean and a few
+    # scalings; the two chains differ, so their errors add.
+    terms = 2 * (f * d * d + x.shape[1] + 3)
+    assert_close(got, want, terms=terms, scale=float(abs(want).max()) + 1.0, label=kind)
     dense = lp.to_dense(lp.HeadForm(form, projection=r))
     np.testing.assert_allclose(dense, r @ lp.convert_form(form, "dense") @ r.T, rtol=1e3 * eps_of(np.float64))
 
