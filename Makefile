@@ -17,7 +17,7 @@ help:
 	@echo "make dist    - build wheel + sdist, install each in a fresh venv and smoke-test it"
 	@echo "make docs    - build the documentation site into docs/_build/html (examples executed)"
 	@echo "make docs-check - open the built site in headless Chromium: math, images, no outside requests"
-	@echo "make bench   - benchmarks/run.py and fits.py \$$ARGS (--smoke for a quick check); writes benchmarks/results/"
+	@echo "make bench   - benchmarks/run.py, fits.py and init_scale.py \$$ARGS (--smoke for a quick check); writes benchmarks/results/"
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py $(ARGS)
 	$(PY) benchmarks/fits.py $(ARGS)
+	$(PY) benchmarks/init_scale.py $(filter --smoke,$(ARGS))
 
 # The documentation site: docs/_build/html. -W: any warning fails the build; the gallery's examples
 # run during the build (sphinx-gallery), so a broken example fails it too.

@@ -154,3 +154,18 @@ def test_fit_benchmark_smoke_run_compares_with_tensorly(tmp_path):
         if r["tensorly_s"] is not None:  # the same rank and tolerance: the errors agree
             assert abs(r["ours_error"] - r["tensorly_error"]) < 1e-3, r
     assert "| W | dtype | fit |" in (tmp_path / "fits.md").read_text()
+
+
+def test_init_scale_benchmark_smoke_run_lists_every_head():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "init_scale.py"), "--smoke"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    import lowrank_pool.nn as lpnn
+
+    heads = {name for name in lpnn.__all__ if name.endswith("Pool") and name != "PoolingHead"}
+    assert {row.split("|")[1].split()[0] for row in rows} == heads
+    for row in rows:
+        std, first, train = (cell.strip() for cell in row.split("|")[2:5])
+        assert float(std) > 0 and math.isfinite(float(first)), row
+        assert all(math.isfinite(float(v)) for v in train.split(" / ")), row

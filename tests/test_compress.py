@@ -26,7 +26,7 @@ def _subspace_head(seed=0):
     w = on @ (m + m.mT) @ on.T + 20 * off @ (n + n.mT) @ off.T
     head = BilinearPool(F, K, normalize=None, dtype=torch.float64)
     with torch.no_grad():
-        head.weight.copy_(w)
+        head.weight.copy_(w / head.weight_scale)
         head.bias.copy_(torch.tensor([0.5, -0.5, 1.0, 0.0], dtype=torch.float64))
     z = torch.randn(64, 5, D, generator=g, dtype=torch.float64)
     return head, z @ on.T, on  # features (64, n=5, F) in S

@@ -361,6 +361,60 @@ def _device_memory(device: torch.device) -> float:
     return math.inf
 
 
+class ScaledWeight:
+    """A head whose ``weight`` holds W / c, with the fixed multiplier c (``weight_scale``) applied in the
+    forward (the equalised learning rate of Karras et al., ICLR 2018).
+
+    Its descriptor D (a normalised M, or a sketch of it) has a norm that grows with the channel count, and
+    an optimiser that moves every entry by about its learning rate (Adam) changes a score by lr·‖D‖₁: up
+    to lr·d² for an unnormalised d×d descriptor, against lr·f for a first-order head. The layer picks c so
+    that a step moves scores by about lr·f for unit-scale features (and the initial ``weight`` so that
+    scores start O(1)): the learning rates of the other heads work. c is rounded to a power of two, so that
+    W = c · ``weight`` and ``weight`` = W / c are exact in every dtype. c is saved in the state dict as the
+    int64 buffer ``weight_scale_bits`` (the float64 bits of c: exact whatever the module's dtype); a state
+    dict without it (saved before this parametrization) holds W itself and is converted on loading, with
+    a warning.
+    """
+
+    weight: nn.Parameter
+    weight_scale_bits: torch.Tensor
+
+    def _register_scale(self, scale: float) -> None:
+        scale = 2.0 ** round(math.log2(scale))  # a power of two: W ↔ weight conversions are exact
+        bits = torch.tensor(float(scale), dtype=torch.float64).view(torch.int64)
+        self.register_buffer("weight_scale_bits", bits.to(self.weight.device))  # type: ignore[attr-defined]
+        self._weight_scale = float(scale)
+
+    @property
+    def weight_scale(self) -> float:
+        """c: the head's W is ``weight_scale · weight`` (``factors()``, ``to_dense()`` and the scores use W)."""
+        return self._weight_scale
+
+    def _load_scale(self, state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
+        key = prefix + "weight_scale_bits"
+        if key in state_dict:
+            bits = state_dict[key]
+            if not isinstance(bits, torch.Tensor) or bits.dtype != torch.int64 or bits.numel() != 1:
+                raise lp.ArgumentError(f"state_dict: {key} must be a one-element int64 tensor")
+            scale = float(bits.reshape(()).to("cpu").view(torch.float64))
+            if not (math.isfinite(scale) and scale > 0):
+                raise lp.ArgumentError(f"state_dict: {key} holds weight_scale = {scale!r}, expected a positive number")
+            self._weight_scale = scale  # the state's own multiplier: its W exactly
+            return state_dict
+        import warnings
+
+        warnings.warn(
+            f"{type(self).__name__}: the state dict holds no weight_scale_bits (saved by an earlier lowrank_pool, "
+            f"whose weight was W itself); its weight is read as W and stored as W / {self._weight_scale:.4g}",
+            UserWarning,
+            stacklevel=3,
+        )
+        out = {**state_dict, key: self.weight_scale_bits.clone()}
+        if prefix + "weight" in state_dict:
+            out[prefix + "weight"] = state_dict[prefix + "weight"] / self._weight_scale
+        return out
+
+
 def fan_std(fan_in: int) -> float:
     """1/√fan_in: a dot product with a unit-scale input keeps unit scale."""
     return 1.0 / math.sqrt(fan_in)

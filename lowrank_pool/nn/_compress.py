@@ -256,7 +256,8 @@ def _whitened_fit(
 ) -> Any:
     """The low-rank head fitted to W weighted by the features' mean second moment M̄ (the start of matching):
     :func:`lowrank_pool.moment_weighted_approx` of the head's W on its f input channels, bias carried over."""
-    w = lp.to_dense(lp.HeadForm(head.weight.detach(), projection=_detached(head.reduction)))
+    # W on the input's f channels (the reduction folded in); a normalised head's W too, read as a plain one's
+    w = lp.to_dense(head.factors()._replace(normalize=None, bias=None)).detach()
     m = torch.zeros(w.shape[1], w.shape[1], dtype=w.dtype, device=w.device)
     for i in range(0, features.shape[0], batch):
         m += lp.gram(features[i : i + batch], channel_axis=head.channel_axis).sum(0).to(w.dtype)

@@ -6,6 +6,7 @@ math exists once, in the functional core.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from lowrank_pool.validation import (
     check_tucker_ranks,
 )
 
-from ._base import PoolingHead, as_tensors, fan_std
+from ._base import PoolingHead, ScaledWeight, as_tensors, fan_std
 
 Normalize = Literal["signed_sqrt", "l2", "signed_sqrt+l2", "matrix_sqrt", "matrix_sqrt+l2"]
 
@@ -125,13 +126,21 @@ class FirstOrderPool(PoolingHead):
         return f"{self.in_channels}, {self.num_classes}, reduce={self.reduce!r}, {self._common_repr()}"
 
 
-class BilinearPool(PoolingHead):
+class BilinearPool(ScaledWeight, PoolingHead):
     r"""Full bilinear (second-order) pooling: :math:`s_k = \langle N(M), W_k\rangle + c_k`, :math:`M = X^\top X / n`.
 
     Scores by :func:`lowrank_pool.bilinear_pool` (after
     :func:`lowrank_pool.project_channels` when ``reduce_dim`` is set). With
     ``normalize=None`` the head converts exactly, bias included, into factorised heads
     (``CPPool.from_dense(head, ...)`` and the like).
+
+    ``weight`` holds W at unit scale: W = ``weight_scale`` · ``weight``, with ``weight_scale`` 1/d for
+    ``None`` and ``"signed_sqrt"`` (‖N(M)‖ up to d for unit-scale features), 1/√d for ``"matrix_sqrt"``
+    (‖M^½‖ = √Tr M) and 1 after an l2 normalisation (each rounded to a power of two), so that initial
+    scores are O(1) and an optimiser's step moves them as much as it moves a first-order head's: the head
+    trains at the learning rates the other heads use (docs: conventions, "Initialisation and training
+    scale"). ``factors()``, ``to_dense()``
+    and ``from_factors``/``from_dense`` speak of W itself.
 
     Parameters
     ----------
@@ -149,7 +158,7 @@ class BilinearPool(PoolingHead):
         Newton–Schulz iterations for "matrix_sqrt".
     channel_axis : int, optional
     generator : torch.Generator, optional
-        W ~ N(0, 1/d²) (d = ``reduce_dim`` or f), the reduction ~ N(0, 1/f).
+        ``weight`` ~ N(0, 1) (W ~ N(0, ``weight_scale``²), d = ``reduce_dim`` or f), the reduction ~ N(0, 1/f).
     device, dtype
 
     Examples
@@ -158,6 +167,9 @@ class BilinearPool(PoolingHead):
     >>> from lowrank_pool.nn import BilinearPool
     >>> BilinearPool(16, 5, reduce_dim=8)(torch.randn(2, 16, 3, 3)).shape
     torch.Size([2, 5])
+    >>> head = BilinearPool(16, 5, normalize=None)
+    >>> head.weight_scale, torch.equal(head.to_dense(), head.weight_scale * head.weight)
+    (0.0625, True)
     """
 
     def __init__(
@@ -183,14 +195,17 @@ class BilinearPool(PoolingHead):
         d = reduce_dim or in_channels
         self._reserve(weight=(num_classes, d, d), **({"reduction": (in_channels, d)} if reduce_dim else {}))
         self.reduction = self._param(in_channels, d) if reduce_dim else None  # (f, d)
-        self.weight = self._param(num_classes, d, d)  # (K, d, d)
+        self.weight = self._param(num_classes, d, d)  # (K, d, d): W / weight_scale
+        # c = 1 after l2 (‖D‖ = 1, ‖D‖₁ up to d), 1/√d for M^½ (‖D‖ = √Tr M), else 1/d (‖D‖ up to d, ‖D‖₁ up to d²)
+        l2, root = (self.normalize or "").endswith("l2"), self.normalize == "matrix_sqrt"
+        self._register_scale(1.0 if l2 else fan_std(d) if root else 1.0 / d)
         self.reset_parameters(generator)
 
     form_kind = "dense"
 
     def factors(self) -> lp.HeadForm:
         return lp.HeadForm(
-            self.weight,
+            self.weight * self.weight_scale,
             self.bias,
             projection=self.reduction,
             normalize=self.normalize,
@@ -213,7 +228,7 @@ class BilinearPool(PoolingHead):
         }
         layer = cls(f, w.shape[0], **{**extra, **opts})
         with torch.no_grad():
-            layer.weight.copy_(w)
+            layer.weight.copy_(w / layer.weight_scale)
             if red is not None and layer.reduction is not None:
                 layer.reduction.copy_(red)
         return layer
@@ -227,9 +242,11 @@ class BilinearPool(PoolingHead):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         if self.reduction is not None:
             self._init_(self.reduction, fan_std(self.in_channels), generator)
-        d = self.weight.shape[1]
-        self._init_(self.weight, fan_std(d * d), generator)
+        self._init_(self.weight, 1.0, generator)
         self._reset_bias()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -238,8 +255,8 @@ class BilinearPool(PoolingHead):
             x, axis = lp.project_channels(x, self.reduction, channel_axis=axis), -1
         s = lp.bilinear_pool(
             x, self.weight, normalize=self.normalize, eps=self.eps, num_iters=self.num_iters, channel_axis=axis
-        )
-        return self._add_bias(s)
+        )  # linear in W: the scale goes on the (B, K) scores, never on a (K, d, d) copy of the weight
+        return self._add_bias(s * self.weight_scale)
 
     def extra_repr(self) -> str:
         return (
@@ -625,7 +642,7 @@ class EigPool(_FactorizedHead):
         return f"{self.in_channels}, {self.num_classes}, rank={self.rank}, path={self.path!r}, {self._common_repr()}"
 
 
-class CompactBilinearPool(PoolingHead):
+class CompactBilinearPool(ScaledWeight, PoolingHead):
     r"""Compact bilinear pooling: a linear classifier on the Tensor Sketch of :math:`M = X^\top X / n`.
 
     .. math:: s_k = N(\psi(M))^\top w_k + c_k
@@ -648,8 +665,11 @@ class CompactBilinearPool(PoolingHead):
         ε of :func:`lowrank_pool.signed_sqrt`.
     channel_axis : int, optional
     generator : torch.Generator, optional
-        w ~ N(0, 1/d) on a normalised sketch (unit norm, like ``nn.Linear``); w ~ N(0, 1/f²) on the raw
-        sketch, whose inner products are those of M (the rule of :class:`BilinearPool`).
+        The head's w is ``weight_scale`` · ``weight`` with c = f/√d on an l2-normalised sketch (unit
+        norm) and 1/√d on the raw or signed-sqrt sketch, whose norm grows like that of M (each rounded to
+        a power of two); ``weight`` is drawn so that w ~ N(0, 1) and N(0, 1/f²) respectively (the rule of
+        :class:`BilinearPool`: initial scores O(1), and optimiser steps that move them as much as a
+        first-order head's).
     device, dtype
 
     Examples
@@ -684,7 +704,13 @@ class CompactBilinearPool(PoolingHead):
         self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
         self.eps = check_number(eps, "eps")
         self._reserve(weight=(dim, num_classes))
-        self.weight = self._param(dim, num_classes)  # (d, K)
+        self.weight = self._param(dim, num_classes)  # (d, K): w / weight_scale
+        # a normalised sketch has unit norm and ‖ψ‖₁ about √d: c = f/√d moves scores by about lr·f a step, and
+        # weight ~ N(0, 1/c²) starts them O(1); the raw (or signed-sqrt) sketch's norm grows like ‖M‖ (up to f):
+        # c = 1/√d, weight ~ N(0, d/f²)
+        self._register_scale(
+            in_channels / math.sqrt(dim) if (self.normalize or "").endswith("l2") else 1 / math.sqrt(dim)
+        )
         # The sketch is part of the model's state (saved and loaded with it: a state dict from a layer of another
         # seed brings its own sketch), kept on the layer's device so that a step on a GPU copies nothing to it.
         self.register_buffer("sketch_seed", torch.tensor(seed, dtype=torch.int64, device=self.weight.device))
@@ -733,12 +759,13 @@ class CompactBilinearPool(PoolingHead):
                 stacklevel=2,
             )
             state_dict = {**state_dict, **{k: getattr(self, k[len(prefix) :]) for k in keys}}
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
         self._hashed_dim = self.dim  # (the loaded sketch goes with the loaded weight)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        std = fan_std(self.dim) if self.normalize else 1.0 / self.in_channels
-        self._init_(self.weight, std, generator)
+        l2 = (self.normalize or "").endswith("l2")
+        w_std = 1.0 if l2 else 1.0 / self.in_channels  # of w = weight_scale · weight
+        self._init_(self.weight, w_std / self.weight_scale, generator)
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -753,7 +780,7 @@ class CompactBilinearPool(PoolingHead):
         if norm.endswith("l2"):
             psi = lp.l2_normalize(psi)
         s = lp.first_order_pool(psi[:, None, :], self.weight, reduce="sum", channel_axis=-1)
-        return self._add_bias(s)
+        return self._add_bias(s * self.weight_scale)
 
     def extra_repr(self) -> str:
         return (
