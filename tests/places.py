@@ -78,4 +78,5 @@ PLACES = {
     "nn.MatchReport": "test_compress.py",
     "nn.replace_head": "test_zoo.py",
     "nn.FeatureMapClassifier": "test_zoo.py",
+    "nn.head_maps": "test_zoo.py",
 }

@@ -230,3 +230,69 @@ def test_timm_model_where_it_imports():
     net = timm.create_model("resnet18", pretrained=False, num_classes=7)
     head = _head("attn1", in_channels=net.num_features)
     _train_step(FeatureMapClassifier(net, head), head)
+
+
+MAP_HEADS = [n for n in CONFIGS if n.startswith(("attn", "pose"))]
+
+
+@pytest.mark.parametrize("name", MAP_HEADS)
+def test_head_maps_after_replace_head_and_in_a_wrapper(name):
+    """head_maps reads the maps of the head inside any model: after replace_head (a Hugging Face ResNet) and in a
+    FeatureMapClassifier (also through its forward's return_maps); the scores are the model's own."""
+    from lowrank_pool.nn import head_maps
+
+    x, _ = _batch()
+    wrapped = FeatureMapClassifier(_hf_convnext(), _head(name))
+    fmap = wrapped.feature_map(x)
+    direct = wrapped.head(fmap, return_maps=True)
+    got = head_maps(wrapped, x)
+
+    def scores_of(out):
+        return out.scores if isinstance(out, lp.nn.PoseOutput) else out[0]
+
+    assert torch.equal(scores_of(got), scores_of(direct)) and torch.equal(scores_of(got), _scores(wrapped(x)))
+    via_forward = wrapped(x, return_maps=True)
+    for a, b in zip(got, via_forward, strict=True):
+        if isinstance(a, tuple):
+            assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        elif a is not None:
+            assert torch.equal(a, b)
+    top_down = got.top_down if isinstance(got, lp.nn.PoseOutput) else got[1].top_down
+    assert top_down.shape[0] == 4 and top_down.shape[1] == K and top_down.shape[-2:] == fmap.shape[-2:]
+    if CONFIGS[name][0] is PoseAttentionalPool:
+        return  # (replace_head refuses heads that return named tuples)
+    model = replace_head(_hf_resnet(), _head(name))
+    scores, maps = head_maps(model, x)
+    torch.testing.assert_close(scores, model(x).logits, rtol=0, atol=0)
+    ref = model.resnet.pooler.maps(model.resnet(x, output_hidden_states=True).hidden_states[-1])
+    for a, b in zip(maps, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_head_maps_errors_name_the_argument():
+    from lowrank_pool.nn import AttentionalPool, CPPool, head_maps
+
+    x, _ = _batch()
+    with pytest.raises(lp.ArgumentError, match=r"^model: expected exactly one head with attention maps .* found 0"):
+        head_maps(replace_head(_hf_resnet(), CPPool(WIDTH, K, rank=2)), x)
+    two = torch.nn.ModuleDict({"a": AttentionalPool(WIDTH, K), "b": AttentionalPool(WIDTH, K)})
+    with pytest.raises(lp.ArgumentError, match=r"found 2: 'a', 'b'; pass head="):
+        head_maps(two, x)
+    with pytest.raises(lp.ArgumentError, match=r"^head: .* that is not a submodule of model"):
+        head_maps(replace_head(_hf_resnet(), AttentionalPool(WIDTH, K)), x, head=AttentionalPool(WIDTH, K))
+
+    class Idle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = AttentionalPool(WIDTH, K)
+
+        def forward(self, x):
+            return x
+
+    idle = Idle()
+    with pytest.raises(lp.ArgumentError, match=r"^model: its forward never called the head \(AttentionalPool\)"):
+        head_maps(idle, x)
+    with pytest.raises(lp.ArgumentError, match=r"^return_maps: CPPool has no attention maps"):
+        FeatureMapClassifier(_hf_convnext(), CPPool(WIDTH, K, rank=2))(x, return_maps=True)
+    with pytest.raises(lp.ArgumentTypeError, match=r"^model: expected a torch.nn.Module, got str"):
+        head_maps("resnet", x)

@@ -20,7 +20,7 @@ With pretrained weights the code is the same: ``ResNetForImageClassification.fro
 import torch
 import transformers
 
-from lowrank_pool.nn import AttentionalPool, CPPool, FeatureMapClassifier, replace_head
+from lowrank_pool.nn import AttentionalPool, CPPool, FeatureMapClassifier, head_maps, replace_head
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -42,6 +42,18 @@ out.loss.backward()
 print("gradient reaches the stem:", resnet.resnet.embedder.embedder.convolution.weight.grad is not None)
 
 # %%
+# The attention maps of the swapped-in head
+# -----------------------------------------
+# The model's forward returns scores only (its flatten and identity classifier carry nothing
+# else). :func:`~lowrank_pool.nn.head_maps` runs the model up to the head, takes the feature map
+# it receives and returns ``head(feature_map, return_maps=True)``: the same scores, and the maps
+# on the feature map's grid (here rank 2: one top-down and one bottom-up map per rank).
+with torch.no_grad():
+    scores, (top_down, bottom_up) = head_maps(resnet, images)
+    print("scores equal the model's:", torch.equal(scores, resnet(pixel_values=images).logits))
+print("top-down", tuple(top_down.shape), "(B, K, P, H, W); bottom-up", tuple(bottom_up.shape), "(B, P, H, W)")
+
+# %%
 # Hugging Face ConvNeXt: wrap the backbone, take its last feature map
 # -------------------------------------------------------------------
 config = transformers.ConvNextConfig(hidden_sizes=[16, 32, 64, 96], depths=[1, 1, 1, 1])
@@ -56,6 +68,13 @@ scores = model(images)
 loss = torch.nn.functional.cross_entropy(scores, labels)
 loss.backward()
 print("scores", tuple(scores.shape), "loss", round(loss.item(), 3))
+
+# %%
+# A wrapper passes ``return_maps`` to a head that has maps:
+wrapped = FeatureMapClassifier(convnext, AttentionalPool(96, 5))
+with torch.no_grad():
+    scores, (top_down, bottom_up) = wrapped(images, return_maps=True)
+print("top-down", tuple(top_down.shape), "bottom-up", tuple(bottom_up.shape))
 
 # %%
 # Stopping at an earlier stage

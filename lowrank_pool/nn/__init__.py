@@ -15,7 +15,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 
 from ._base import PoolingHead
 from ._compress import MatchReport, compress, match_scores
-from ._head import FeatureMapClassifier, replace_head
+from ._head import FeatureMapClassifier, head_maps, replace_head
 from ._layers import AttentionalPool, BilinearPool, CompactBilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
 
@@ -33,6 +33,7 @@ __all__ = [
     "PoseOutput",
     "TuckerPool",
     "compress",
+    "head_maps",
     "keypoint_heatmaps",
     "match_scores",
     "pose_loss",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -255,6 +256,108 @@ class FeatureMapClassifier(nn.Module):
             )
         return out
 
-    def forward(self, x: torch.Tensor) -> Any:
-        """Class scores ``head(feature_map(x))`` (or the head's named tuple where it returns one)."""
-        return self.head(self.feature_map(x))
+    def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> Any:
+        """Class scores ``head(feature_map(x))`` (or the head's named tuple where it returns one).
+
+        Parameters
+        ----------
+        x : tensor
+            The backbone's input (images: (B, 3, H, W)).
+        return_maps : bool, optional
+            Passed to the head (:class:`AttentionalPool`, :class:`PoseAttentionalPool`): ``True`` also
+            returns its attention maps on the feature map's grid; None keeps the head's default. A head
+            without maps refuses it.
+
+        Returns
+        -------
+        tensor (B, K), or what the head returns with ``return_maps``
+        """
+        fmap = self.feature_map(x)
+        if return_maps is None:
+            return self.head(fmap)
+        if not _has_maps(self.head):
+            raise lp.ArgumentError(
+                f"return_maps: {type(self.head).__name__} has no attention maps (AttentionalPool and "
+                "PoseAttentionalPool have)"
+            )
+        return self.head(fmap, return_maps=return_maps)
+
+
+def _has_maps(module: nn.Module) -> bool:
+    return isinstance(module, PoolingHead) and "return_maps" in inspect.signature(module.forward).parameters
+
+
+def head_maps(model: nn.Module, x: torch.Tensor, *, head: nn.Module | None = None) -> Any:
+    """The class scores and attention maps of the pooling head inside ``model``, for input ``x``.
+
+    For a model whose head was swapped in by :func:`replace_head`, a :class:`FeatureMapClassifier`, or
+    any network that calls a head of this package on a feature map: the model runs up to the head (a
+    forward pre-hook takes the head's input and stops the forward there), and the head runs on that map
+    with ``return_maps=True``. The scores are those the model returns (the replaced classifier is the
+    identity); the maps lie on the feature map's grid.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network holding exactly one head with maps (:class:`AttentionalPool`,
+        :class:`PoseAttentionalPool`), or ``head=`` to choose among several.
+    x : tensor
+        The model's input.
+    head : torch.nn.Module, optional
+        The head to read, a submodule of ``model``.
+
+    Returns
+    -------
+    (scores, AttentionMaps) for :class:`AttentionalPool`; :class:`PoseOutput` for
+    :class:`PoseAttentionalPool`
+        As ``head(feature_map, return_maps=True)``: scores (B, K), top-down maps (B, K, H, W) and the
+        bottom-up map (B, H, W) at rank 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from lowrank_pool.nn import AttentionalPool, head_maps, replace_head
+    >>> class Net(nn.Module):  # the torchvision convention
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv, self.avgpool, self.fc = nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+    ...     def forward(self, x):
+    ...         return self.fc(torch.flatten(self.avgpool(self.conv(x)), 1))
+    >>> net = replace_head(Net(), AttentionalPool(8, 5))
+    >>> x = torch.randn(2, 3, 9, 9)
+    >>> scores, (top_down, bottom_up) = head_maps(net, x)
+    >>> top_down.shape, bottom_up.shape, torch.allclose(scores, net(x))
+    (torch.Size([2, 5, 7, 7]), torch.Size([2, 7, 7]), True)
+    """
+    if not isinstance(model, nn.Module):
+        raise lp.ArgumentTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if head is None:
+        found = [m for m in model.modules() if _has_maps(m)]
+        if len(found) != 1:
+            names = [name for name, m in model.named_modules() if _has_maps(m)]
+            raise lp.ArgumentError(
+                f"model: expected exactly one head with attention maps (AttentionalPool, PoseAttentionalPool), "
+                f"found {len(found)}{': ' + ', '.join(repr(n) for n in names) if names else ''}; pass head="
+            )
+        head = found[0]
+    elif not _has_maps(head) or not any(m is head for m in model.modules()):
+        raise lp.ArgumentError(
+            f"head: expected an AttentionalPool or PoseAttentionalPool inside model, got {type(head).__name__}"
+            + ("" if _has_maps(head) else " (it has no maps)")
+            + ("" if any(m is head for m in model.modules()) else " that is not a submodule of model")
+        )
+
+    def stop(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise _Stop(args[0] if args else kwargs["x"])
+
+    handle = head.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        model(x)
+    except _Stop as done:
+        fmap = done.value
+    else:
+        raise lp.ArgumentError(f"model: its forward never called the head ({type(head).__name__})")
+    finally:
+        handle.remove()
+    return head(fmap, return_maps=True)

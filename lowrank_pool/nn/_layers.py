@@ -119,6 +119,18 @@ class FirstOrderPool(PoolingHead):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = \mathrm{reduce}_i\, x_i^\top w_k + c_k` (:func:`lowrank_pool.first_order_pool`).
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         return self._add_bias(lp.first_order_pool(x, self.weight, reduce=self.reduce, channel_axis=self.channel_axis))
 
@@ -249,6 +261,19 @@ class BilinearPool(ScaledWeight, PoolingHead):
         super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = c\,\langle N(M), \mathrm{weight}_k\rangle + c_k`, M of X (after the reduction
+        :math:`X R`), by :func:`lowrank_pool.bilinear_pool`.
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         axis = self.channel_axis
         if self.reduction is not None:
@@ -366,6 +391,23 @@ class AttentionalPool(PoolingHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> Any:
+        r"""Scores :math:`s_k = \frac1n \sum_p (X a_{kp})^\top \sigma(X b_{kp}) + c_k`
+        (:func:`lowrank_pool.rankp_pool`), and the maps on request.
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+        return_maps : bool, optional
+            Also return the attention maps (default: the layer's ``return_maps``).
+
+        Returns
+        -------
+        tensor (B, K), or (tensor (B, K), AttentionMaps)
+            The scores; with ``return_maps``, also ``(top_down, bottom_up)`` on the input's grid: rank 1 with a
+            shared bottom-up, (B, K, *grid) and (B, *grid); otherwise (B, K, P, *grid) and (B, [K,] P, *grid)
+            (:meth:`maps`).
+        """
         self._check_input(x)
         s = self._add_bias(lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=self.channel_axis))
         if not (self.return_maps if return_maps is None else check_flag(return_maps, "return_maps")):
@@ -488,6 +530,19 @@ class CPPool(_FactorizedHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = \frac1n \sum_r U_{kr} (X a_r)^\top (X c_r) + c_k` (:func:`lowrank_pool.cp_pool`), W
+        never formed on the factorised path.
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         s = lp.cp_pool(x, (None, [self.U, self.A, self.C]), path=self.path, channel_axis=self.channel_axis)
         return self._add_bias(s)
@@ -561,6 +616,19 @@ class TuckerPool(_FactorizedHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = \langle M, G \times_1 U \times_2 A \times_3 C\rangle_k + c_k`
+        (:func:`lowrank_pool.tucker_pool`).
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         tk = (self.core, [self.U, self.A, self.C])
         return self._add_bias(lp.tucker_pool(x, tk, path=self.path, channel_axis=self.channel_axis))
@@ -634,6 +702,18 @@ class EigPool(_FactorizedHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = \frac1n \sum_p \mu_{kp} \lVert X v_{kp}\rVert^2 + c_k` (:func:`lowrank_pool.eig_pool`).
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         eig = lp.EigTensor(self.eigenvalues, self.eigenvectors)
         return self._add_bias(lp.eig_pool(x, eig, path=self.path, channel_axis=self.channel_axis))
@@ -769,6 +849,19 @@ class CompactBilinearPool(ScaledWeight, PoolingHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Scores :math:`s_k = c\, N(\psi(M))^\top \mathrm{weight}_k + c_k`, ψ the layer's Tensor Sketch
+        (:func:`lowrank_pool.compact_bilinear_pool`).
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+
+        Returns
+        -------
+        tensor, (B, K)
+            Class scores.
+        """
         self._check_input(x)
         if self._hashed_dim != self.dim:  # the weight was replaced by one of another sketch size
             self._hash(self.seed)

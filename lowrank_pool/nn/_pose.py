@@ -131,6 +131,21 @@ class PoseAttentionalPool(PoolingHead):
         self._reset_bias()
 
     def forward(self, x: torch.Tensor, return_maps: bool | None = None) -> PoseOutput:
+        r"""Scores :math:`s_k = \tfrac1n (X a_k)^\top \sigma(u) + c_k` and the keypoint maps of the pose head.
+
+        Parameters
+        ----------
+        x : tensor, (B, f, H, W), (B, f, T, H, W) or (B, n, f)
+            Feature maps, read by the head's ``channel_axis`` rule (docs: conventions, "Layout").
+        return_maps : bool, optional
+            Also return the top-down maps X a_k and σ(u) (default: the layer's ``return_maps``).
+
+        Returns
+        -------
+        PoseOutput
+            ``(scores (B, K), keypoint_maps (B, J, *grid), top_down, bottom_up)``; the last two are None
+            without ``return_maps``.
+        """
         self._check_input(x)
         axis = self.channel_axis
         if self.hidden_weight is not None and self.hidden_bias is not None:
