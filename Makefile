@@ -82,17 +82,24 @@ docs-check: $(VENV)/.docs
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)))
 	$(PY) -m pytest -q -p no:cacheprovider docs/check_site.py
 
-# Build the wheel and sdist, install each into a fresh venv (no checkout on the path, no torch) and smoke-test it.
+# Build the wheel and sdist and install each into a fresh venv (no checkout on the path). The wheel goes in as
+# the README says (torch first, pinned to the CPU wheel, then the [torch] extra); its public kernel commands
+# run, then the Python blocks of README.md and docs/index.md. The sdist goes in without torch: the functional
+# API, and `import lowrank_pool.nn` names the extra.
 dist: $(VENV)/.test
 	$(PIP) build
 	rm -rf dist build/dist-check
 	$(PY) -m build --outdir dist . > build-dist.log 2>&1 || (cat build-dist.log; exit 1)
 	rm -f build-dist.log
-	for kind in whl tar.gz; do \
-	  $(PYTHON) -m venv build/dist-check/$$kind && \
-	  build/dist-check/$$kind/bin/pip install --disable-pip-version-check -q dist/*.$$kind && \
-	  (cd build/dist-check && $$kind/bin/python $(CURDIR)/.ci/dist_smoke.py) || exit 1; \
-	done
+	$(PYTHON) -m venv build/dist-check/whl
+	build/dist-check/whl/bin/pip install --disable-pip-version-check -q -c constraints.txt torch
+	build/dist-check/whl/bin/pip install --disable-pip-version-check -q -c constraints.txt "$$(ls dist/*.whl)[torch]"
+	cd build/dist-check && whl/bin/python $(CURDIR)/.ci/dist_smoke.py
+	cd build/dist-check && whl/bin/python -m lowrank_pool build-kernel && whl/bin/python -m lowrank_pool kernel-status
+	cd build/dist-check && whl/bin/python $(CURDIR)/.ci/run_markdown.py $(CURDIR)/README.md $(CURDIR)/docs/index.md
+	$(PYTHON) -m venv build/dist-check/sdist
+	build/dist-check/sdist/bin/pip install --disable-pip-version-check -q dist/*.tar.gz
+	cd build/dist-check && sdist/bin/python $(CURDIR)/.ci/dist_smoke.py
 
 # torchvision and timm do not import beside the pinned CPU torch 2.13; they do beside torch 2.14.1 +
 # torchvision 0.29.1 (a 5.5 GB CUDA build that pip takes from these machines' disk in about a minute).
