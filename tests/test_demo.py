@@ -35,13 +35,21 @@ def test_quick_demo_writes_report_results_and_figures(tmp_path):
         assert {"dataset", "method", "rank", "params", "accuracy", "accuracy_frobenius", "dense_accuracy"} <= set(c)
     assert {c["method"] for c in doc["compression"]} == {"eig", "cp", "tucker"}
     assert {c["dataset"] for c in doc["claims"]} == {"digits", "textures"}
-    for c in doc["claims"]:
-        assert {"claim", "holds", "evidence"} <= set(c) and isinstance(c["holds"], bool)
+    for c in doc["claims"]:  # one seed: no verdict
+        assert {"claim", "holds", "verdict", "evidence"} <= set(c) and c["holds"] is None
+        assert c["verdict"].startswith("not judged (1 seed; a verdict needs at least 3)")
+    for h in doc["heads"]:  # timings: medians with quartiles of every measurement
+        assert (
+            h["forward_count"] == 15 and h["forward_ms_quartiles"][0] <= h["forward_ms"] <= h["forward_ms_quartiles"][1]
+        )
+        assert h["epoch_count"] == 3 and h["epoch_s_quartiles"][0] <= h["epoch_s"] <= h["epoch_s_quartiles"][1]
     report = (tmp_path / "report.md").read_text()
     assert "## The paper's claims" in report and "| digits | attentional rank 1 |" in report
+    assert "**Smoke run**" in report and "No claim is judged" in report and "holds." not in report
+    assert doc["meta"]["quick"] is True and doc["meta"]["seconds"] < 120
     for png in ("heads.png", "rank.png", "maps_digits.png", "maps_textures.png"):
         assert (tmp_path / png).stat().st_size > 5000, png
-    assert "wrote" in out.stdout and "accuracy % (mean ± std)" in out.stdout
+    assert "wrote" in out.stdout and "accuracy % (mean ± std over seeds)" in out.stdout
 
 
 def test_demo_without_matplotlib_says_so(tmp_path):
@@ -56,3 +64,19 @@ def test_demo_without_matplotlib_says_so(tmp_path):
 def test_demo_refuses_unknown_heads(tmp_path):
     out = _run(tmp_path, "--heads", "mean,fancy")
     assert out.returncode == 2 and "--heads: unknown ['fancy']" in out.stderr
+
+
+def test_claims_are_judged_only_from_three_seeds_or_more():
+    """A verdict needs paired differences over at least 3 seeds; with fewer the claim is "not judged"."""
+    from lowrank_pool.demo.experiment import MIN_SEEDS, Run, claims
+
+    def runs(seeds):
+        acc = {"mean": 0.80, "rank1": 0.90, "rank5": 0.905, "bilinear_sqrt_l2": 0.91}
+        return [Run("d", h, s, a + 0.001 * s, 1, [0.1], [1.0], None) for h, a in acc.items() for s in range(seeds)]
+
+    assert MIN_SEEDS == 3
+    for c in claims("d", runs(2)):
+        assert c["holds"] is None and c["verdict"].startswith("not judged (2 seeds"), c
+    judged = claims("d", runs(3))
+    assert [c["holds"] for c in judged] == [True, True, True]
+    assert all(c["verdict"] == "holds" for c in judged)

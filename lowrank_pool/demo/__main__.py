@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from . import data
@@ -68,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in range(args.seeds):
                 run = train(ds, head, seed, epochs=args.epochs, device=args.device, progress=not args.no_progress)
                 ds_runs.append(run)
-                print(f"  {head:<18} seed {seed}: {100 * run.accuracy:5.1f} %  ({run.epoch_s:.2f} s/epoch)", flush=True)
+                per_epoch = float(np.median(run.epoch_s))
+                print(f"  {head:<18} seed {seed}: {100 * run.accuracy:5.1f} %  ({per_epoch:.2f} s/epoch)", flush=True)
         runs += ds_runs
         found += claims(ds.name, ds_runs)
         bil = next((r for r in ds_runs if r.head == "bilinear" and r.seed == 0), None)
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}",
         "datasets": [d.describe() for d in datasets],
         "epochs": args.epochs,
+        "quick": bool(args.quick),
         "seeds": list(range(args.seeds)),
         "compression_seed": 0,
     }
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(doc["heads"]))
     print()
     for c in found:
-        print(f"{'HOLDS' if c['holds'] else 'does not hold'}: {c['claim']} — {c['evidence']}")
+        print(f"{c['verdict']}: {c['claim']} — {c['evidence']}")
     for c in rows:
         print(
             f"compress {c['dataset']} {c['method']} rank {c['rank']}: {100 * c['accuracy']:.1f} % (Frobenius "

@@ -22,6 +22,8 @@ def head_rows(runs: list[Run]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             acc = np.array([100 * r.accuracy for r in rs])
+            epochs = np.concatenate([r.epoch_s for r in rs])
+            forwards = np.concatenate([r.forward_ms for r in rs])
             rows.append(
                 {
                     "dataset": dataset,
@@ -32,22 +34,41 @@ def head_rows(runs: list[Run]) -> list[dict[str, Any]]:
                     "accuracies": acc.tolist(),
                     "params": rs[0].params,
                     "seeds": [r.seed for r in rs],
-                    "epoch_s": float(np.mean([r.epoch_s for r in rs])),
-                    "forward_ms": float(np.median([r.forward_ms for r in rs])),
+                    # timings: medians and quartiles of every measurement (every epoch of every seed; 15 forwards
+                    # per seed), never a single number: the machine may be shared
+                    "epoch_s": float(np.median(epochs)),
+                    "epoch_s_quartiles": [float(q) for q in np.percentile(epochs, [25, 75])],
+                    "epoch_count": int(epochs.size),
+                    "forward_ms": float(np.median(forwards)),
+                    "forward_ms_quartiles": [float(q) for q in np.percentile(forwards, [25, 75])],
+                    "forward_count": int(forwards.size),
                 }
             )
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """Accuracy over seeds (± the sample std; "1 seed" where there is no spread to give) and head size."""
+    lines = ["| dataset | head | accuracy % (mean ± std over seeds) | head params |", "|---|---|---|---|"]
+    for r in rows:
+        n = len(r["accuracies"])
+        acc = f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f}" if n > 1 else f"{r['accuracy_mean']:.1f} (1 seed)"
+        lines.append(f"| {r['dataset']} | {r['label']} | {acc} | {r['params']} |")
+    return "\n".join(lines)
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    """Training epoch and head forward times: median [first–third quartile] of every measurement."""
     lines = [
-        "| dataset | head | accuracy % (mean ± std) | head params | s / epoch | head fwd ms / batch of 64 |",
-        "|---|---|---|---|---|---|",
+        "| dataset | head | s / training epoch: median [quartiles] (n) "
+        "| head forward ms, batch of 64: median [quartiles] (n) |",
+        "|---|---|---|---|",
     ]
     for r in rows:
+        (e1, e3), (f1, f3) = r["epoch_s_quartiles"], r["forward_ms_quartiles"]
         lines.append(
-            f"| {r['dataset']} | {r['label']} | {r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | {r['params']} | "
-            f"{r['epoch_s']:.2f} | {r['forward_ms']:.2f} |"
+            f"| {r['dataset']} | {r['label']} | {r['epoch_s']:.2f} [{e1:.2f}–{e3:.2f}] ({r['epoch_count']}) | "
+            f"{r['forward_ms']:.2f} [{f1:.2f}–{f3:.2f}] ({r['forward_count']}) |"
         )
     return "\n".join(lines)
 
@@ -80,9 +101,20 @@ def write(
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(doc, fh, indent=2)
     figures = _figures(out, rows, compression, maps)
+    smoke = (
+        [
+            f"> **Smoke run** (`--quick`: {len(meta['seeds'])} seed(s), {meta['epochs']} epochs, smaller data). It",
+            "> shows that the pipeline works; its accuracies are not those of a full run, and no claim is",
+            "> judged from fewer than 3 seeds. `make demo` (5 seeds, 20 epochs) gives the numbers to read.",
+            "",
+        ]
+        if meta.get("quick")
+        else []
+    )
     lines = [
         "# lowrank_pool demo: pooling heads on real images",
         "",
+        *smoke,
         f"{meta['command']} — {meta['seconds']:.0f} s on {meta['machine']}.",
         "",
         *[f"- {d}" for d in meta["datasets"]],
@@ -95,12 +127,13 @@ def write(
         "",
         table(rows),
         "",
+        "Timings (this machine, possibly shared: read the spread before comparing two heads):",
+        "",
+        timing_table(rows),
+        "",
         "## The paper's claims on these data (paired per-seed differences)",
         "",
-        *[
-            f"- **{c['claim']}** ({c['dataset']}): {'holds' if c['holds'] else 'does not hold'}. {c['evidence']}."
-            for c in claims
-        ],
+        *[f"- **{c['claim']}** ({c['dataset']}): {c['verdict']}. {c['evidence']}." for c in claims],
         "",
         _verdict(claims),
         "",
@@ -128,6 +161,9 @@ def _verdict(claims: list[dict[str, Any]]) -> str:
     """One sentence: do the paper's claims hold on these data, all, none, or some (mixed)?"""
     if not claims:
         return "No claim could be judged (run the heads it compares: mean, rank1, rank5, bilinear_sqrt_l2)."
+    if all(c["holds"] is None for c in claims):
+        return "No claim is judged: a verdict needs paired differences over at least 3 seeds (`--seeds 3` or more)."
+    claims = [c for c in claims if c["holds"] is not None]
     held = [c for c in claims if c["holds"]]
     failed = sorted({f"{c['claim']} ({c['dataset']})" for c in claims if not c["holds"]})
     if len(held) == len(claims):
@@ -165,71 +201,96 @@ def _figures(
     except ImportError:
         return []
     written = []
-    # 1. heads: accuracy against parameters, error bars over seeds
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>"
+    # 1. heads: accuracy against parameters, error bars over seeds; the legend beside the axes hides nothing
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         for i, r in enumerate(x for x in rows if x["dataset"] == ds):
             ax.errorbar(
-                r["params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt="o", color=f"C{i}", label=r["label"]
-            )
+                r["params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt=markers[i % len(markers)],
+                color=colours[i % len(colours)], label=r["label"], capsize=3,
+            )  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel("head parameters")
-        ax.set_ylabel("test accuracy %")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("head parameters (log scale)")
+        ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(ds)
-        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "heads.png"), dpi=110)
+    fig.savefig(os.path.join(out, "heads.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
     written.append("heads.png")
-    # 2. accuracy against rank: attentional heads, and compression (matched vs Frobenius)
+    # 2. accuracy against rank: attentional heads, and compression (solid: score matching, dotted: Frobenius);
+    # the attentional heads' parameter count on a second axis, dash-dot
     if compression:
-        fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
         for ax, ds in zip(axes[0], datasets, strict=True):
+            lines = []
             att = [r for r in rows if r["dataset"] == ds and r["head"] in ("rank1", "rank2", "rank5")]
             if att:
                 ranks = [int(r["head"][-1]) for r in att]
-                ax.errorbar(ranks, [r["accuracy_mean"] for r in att], yerr=[r["accuracy_std"] for r in att],
-                            fmt="k-o", label="attentional, trained")  # fmt: skip
+                means, stds = [r["accuracy_mean"] for r in att], [r["accuracy_std"] for r in att]
+                label = "attentional head, trained at that rank"
+                lines.append(ax.errorbar(ranks, means, yerr=stds, fmt="k-o", capsize=3, label=label))
                 twin = ax.twinx()
-                twin.plot(ranks, [r["params"] for r in att], "k:", alpha=0.5)
-                twin.set_ylabel("attentional head parameters (dotted)")
+                (p,) = twin.plot(ranks, [r["params"] for r in att], "k-.", alpha=0.5,
+                                 label="attentional head parameters (right axis)")  # fmt: skip
+                lines.append(p)
+                twin.set_ylabel("attentional head parameters")
             for i, form in enumerate(("eig", "cp", "tucker")):
                 pts = [c for c in compression if c["dataset"] == ds and c["method"] == form]
                 if not pts:
                     continue
-                ax.plot([c["rank"] for c in pts], [100 * c["accuracy"] for c in pts], "-s", color=f"C{i}",
-                        label=f"{form}: score matching")  # fmt: skip
-                ax.plot([c["rank"] for c in pts], [100 * c["accuracy_frobenius"] for c in pts], ":x", color=f"C{i}",
-                        label=f"{form}: Frobenius")  # fmt: skip
-                ax.axhline(100 * pts[0]["dense_accuracy"], color="grey", lw=0.8, ls="--")
+                (a,) = ax.plot([c["rank"] for c in pts], [100 * c["accuracy"] for c in pts], "-s", color=f"C{i}",
+                               label=f"{form}: compressed by score matching")  # fmt: skip
+                (b,) = ax.plot([c["rank"] for c in pts], [100 * c["accuracy_frobenius"] for c in pts], ":x",
+                               color=f"C{i}", label=f"{form}: Frobenius fit only")  # fmt: skip
+                lines += [a, b]
+            dense = [c for c in compression if c["dataset"] == ds]
+            if dense:
+                lines.append(ax.axhline(100 * dense[0]["dense_accuracy"], color="grey", lw=0.8, ls="--",
+                                        label="dense bilinear head"))  # fmt: skip
             ax.set_xlabel("rank")
-            ax.set_ylabel("test accuracy % (dashed: dense bilinear head)")
+            ax.set_xticks(sorted({c["rank"] for c in dense} | ({int(r["head"][-1]) for r in att} if att else set())))
+            ax.set_ylabel("test accuracy %")
             ax.set_title(ds)
-            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        fig.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
         fig.tight_layout()
-        fig.savefig(os.path.join(out, "rank.png"), dpi=110)
+        fig.savefig(os.path.join(out, "rank.png"), dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append("rank.png")
-    # 3. maps of the rank-1 head: top-down of the predicted class, bottom-up, their product
+    # 3. maps of the rank-1 head: top-down of the predicted class, bottom-up, their product, each with its
+    # colour bar; the row says the true and the predicted class
     for ds, m in maps.items():
         n = len(m["images"])
-        fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+        fig, axes = plt.subplots(n, 4, figsize=(11, 2.4 * n), squeeze=False)
         for i in range(n):
             img = m["images"][i]
             extent = (0, img.shape[1], img.shape[0], 0)
+            ok = m["true"][i] == m["pred"][i]
             panels = [
-                (None, f"predicted {m['pred'][i]}"),
-                (m["top_down"][i], "top-down X a_k"),
+                (None, f"true {m['true'][i]}, predicted {m['pred'][i]}" + ("" if ok else " (wrong)")),
+                (m["top_down"][i], f"top-down X a_k, k = {m['pred'][i]}"),
                 (m["bottom_up"][i], "bottom-up X b"),
-                (m["top_down"][i] * m["bottom_up"][i], "product"),
+                (m["top_down"][i] * m["bottom_up"][i], "product (what the score sums)"),
             ]
             for ax, (overlay, title) in zip(axes[i], panels, strict=True):
                 ax.imshow(img, cmap="gray", extent=extent)
                 if overlay is not None:
-                    ax.imshow(overlay, cmap="magma", alpha=0.6, extent=extent, interpolation="bilinear")
-                ax.set_title(title, fontsize=8)
+                    im = ax.imshow(overlay, cmap="magma", alpha=0.6, extent=extent, interpolation="bilinear")
+                    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+                ax.set_title(title, fontsize=8, color="black" if ok or overlay is not None else "firebrick")
                 ax.axis("off")
+        fig.suptitle(f"{ds}: maps of the rank-1 attentional head (overlays on the input; colour bars in map units)",
+                     fontsize=9)  # fmt: skip
         fig.tight_layout()
         name = f"maps_{ds}.png"
         fig.savefig(os.path.join(out, name), dpi=100)
