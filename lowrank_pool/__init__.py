@@ -28,7 +28,7 @@ from .heads import (
     to_dense,
 )
 from .io import FactorFileError, FactorFileNotFoundError, load_factors, save_factors
-from .normalize import l2_normalize, matrix_sqrt, signed_sqrt
+from .normalize import l2_normalize, matrix_sqrt, signed_sqrt, triu_vec
 from .profile import RankProfile, rank_profile
 from .second_order import bilinear_pool, gram
 
@@ -183,6 +183,7 @@ __all__ = [
     "signed_sqrt",
     "sketch_hashes",
     "to_dense",
+    "triu_vec",
     "tucker_approx",
     "tucker_pool",
 ]

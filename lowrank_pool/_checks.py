@@ -337,6 +337,25 @@ def prepare(
     return xp, feats, cast
 
 
+def pair_features(xp: Namespace, feats: Features, y: Array, channel_axis: int | None) -> Features:
+    """The second input Y (B, n, g) of a two-input function, beside X's validated features: read by the same
+    channel-axis rule, with X's batch and number of positions (Y's channel count g may differ from f). ``y`` is
+    already cast to the compute dtype by :func:`prepare` (pass it there as a factor named Y)."""
+    fy = features(xp, y, channel_axis, name="Y")
+    if fy.batch != feats.batch or fy.positions != feats.positions:
+        raise ShapeError(
+            f"Y: expected {feats.batch} samples of n = {feats.positions} positions (those of X, a "
+            f"{feats.describe()}), got a {fy.describe()}: {fy.batch} samples of n = {fy.positions}"
+        )
+    return fy
+
+
+def center_features(xp: Namespace, feats: Features) -> Features:
+    """X − 1 x̄ᵀ: every sample's features minus their mean over the positions (the same layout)."""
+    axis = 1 if feats.layout == "bnf" else 2
+    return feats._replace(data=feats.data - xp.mean(feats.data, axis=axis, keepdims=True))
+
+
 # ----------------------------------------------------------------------------- factor forms
 _FORM_NAMES = {
     "cp": "a CP form (CPTensor or (weights, [U, A, C]))",
@@ -377,10 +396,10 @@ def _factor_list(factors: Any, name: str, expected: str) -> list[Array]:
     return list(factors)
 
 
-def _check_factors(factors: list[Array], name: str, ranks: tuple[str, str, str]) -> dict[str, int]:
+def _check_factors(factors: list[Array], name: str, ranks: tuple[str, str, str], c_rows: str = "f") -> dict[str, int]:
     sizes = check_shape(f"{name} factor U", factors[0], ("K", ranks[0]))
     sizes = check_shape(f"{name} factor A", factors[1], ("f", ranks[1]), **sizes)
-    return check_shape(f"{name} factor C", factors[2], ("f", ranks[2]), **sizes)
+    return check_shape(f"{name} factor C", factors[2], (c_rows, ranks[2]), **sizes)
 
 
 def _factor_namespace(name: str, **arrays: Array) -> Namespace:
@@ -390,13 +409,14 @@ def _factor_namespace(name: str, **arrays: Array) -> Namespace:
     return xp
 
 
-def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
-    """Validated (xp, weights, [U, A, C], sizes) of a CP form; weights None become ones."""
+def parse_cp(cp: Any, name: str = "cp", two: bool = False) -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+    """Validated (xp, weights, [U, A, C], sizes) of a CP form; weights None become ones. ``two``: a form of
+    W (K, f, g) for two inputs (C (g, R))."""
     if form_kind(cp) != "cp":
         raise ArgumentTypeError(f"{name}: expected a CPTensor or a (weights, [U, A, C]) tuple, got {describe(cp)}")
     weights, factors = (cp.weights, cp.factors) if hasattr(cp, "weights") else cp
-    factors = _factor_list(factors, name, "[U (K, R), A (f, R), C (f, R)]")
-    sizes = _check_factors(factors, name, ("R", "R", "R"))
+    factors = _factor_list(factors, name, f"[U (K, R), A (f, R), C ({'g' if two else 'f'}, R)]")
+    sizes = _check_factors(factors, name, ("R", "R", "R"), "g" if two else "f")
     arrays = dict(zip(("factor U", "factor A", "factor C"), factors, strict=True))
     if weights is not None:
         arrays["weights"] = weights
@@ -408,7 +428,9 @@ def parse_cp(cp: Any, name: str = "cp") -> tuple[Namespace, Array, list[Array], 
     return xp, weights, factors, sizes
 
 
-def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[Array], dict[str, int]]:
+def parse_tucker(
+    tk: Any, name: str = "tucker", two: bool = False
+) -> tuple[Namespace, Array, list[Array], dict[str, int]]:
     """Validated (xp, core, [U, A, C], sizes) of a Tucker form.
 
     Any ranks that multiply out are accepted here (a redundant form still defines W);
@@ -417,8 +439,8 @@ def parse_tucker(tk: Any, name: str = "tucker") -> tuple[Namespace, Array, list[
     if form_kind(tk) != "tucker":
         raise ArgumentTypeError(f"{name}: expected a TuckerTensor or a (core, [U, A, C]) tuple, got {describe(tk)}")
     core, factors = (tk.core, tk.factors) if hasattr(tk, "core") else tk
-    factors = _factor_list(factors, name, "[U (K, R_K), A (f, R_a), C (f, R_c)]")
-    sizes = _check_factors(factors, name, ("R_K", "R_a", "R_c"))
+    factors = _factor_list(factors, name, f"[U (K, R_K), A (f, R_a), C ({'g' if two else 'f'}, R_c)]")
+    sizes = _check_factors(factors, name, ("R_K", "R_a", "R_c"), "g" if two else "f")
     check_shape(f"{name} core", core, ("R_K", "R_a", "R_c"), R_K=sizes["R_K"], R_a=sizes["R_a"], R_c=sizes["R_c"])
     xp = _factor_namespace(name, core=core, **{f"factor {k}": v for k, v in zip("UAC", factors, strict=True)})
     return xp, core, factors, sizes

@@ -123,6 +123,13 @@ def gram_generic(xp: Namespace, feats: Features) -> Array:
     return xp.matmul(xt, x) if feats.layout == "bnf" else xp.matmul(x, xt)
 
 
+def cross_generic(xp: Namespace, fx: Features, fy: Features) -> Array:
+    """XᵀY (B, f, g) for every sample of two feature batches with the same positions, in either layout."""
+    xt = fx.data if fx.layout == "bfn" else xp.matrix_transpose(fx.data)  # (B, f, n)
+    y = fy.data if fy.layout == "bnf" else xp.matrix_transpose(fy.data)  # (B, n, g)
+    return xp.matmul(xt, y)
+
+
 def top_eigh(xp: Namespace, s: Array, p: int) -> tuple[Array, Array]:
     """The p eigenpairs of the symmetric matrix s (f, f) of largest |μ|, sorted by |μ| descending.
 

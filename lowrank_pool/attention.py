@@ -21,7 +21,7 @@ The maps themselves come from one GEMM on [A | B], only in
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from ._backend import Array, Namespace, check_floating, namespace
 from ._checks import (
@@ -31,6 +31,7 @@ from ._checks import (
     check_factor,
     check_flag,
     check_shape,
+    pair_features,
     parse_rankp,
     prepare,
     shape_of,
@@ -157,6 +158,7 @@ def rank1_pool(
     b: Array,
     /,
     *,
+    Y: Array | None = None,
     attention: Attention = "linear",
     channel_axis: int | None = None,
     check_finite: bool = False,
@@ -180,8 +182,12 @@ def rank1_pool(
         4-D/5-D input channels-first (NCHW is read as a (B, f, n) view, no copy).
     A : array, (f, K)
         Top-down (class-specific) vectors a_k, one column per class.
-    b : array, (f,)
+    b : array, (f,), or (g,) with ``Y``
         The bottom-up (class-agnostic) vector.
+    Y : array, (B, n, g), (B, g, H, W) or (B, g, T, H, W), optional
+        The features the bottom-up map comes from, at X's positions (another layer, as the paper's
+        method 2 takes it from the pose network): :math:`s_{bk} = \frac1n (X_b a_k)^\top \sigma(Y_b b)`, the
+        bilinear score of W_k = a_k bᵀ (K, f, g) on M = XᵀY / n for σ the identity.
     attention : {"linear", "softmax", "relu"}
         Transform of the bottom-up map over the positions.
     channel_axis : int, optional
@@ -204,6 +210,8 @@ def rank1_pool(
     >>> lp.rank1_pool(X, A, b)                      # [(1*1 + 0*2) / 2, (0*1 + 2*2) / 2]
     array([[0.5, 2. ]])
     """
+    if Y is not None:
+        return _rank1_two_inputs(X, A, b, Y, attention, channel_axis, check_finite)
     fast = torch_fast_scores(X, A, b, attention, channel_axis, check_finite, rank1=True)
     if fast is not None:  # plain torch tensors: the general path below computes the same, validated
         return fast
@@ -213,6 +221,21 @@ def rank1_pool(
     _rank1_factors(feats, a, bvec, channel_axis)
     f = feats.channels
     return _shared_scores(xp, feats, xp.reshape(bvec, (f, 1)), xp.reshape(a, (1, f, shape_of(a)[1])), attention)
+
+
+def _rank1_two_inputs(
+    X: Array, A: Array, b: Array, Y: Array, attention: Any, channel_axis: int | None, check_finite: bool
+) -> Array:
+    """(1/n) (X a_k)ᵀ σ(Y b) as the attention-weighted pooling Xᵀσ(Y b), then @ A / n."""
+    check_choice(attention, "attention", ATTENTIONS)
+    xp, feats, fac = prepare(X, channel_axis, check_finite, A=A, b=b, Y=Y)
+    a, bvec = fac["A"], fac["b"]
+    fy = pair_features(xp, feats, fac["Y"], channel_axis)
+    check_factor(feats, "A", a, ("f", "K"), channel_axis)
+    check_shape("b", bvec, ("g",), g=fy.channels)
+    u = activate(xp, project(xp, fy, xp.reshape(bvec, (fy.channels, 1))), attention)  # (B, n, 1): σ(Y b)
+    v = weighted_sum(xp, feats, u)[:, 0, :]  # (B, f): Xᵀ σ(Y b)
+    return xp.matmul(v, a) / feats.positions
 
 
 def rankp_pool(

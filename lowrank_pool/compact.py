@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ._backend import Array, Namespace, device_of, full_precision, is_numpy_array, namespace
-from ._checks import check_factor, check_int, check_positive_int, prepare
-from ._errors import ArgumentError, ArgumentTypeError
+from ._checks import check_factor, check_int, check_positive_int, pair_features, prepare
+from ._errors import ArgumentError, ArgumentTypeError, ShapeError, shape_of
 from ._layout import Features
 from ._ops import fft_of, scatter_sum
 
@@ -136,6 +136,7 @@ def compact_bilinear_pool(
     dim: int,
     /,
     *,
+    Y: Array | None = None,
     seed: int = 0,
     hashes: Sequence[tuple[Any, Any]] | None = None,
     channel_axis: int | None = None,
@@ -158,11 +159,17 @@ def compact_bilinear_pool(
     (torch.fft, jax.numpy.fft, the array-API fft extension), for numpy arrays from scipy.fft (one
     thread unless ``scipy.fft.set_workers`` says otherwise).
 
+    With two inputs (``Y``), the first sketch reads X and the second Y: ψ estimates M = XᵀY / n, and
+    n = 1 is multimodal compact bilinear pooling (MCB, Fukui et al. 2016) of two vectors x and y.
+
     Parameters
     ----------
     X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     dim : int
         d, the sketch size.
+    Y : array, (B, n, g), (B, g, H, W) or (B, g, T, H, W), optional
+        A second input at the same positions (see :func:`gram`); the second hash pair then has g entries.
+        ``Y=X`` gives the one-input sketch.
     seed : int
         Chooses the hashes and signs (numpy's generator): the same seed gives the same sketch on every
         backend; a layer keeps its seed fixed.
@@ -194,18 +201,24 @@ def compact_bilinear_pool(
     True
     """
     dim, seed = check_sketch(dim, seed)
-    xp, feats, _ = prepare(X, channel_axis, check_finite)
+    xp, feats, fac = prepare(X, channel_axis, check_finite, **({} if Y is None else {"Y": Y}))
+    fy = None if Y is None else pair_features(xp, feats, fac["Y"], channel_axis)
     if hashes is None:
         hashes = sketch_hashes(feats.channels, dim, seed)
+        if fy is not None and fy.channels != feats.channels:
+            hashes = [hashes[0], sketch_hashes(fy.channels, dim, seed)[1]]
     else:
         if seed != 0:
             raise ArgumentError(f"seed: the hashes were given, so seed must be left at 0, got {seed}")
-        hashes = _checked_hashes(feats, hashes, dim, channel_axis)
-    return _sketch(xp, feats, dim, hashes)
+        hashes = _checked_hashes(feats, hashes, dim, channel_axis, fy)
+    return _sketch(xp, feats, dim, hashes, fy)
 
 
-def _checked_hashes(feats: Features, hashes: Any, dim: int, channel_axis: int | None) -> list[tuple[Any, Any]]:
-    """Two (bins, signs) pairs of X's channel count; bins in [0, d) where they are numpy arrays."""
+def _checked_hashes(
+    feats: Features, hashes: Any, dim: int, channel_axis: int | None, fy: Features | None = None
+) -> list[tuple[Any, Any]]:
+    """Two (bins, signs) pairs of X's channel count (the second of Y's, with two inputs); bins in [0, d) where
+    they are numpy arrays."""
     try:
         pairs = [(bins, signs) for bins, signs in hashes]
     except (TypeError, ValueError):
@@ -214,28 +227,37 @@ def _checked_hashes(feats: Features, hashes: Any, dim: int, channel_axis: int | 
         ) from None
     if len(pairs) != 2:
         raise ArgumentError(f"hashes: expected two (bins, signs) pairs, got {len(pairs)}")
-    for bins, signs in pairs:
+    for i, (bins, signs) in enumerate(pairs):
+        of = fy if i == 1 and fy is not None else feats
         for v in (bins, signs):
             if not is_numpy_array(v):  # else X's library on X's device
                 namespace(X=feats.data, hashes=v)
-            check_factor(feats, "hashes", v, ("f",), channel_axis)
+            if of is feats:
+                check_factor(feats, "hashes", v, ("f",), channel_axis)
+            elif shape_of(v) != (of.channels,):
+                raise ShapeError(f"hashes: expected the second pair of shape (g,) with g = {of.channels}, the "
+                                 f"channels of Y, got {shape_of(v)}")  # fmt: skip
         if is_numpy_array(bins) and bins.size and not (bins.min() >= 0 and bins.max() < dim):
             raise ArgumentError(f"hashes: expected bins in [0, {dim}), got values from {bins.min()} to {bins.max()}")
     return pairs
 
 
-def _sketch(xp: Namespace, feats: Features, dim: int, hashes: Sequence[tuple[Any, Any]]) -> Array:
-    """ψ (B, d) of validated features with the two (bins, signs) pairs ``hashes``."""
+def _sketch(
+    xp: Namespace, feats: Features, dim: int, hashes: Sequence[tuple[Any, Any]], fy: Features | None = None
+) -> Array:
+    """ψ (B, d) of validated features with the two (bins, signs) pairs ``hashes`` (the second sketch of Y's
+    features ``fy`` when given)."""
     # the sketches and their FFTs along the last axis: channels-first X is read as a (B, n, f) view (the
     # scatter-add reads it in place; an FFT along a strided axis is slower: docs/performance.md)
     x = feats.data if feats.layout == "bnf" else xp.matrix_transpose(feats.data)
+    y = x if fy is None else (fy.data if fy.layout == "bnf" else xp.matrix_transpose(fy.data))
     if feats.batch == 0:  # nothing to sketch (torch's MKL FFT refuses an empty batch); keeps the autograd graph
-        return xp.zeros((0, dim), dtype=x.dtype, device=device_of(x)) + xp.sum(x) * 0
+        return xp.zeros((0, dim), dtype=x.dtype, device=device_of(x)) + xp.sum(x) * 0 + xp.sum(y) * 0
     fft, spectra = fft_of(xp), []
     with full_precision(xp, x):  # under autocast too: the signed square root magnifies rounding
-        for bins, signs in hashes:
-            sign = xp.asarray(signs, dtype=x.dtype, device=device_of(x))
-            z = scatter_sum(xp, x * sign, bins, dim, 2)  # C x for every position: (B, n, d)
+        for (bins, signs), v in zip(hashes, (x, y), strict=True):
+            sign = xp.asarray(signs, dtype=v.dtype, device=device_of(v))
+            z = scatter_sum(xp, v * sign, bins, dim, 2)  # C x (C y) for every position: (B, n, d)
             spectra.append(fft.rfft(z, n=dim, axis=2))
         # IFFT is linear: the mean over positions is taken before it (one inverse FFT per sample, not per position)
         mean = xp.mean(spectra[0] * spectra[1], axis=1)

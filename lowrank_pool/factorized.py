@@ -26,10 +26,12 @@ from ._backend import Array, Namespace, device_of
 from ._checks import (
     ArgumentError,
     ArgumentTypeError,
+    ShapeError,
     check_channels,
     check_choice,
     check_positive_int,
     describe,
+    pair_features,
     parse_cp,
     parse_eig,
     parse_rankp,
@@ -40,7 +42,7 @@ from ._checks import (
 from ._forms import form_kind
 from ._ops import project
 from ._tensorly import tensorly_context
-from .second_order import bilinear_scores
+from .second_order import bilinear_scores, descriptor_scores, second_moment
 
 __all__ = [
     "EigTensor",
@@ -237,6 +239,17 @@ def _tucker_dense(xp: Namespace, core: Array, factors: list[Array]) -> Array:
 
 
 # ---------------------------------------------------------------------------- pooling
+def _second(xp: Namespace, feats: Any, y: Array, name: str, c: Array, channel_axis: int | None) -> Any:
+    """Y's features beside X's, with the factor C (g, R) checked against Y's channel count g."""
+    fy = pair_features(xp, feats, y, channel_axis)
+    if shape_of(c)[0] != fy.channels:
+        raise ShapeError(
+            f"{name}: expected shape (g, R) with g = {fy.channels}, the channel count of Y "
+            f"(a {fy.describe()}), got {shape_of(c)}"
+        )
+    return fy
+
+
 def _cost(kind: str, feats: Any, classes: int, ranks: Any, dtype: Any) -> dict[str, float]:
     itemsize = 8 if "64" in str(dtype) else 4
     return pool_cost(
@@ -267,6 +280,7 @@ def cp_pool(
     cp: Any,
     /,
     *,
+    Y: Array | None = None,
     path: Path = "auto",
     channel_axis: int | None = None,
     check_finite: bool = False,
@@ -286,7 +300,11 @@ def cp_pool(
     ----------
     X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     cp : tensorly CPTensor or (weights, [U, A, C])
-        U (K, R), A (f, R), C (f, R), weights (R,) or None.
+        U (K, R), A (f, R), C (f, R) (C (g, R) with ``Y``), weights (R,) or None.
+    Y : array, (B, n, g), (B, g, H, W) or (B, g, T, H, W), optional
+        A second input at the same positions: :math:`s_{bk} = \frac1n \sum_r \lambda_r U_{kr} (X_b a_r)^\top
+        (Y_b c_r)`, the CP form of W (K, f, g) (MLB / MFB fusion; n = 1 for two vectors). ``path="auto"`` is
+        then the factorised path.
     path : {"auto", "factorized", "dense"}
     channel_axis : int, optional
     check_finite : bool
@@ -304,12 +322,19 @@ def cp_pool(
     array([[2.5, 2.5, 2.5]])
     """
     check_choice(path, "path", ("auto", "factorized", "dense"))
-    _, weights, factors, sizes = parse_cp(cp)
+    _, weights, factors, sizes = parse_cp(cp, two=Y is not None)
     u, a, c = factors
-    xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, weights=weights)
+    extra = {} if Y is None else {"Y": Y}
+    xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, weights=weights, **extra)
     check_channels(feats, "cp factor A", a, ("f", "R"), channel_axis)
     u, a, c, w = fac["U"], fac["A"], fac["C"], fac["weights"]
     k, r = sizes["K"], sizes["R"]
+    if Y is not None:
+        fy = _second(xp, feats, fac["Y"], "cp factor C", c, channel_axis)
+        if path == "dense":
+            return descriptor_scores(xp, second_moment(xp, feats, fy), _cp_dense(xp, w, [u, a, c]))
+        s = xp.sum(project(xp, feats, a) * project(xp, fy, c), axis=1)  # (B, R): (X a_r)ᵀ (Y c_r)
+        return xp.matmul(s, xp.matrix_transpose(u * w[None, :])) / feats.positions
     if _choose(path, _cost("cp", feats, k, r, feats.data.dtype)) == "dense":
         return bilinear_scores(xp, feats, _cp_dense(xp, w, [u, a, c]))
     za, zc = _halves(xp, project(xp, feats, xp.concat([a, c], axis=1)), r, r)  # X A, X C: (B, n, R) each
@@ -322,6 +347,7 @@ def tucker_pool(
     tucker: Any,
     /,
     *,
+    Y: Array | None = None,
     path: Path = "auto",
     channel_axis: int | None = None,
     check_finite: bool = False,
@@ -341,7 +367,10 @@ def tucker_pool(
     X : array, (B, n, f), (B, f, H, W) or (B, f, T, H, W)
     tucker : tensorly TuckerTensor or (core, [U, A, C])
         core (R_K, R_a, R_c), U (K, R_K), A (f, R_a), C (f, R_c); the multilinear ranks
-        must be valid (each at most its dimension and the product of the other two).
+        must be valid (each at most its dimension and the product of the other two). C is (g, R_c) with ``Y``.
+    Y : array, (B, n, g), (B, g, H, W) or (B, g, T, H, W), optional
+        A second input at the same positions: the Tucker form of W (K, f, g) on M = XᵀY / n (MUTAN fusion;
+        n = 1 for two vectors). ``path="auto"`` is then the factorised path.
     path : {"auto", "factorized", "dense"}
     channel_axis : int, optional
     check_finite : bool
@@ -359,15 +388,22 @@ def tucker_pool(
     array([[2.5, 5. ]])
     """
     check_choice(path, "path", ("auto", "factorized", "dense"))
-    _, core, factors, sizes = parse_tucker(tucker)
+    _, core, factors, sizes = parse_tucker(tucker, two=Y is not None)
     u, a, c = factors
-    xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, core=core)
+    extra = {} if Y is None else {"Y": Y}
+    xp, feats, fac = prepare(X, channel_axis, check_finite, U=u, A=a, C=c, core=core, **extra)
     check_channels(feats, "tucker factor A", a, ("f", "R_a"), channel_axis)
     u, a, c, g = fac["U"], fac["A"], fac["C"], fac["core"]
     k, rk, ra, rc = sizes["K"], sizes["R_K"], sizes["R_a"], sizes["R_c"]
-    if _choose(path, _cost("tucker", feats, k, (rk, ra, rc), feats.data.dtype)) == "dense":
+    if Y is not None:
+        fy = _second(xp, feats, fac["Y"], "tucker factor C", c, channel_axis)
+        if path == "dense":
+            return descriptor_scores(xp, second_moment(xp, feats, fy), _tucker_dense(xp, g, [u, a, c]))
+        za, zc = project(xp, feats, a), project(xp, fy, c)  # X A, Y C
+    elif _choose(path, _cost("tucker", feats, k, (rk, ra, rc), feats.data.dtype)) == "dense":
         return bilinear_scores(xp, feats, _tucker_dense(xp, g, [u, a, c]))
-    za, zc = _halves(xp, project(xp, feats, xp.concat([a, c], axis=1)), ra, rc)  # X A, X C
+    else:
+        za, zc = _halves(xp, project(xp, feats, xp.concat([a, c], axis=1)), ra, rc)  # X A, X C
     m = xp.matmul(xp.matrix_transpose(za), zc)  # (B, R_a, R_c)
     s = xp.matmul(xp.reshape(m, (feats.batch, ra * rc)), xp.matrix_transpose(xp.reshape(g, (rk, ra * rc))))
     return xp.matmul(s, xp.matrix_transpose(u)) / feats.positions

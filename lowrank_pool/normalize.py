@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
+
 from ._backend import Array, Namespace, acc_dtype, check_floating, device_of, namespace
 from ._checks import (
     MAX_ITERATIONS,
@@ -15,7 +17,7 @@ from ._checks import (
     shape_of,
 )
 
-__all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt"]
+__all__ = ["l2_normalize", "matrix_sqrt", "signed_sqrt", "triu_vec"]
 
 
 def _computed(xp: Namespace, x: Array) -> Array:
@@ -167,3 +169,40 @@ def matrix_sqrt(
         t = 0.5 * (3.0 * eye - xp.matmul(z, y))
         y, z = xp.matmul(y, t), xp.matmul(t, z)
     return y * xp.sqrt(trace)
+
+
+def triu_vec(G: Array, /) -> Array:
+    r"""The upper triangle (diagonal included) of square matrices, row by row: (..., f, f) → (..., f(f+1)/2).
+
+    .. math:: \operatorname{triu}(G) = (G_{11}, G_{12}, \dots, G_{1f}, G_{22}, \dots, G_{ff})
+
+    A symmetric descriptor (a covariance, its square root) holds each off-diagonal entry twice; a linear
+    classifier on its upper triangle has f(f+1)/2 weights instead of f² (iSQRT-COV's ``Triuvec``, the same
+    order, no √2 on the off-diagonal entries). ⟨triu(G), w⟩ equals ⟨G, W⟩ for the upper-triangular W with
+    w's entries in that order.
+
+    Parameters
+    ----------
+    G : array, (..., f, f)
+        Square matrices (any library; a view of G's memory is not kept).
+
+    Returns
+    -------
+    array, (..., f(f+1)/2)
+        In G's library, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np, lowrank_pool as lp
+    >>> lp.triu_vec(np.array([[1.0, 2.0], [2.0, 3.0]]))
+    array([1., 2., 3.])
+    """
+    xp = namespace(G=G)
+    shape = shape_of(G)
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise ShapeError(f"G: expected square matrices (..., f, f), got shape {shape}")
+    f = shape[-1]
+    rows, cols = np.triu_indices(f)
+    index = xp.asarray(rows * f + cols, device=device_of(G))
+    flat = xp.reshape(G, (*shape[:-2], f * f))
+    return xp.take(flat, index, axis=-1)

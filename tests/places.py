@@ -21,6 +21,7 @@ PLACES = {
     "signed_sqrt": "test_normalize.py",
     "l2_normalize": "test_normalize.py",
     "matrix_sqrt": "test_normalize.py",
+    "triu_vec": "test_normalize.py",
     # factored forms
     "cp_pool": "test_factorized.py",
     "tucker_pool": "test_factorized.py",

@@ -94,3 +94,23 @@ def test_matrix_sqrt_of_a_gram_batch_in_low_precision():
     for method in ("eigh", "newton_schulz"):
         r = lp.matrix_sqrt(lp.gram(x), method=method, num_iters=20)
         assert r.dtype == torch.float32 and torch.isfinite(r).all()
+
+
+@given(f=st.integers(1, 7), lead=st.lists(st.integers(0, 3), max_size=2), seed=st.integers(0, 99))
+def test_triu_vec_is_the_upper_triangle_row_by_row(bk, dtype, f, lead, seed):
+    """triu_vec keeps G_ij for i <= j in row-major order (iSQRT-COV's Triuvec), exactly, in G's library and dtype;
+    ⟨triu(G), w⟩ = ⟨G, W⟩ for the upper-triangular W holding w."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((*lead, f, f))
+    got = lp.triu_vec(bk(g, dtype))
+    rows, cols = np.triu_indices(f)
+    want = to_numpy(bk(g, dtype))[..., rows, cols]
+    assert type(got) is type(bk(g, dtype)) and got.dtype == bk(g, dtype).dtype
+    assert tuple(got.shape) == (*lead, f * (f + 1) // 2)
+    np.testing.assert_array_equal(to_numpy(got), want)
+    w = rng.standard_normal(f * (f + 1) // 2)
+    upper = np.zeros((f, f))
+    upper[rows, cols] = w
+    np.testing.assert_allclose(
+        to_numpy(lp.triu_vec(g)) @ w, np.einsum("...ij,ij->...", g, upper), rtol=1e-12, atol=1e-12
+    )

@@ -203,7 +203,7 @@ def _figures(
     written = []
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    colours = plt.get_cmap("tab20").colors
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     markers = "osD^vP*Xh<>"
     # 1. heads: accuracy against parameters, error bars over seeds; the legend beside the axes hides nothing
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))

@@ -293,8 +293,11 @@ class BilinearPool(ScaledWeight, PoolingHead):
 class AttentionalPool(PoolingHead):
     r"""Low-rank attentional pooling (Girdhar & Ramanan, NIPS 2017).
 
-    .. math:: s_k = \frac1n \sum_{p=1}^{P} (X a_{kp})^\top \sigma(X b_{p}) + c_k\quad\text{(shared)},\qquad
-              \frac1n \sum_p (X a_{kp})^\top \sigma(X b_{kp}) + c_k\quad\text{(per class)}
+    .. math::
+
+       s_k = \frac1n \sum_{p=1}^{P} (X a_{kp})^\top \sigma(X b_{p}) + c_k \quad \text{(shared bottom-up)}
+
+       s_k = \frac1n \sum_{p=1}^{P} (X a_{kp})^\top \sigma(X b_{kp}) + c_k \quad \text{(per class)}
 
     ``A`` (f, K, P) holds the top-down vectors a_kp, ``B`` (f, P) or (f, K, P) the
     bottom-up ones (the paper's a_k and b for rank 1). Scores by
