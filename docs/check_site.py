@@ -1,7 +1,7 @@
-"""The built site in a real browser (``make docs-check``): headless Chromium opens the home page, the
-math page and gallery pages, checks that the math rendered, that every image loaded, that no script
-failed, and that no request went to any host but the local server; it saves a screenshot of each
-page to docs/_build/screenshots/.
+"""The built site in a real browser (``make docs-check``): headless Chromium opens every page of the site
+and checks that its math rendered and fits its box, that every image loaded, that no script failed, and
+that no request went to any host but the local server; it saves screenshots of a few pages to
+docs/_build/screenshots/.
 
 Run after ``make docs``; it fails (it does not skip) when the site or Chromium is missing.
 """
@@ -31,15 +31,27 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PAGES = {
-    "home": ("index.html", False),
-    "math": ("math.html", True),
-    "paper": ("paper.html", True),
-    "getting-started": ("auto_tutorial/plot_getting_started.html", False),
-    "gallery-maps": ("auto_gallery/plot_attention_maps.html", False),
-    "gallery-compress": ("auto_gallery/plot_compress.html", False),
-    "api-pooling": ("api/pooling.html", True),
+# pages that must hold math (each rendered), and pages whose executed example must have drawn a figure;
+# every other page of the site is opened too (ALL below) and held to the same rules where they apply
+MATH_PAGES = {"math.html", "paper.html", "api/pooling.html", "api/nn.html"}
+FIGURE_PAGES = {
+    "auto_tutorial/plot_getting_started.html",
+    "auto_gallery/plot_attention_maps.html",
+    "auto_gallery/plot_compress.html",
 }
+SCREENSHOTS = {"index.html", "math.html", "api/pooling.html", "auto_gallery/plot_attention_maps.html"}
+SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "_modules"}
+
+
+def _all_pages() -> list[str]:
+    """Every HTML page of the built site (none when it is not built: the server fixture then says so)."""
+    if not SITE.exists():
+        return ["index.html"]
+    pages = [p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")]
+    return sorted(p for p in pages if p.split("/")[0] not in SKIP_DIRS)
+
+
+ALL = _all_pages()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +82,15 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.mark.parametrize("name", list(PAGES))
-def test_page_renders_offline(name: str, server: str, browser: Browser) -> None:
-    path, has_math = PAGES[name]
+def test_the_site_is_complete() -> None:
+    """The pages the rules single out exist (a page renamed away would silently leave its checks)."""
+    missing = sorted((MATH_PAGES | FIGURE_PAGES | SCREENSHOTS) - set(ALL))
+    assert not missing, f"pages missing from the built site: {missing}"
+    assert not [p for p in ALL if "sg_execution_times" in p], "sphinx-gallery's timing pages load outside scripts"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_page_renders_offline(path: str, server: str, browser: Browser) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     outside: list[str] = []
     errors: list[str] = []
@@ -90,13 +108,13 @@ def test_page_renders_offline(name: str, server: str, browser: Browser) -> None:
     page.on("pageerror", lambda err: errors.append(str(err)))
     response = page.goto(f"{server}/{path}", wait_until="load")
     assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
-    if has_math:
+    n_math = page.locator(".math").count()
+    assert n_math > 0 or path not in MATH_PAGES, f"{path}: no math on the page"
+    if n_math:
         page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20000)
         page.evaluate("() => MathJax.startup.promise")
         page.wait_for_load_state("networkidle")
-        n_math = page.locator(".math").count()
         n_rendered = page.locator(".math mjx-container").count()
-        assert n_math > 0, f"{path}: no math on the page"
         assert n_rendered == n_math, f"{path}: {n_rendered} of {n_math} formulas rendered by MathJax"
         raw = page.evaluate(
             "() => [...document.querySelectorAll('.math')].filter(e => !e.querySelector('mjx-container'))"
@@ -105,15 +123,26 @@ def test_page_renders_offline(name: str, server: str, browser: Browser) -> None:
         assert raw == [], f"{path}: formulas left as TeX source: {raw}"
         # the glyphs come from MathJax's own web fonts, served by the site itself
         assert page.evaluate("() => document.fonts.status") == "loaded"
+        # no formula is cut off: each fits its box or the box scrolls (a long display equation)
+        clipped = page.evaluate(
+            "() => [...document.querySelectorAll('.math mjx-container')].filter(e => {"
+            " const box = e.closest('div.math') || e.parentElement;"
+            " const style = getComputedStyle(box);"
+            " return e.scrollWidth > box.clientWidth + 1 && !['auto', 'scroll'].includes(style.overflowX)"
+            "   && !['auto', 'scroll'].includes(getComputedStyle(e).overflowX);"
+            "}).map(e => e.textContent.slice(0, 40))"
+        )
+        assert clipped == [], f"{path}: formulas cut off by their box: {clipped}"
     images = page.evaluate(
         "() => [...document.images].map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0}))"
     )
     broken = [i["src"] for i in images if not i["ok"]]
     assert not broken, f"{path}: images that did not load: {broken}"
-    if name.startswith(("gallery", "getting")):
+    if path in FIGURE_PAGES:
         figures = [i for i in images if "sphx_glr" in i["src"]]
         assert figures, f"{path}: the executed example produced no figure"
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+    if path in SCREENSHOTS:
+        page.screenshot(path=str(SHOTS / (path.replace("/", "_").removesuffix(".html") + ".png")), full_page=False)
     assert not errors, f"{path}: script errors: {errors}"
     assert not outside, f"{path}: requests to outside hosts: {outside}"
     page.close()

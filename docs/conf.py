@@ -60,6 +60,9 @@ sphinx_gallery_conf = {
     "image_scrapers": ("matplotlib",),
     "reset_modules": ("matplotlib", "seaborn"),
     "capture_repr": ("_repr_html_", "__repr__"),
+    # no "computation times" pages: they load jQuery and DataTables from outside hosts, and timings of a
+    # docs build on a shared machine say nothing a reader needs
+    "write_computation_times": False,
 }
 
 # --- HTML
