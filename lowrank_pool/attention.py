@@ -80,8 +80,10 @@ def attention_weights(U: Array, /, *, attention: Attention = "linear", axis: int
 
     The softmax is scaled by the number of positions n so that its weights average 1:
     uniform logits then give exactly mean pooling, and the score, a *mean* over
-    positions of top-down × σ(bottom-up), is a softmax-weighted average of the top-down
-    map (the paper code's spatial softmax). Computed stably (max subtracted).
+    positions of top-down × σ(bottom-up), is the softmax-weighted sum of the top-down
+    map. The paper's code uses a softmax that sums to 1 and then averages over the positions:
+    its softmax maps and scores are these divided by n (docs: paper, "Comparing with the
+    official code"). Computed stably (max subtracted).
 
     Parameters
     ----------
@@ -255,8 +257,9 @@ def rankp_pool(
               \qquad M_b = \tfrac1n X_b^\top X_b
 
     i.e. bilinear pooling with the rank-P weight W_k = Σ_p a_kp b_kpᵀ (exactly, when σ
-    is the identity). The P projections are independent (the paper's official code
-    chains them by mistake).
+    is the identity). The P bottom-up projections are independent, as in the paper's formula; the
+    official code's loop applies each bottom-up convolution to the previous map instead, so its maps span
+    only {X b, 1} (docs: paper, "Comparing with the official code", shows how to reproduce it here).
 
     With a shared bottom-up B (f, P) the scores are computed as P attention-weighted
     poolings V = Xᵀσ(X B) (2·n·f·P work) and one (B, P·f) @ (P·f, K) product; with

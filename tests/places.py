@@ -80,4 +80,10 @@ PLACES = {
     "nn.replace_head": "test_zoo.py",
     "nn.FeatureMapClassifier": "test_zoo.py",
     "nn.head_maps": "test_zoo.py",
+    "nn.MLB": "test_fusion.py",
+    "nn.MFB": "test_fusion.py",
+    "nn.Mutan": "test_fusion.py",
+    "nn.Block": "test_fusion.py",
+    "nn.MCB": "test_fusion.py",
+    "nn.CovariancePool": "test_fusion.py",
 }

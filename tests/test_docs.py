@@ -109,6 +109,12 @@ def test_readme_and_docs_home_code_runs_as_written():
         "CompactBilinearPool",
         "FirstOrderPool",
         "PoseAttentionalPool",
+        "CovariancePool",
+        "MLB",
+        "MFB",
+        "Mutan",
+        "Block",
+        "MCB",
     ],
 )
 def test_every_layer_documents_its_forward(name):

@@ -15,19 +15,26 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 
 from ._base import PoolingHead
 from ._compress import MatchReport, compress, match_scores
+from ._fusion import MCB, MFB, MLB, Block, CovariancePool, Mutan
 from ._head import FeatureMapClassifier, head_maps, replace_head
 from ._layers import AttentionalPool, BilinearPool, CompactBilinearPool, CPPool, EigPool, FirstOrderPool, TuckerPool
 from ._pose import PoseAttentionalPool, PoseOutput, keypoint_heatmaps, pose_loss
 
 __all__ = [
+    "MCB",
+    "MFB",
+    "MLB",
     "AttentionalPool",
     "BilinearPool",
+    "Block",
     "CPPool",
     "CompactBilinearPool",
+    "CovariancePool",
     "EigPool",
     "FeatureMapClassifier",
     "FirstOrderPool",
     "MatchReport",
+    "Mutan",
     "PoolingHead",
     "PoseAttentionalPool",
     "PoseOutput",

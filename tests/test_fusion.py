@@ -1,0 +1,233 @@
+"""The two-input heads (MLB, MFB, Mutan, Block, MCB) and CovariancePool: each equals the decomposition of W it
+documents, written out in float64 einsum, on vectors and on maps of every layout; gradients, state, scale, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_two_inputs import _isqrt_reference  # noqa: E402
+
+import lowrank_pool as lp  # noqa: E402
+from lowrank_pool.nn import MCB, MFB, MLB, Block, CovariancePool, Mutan  # noqa: E402
+
+F, G, K = 5, 4, 3
+CONFIGS = {
+    "mlb": (MLB, {"rank": 6}),
+    "mlb_tanh": (MLB, {"rank": 6, "activation": "tanh"}),
+    "mfb": (MFB, {"dim": 4, "factor": 3}),
+    "mfb_plain": (MFB, {"dim": 4, "factor": 2, "normalize": None}),
+    "mutan": (Mutan, {"rank": (2, 3, 3)}),
+    "mutan_tanh": (Mutan, {"rank": (2, 3, 2), "activation": "tanh"}),
+    "block": (Block, {"blocks": 3, "rank": (2, 2, 3)}),
+    "mcb": (MCB, {"dim": 16, "seed": 2}),
+    "mcb_plain": (MCB, {"dim": 16, "normalize": None}),
+}
+
+
+def make(name, seed=0, **extra):
+    cls, kw = CONFIGS[name]
+    layer = cls(F, G, K, **kw, **extra, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():
+        if layer.bias is not None:
+            layer.bias.copy_(torch.arange(K, dtype=torch.float64) / 4)
+    return layer
+
+
+def _rows(t, layout):
+    """(B, n, c) float64 numpy rows of x for the reference formulas."""
+    t = t.detach().numpy()
+    if t.ndim == 2:
+        return t[:, None, :]
+    if layout == "nchw":
+        return t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 2, 1)
+    return t
+
+
+def _normalise(z, normalize, eps=1e-6):
+    if (normalize or "").startswith("signed_sqrt"):
+        z = np.sign(z) * np.abs(z) / (np.sqrt(np.abs(z) + eps) + np.sqrt(eps))
+    if (normalize or "").endswith("l2"):
+        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    return z
+
+
+def reference(name, layer, x, y, layout):
+    """The documented formula of each head, in float64 numpy."""
+    X, Y = _rows(x, layout), _rows(y, layout)
+    p = {k: v.detach().numpy() for k, v in layer.named_parameters()}
+    c = p.get("bias", 0.0)
+    act = np.tanh if getattr(layer, "activation", None) == "tanh" else (lambda v: v)
+    if name.startswith("mlb"):
+        za, zc = act(X @ p["U"]), act(Y @ p["V"])
+        return np.mean(za * zc, axis=1) @ p["P"].T + c
+    if name.startswith("mfb"):
+        prod = np.mean((X @ p["U"]) * (Y @ p["V"]), axis=1)  # (B, o·k)
+        z = prod.reshape(prod.shape[0], layer.dim, layer.factor).sum(-1)
+        return layer.weight_scale * _normalise(z, layer.normalize) @ p["weight"] + c
+    if name.startswith("mutan"):
+        za, zc = act(X @ p["A"]), act(Y @ p["C"])
+        m = np.einsum("bnr,bns->brs", za, zc) / X.shape[1]
+        return np.einsum("brs,qrs,kq->bk", m, p["core"], p["U"]) + c
+    if name == "block":
+        _, rx, ry = layer.ranks
+        out = 0.0
+        for i in range(layer.blocks):
+            w = np.einsum("qrs,kq,fr,gs->kfg", p["core"][i], p["U"][i], p["A"][:, i * rx : (i + 1) * rx],
+                          p["C"][:, i * ry : (i + 1) * ry])  # fmt: skip
+            out = out + np.einsum("bnf,kfg,bng->bk", X, w, Y) / X.shape[1]
+        return out + c
+    if name.startswith("mcb"):
+        (h1, s1), _ = lp.sketch_hashes(F, layer.dim, layer.seed)
+        _, (h2, s2) = lp.sketch_hashes(G, layer.dim, layer.seed)
+        onehot = np.zeros((F, G, layer.dim))
+        for a in range(F):
+            for b in range(G):
+                onehot[a, b, (h1[a] + h2[b]) % layer.dim] = s1[a] * s2[b]
+        psi = np.einsum("bnf,bng,fgt->bt", X, Y, onehot) / X.shape[1]
+        return layer.weight_scale * _normalise(psi, layer.normalize) @ p["weight"] + c
+    raise AssertionError(name)
+
+
+def _inputs(kind, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "vectors":
+        return torch.randn(4, F, generator=g, dtype=torch.float64), torch.randn(4, G, generator=g, dtype=torch.float64)
+    x = torch.randn(4, F, 3, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(4, G, 3, 2, generator=g, dtype=torch.float64)
+    if kind == "bnf":
+        return x.flatten(2).transpose(1, 2), y.flatten(2).transpose(1, 2)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["vectors", "nchw", "bnf"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fusion_head_is_its_decomposition(name, kind):
+    layer = make(name)
+    x, y = _inputs(kind)
+    got = layer(x, y)
+    want = reference(name, layer, x, y, kind)
+    assert got.shape == (4, K) and got.dtype == torch.float64
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlb", "mutan", "block"])
+def test_bilinear_fusions_are_bilinear_pool_of_their_w(name):
+    """Without the tanh, MLB / Mutan / Block score (1/n) Σ_i x_iᵀ W_k y_i for the W their factors make."""
+    layer = make(name)
+    x, y = _inputs("nchw")
+    p = {k: v.detach() for k, v in layer.named_parameters()}
+    if name == "mlb":
+        w = torch.einsum("kr,fr,gr->kfg", p["P"], p["U"], p["V"])
+    elif name == "mutan":
+        w = torch.einsum("qrs,kq,fr,gs->kfg", p["core"], p["U"], p["A"], p["C"])
+    else:
+        _, rx, ry = layer.ranks
+        w = sum(
+            torch.einsum(
+                "qrs,kq,fr,gs->kfg",
+                p["core"][i],
+                p["U"][i],
+                p["A"][:, i * rx : (i + 1) * rx],
+                p["C"][:, i * ry : (i + 1) * ry],
+            )
+            for i in range(layer.blocks)
+        )
+    want = lp.bilinear_pool(x, w, Y=y) + p["bias"]
+    torch.testing.assert_close(layer(x, y), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fusion_gradients_state_and_pickle(name):
+    layer = make(name)
+    x, y = (t.requires_grad_() for t in _inputs("nchw"))
+    assert torch.autograd.gradcheck(lambda a, b: layer(a, b), (x, y))
+    names = [n for n, _ in layer.named_parameters()]
+
+    def by_parameters(*ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x.detach(), y.detach()))
+
+    assert torch.autograd.gradcheck(by_parameters, tuple(layer.parameters()))
+    twin = make(name, seed=5)
+    twin.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(twin(x, y), layer(x, y), rtol=0, atol=0)
+    import pickle
+
+    torch.testing.assert_close(pickle.loads(pickle.dumps(layer))(x, y), layer(x, y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fusion_initial_scores_are_order_one_and_a_step_learns(name):
+    cls, kw = CONFIGS[name]
+    f, g, k = 64, 48, 10
+    kw = {**kw, **({"dim": 256} if cls is MCB else {})}
+    layer = cls(f, g, k, **kw, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.relu(torch.randn(64, f, generator=gen)), torch.randn(64, g, generator=gen)
+    labels = torch.arange(64) % k
+    with torch.no_grad():
+        std = layer(x, y).std().item()
+    assert 0.05 < std < 3.0, (name, std)
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(layer(x, y), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert max(losses) <= losses[0] + 0.2 and losses[-1] < losses[0], (name, losses)
+
+
+def test_fusion_errors_name_the_argument():
+    x, y = _inputs("vectors")
+    cases = [
+        (lambda: make("mlb")(x, y[:3]), lp.ShapeError, r"^Y: expected 4 samples"),
+        (lambda: make("mlb")(x, _inputs("nchw")[1]), lp.ShapeError, r"^y: expected a vector batch \(B, g\) like x"),
+        (lambda: make("mlb")(x, y.numpy()), lp.BackendError, r"^y: expected a torch.Tensor"),
+        (lambda: make("mlb")(x, torch.randn(4, G + 1, dtype=torch.float64)), lp.ShapeError, r"g = 5|C"),
+        (lambda: Mutan(F, G, K, rank=(2, 3)), lp.ArgumentTypeError, r"^rank: expected three positive ints"),
+        (lambda: MLB(F, G, K, rank=2, activation="relu"), lp.ArgumentError, r"^activation"),
+        (lambda: MFB(F, 0, K), lp.ArgumentError, r"^y_channels"),
+        (lambda: Block(F, G, K, blocks=0), lp.ArgumentError, r"^blocks"),
+    ]
+    import re
+
+    failures = []
+    for i, (call, exc, pattern) in enumerate(cases):
+        try:
+            call()
+        except exc as err:
+            if not re.search(pattern, str(err)):
+                failures.append(f"case {i}: {err!s} does not match {pattern}")
+        except Exception as err:
+            failures.append(f"case {i}: raised {type(err).__name__}: {err}")
+        else:
+            failures.append(f"case {i}: did not raise")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("reduce_dim", [None, 3])
+@pytest.mark.parametrize("layout", ["nchw", "bnf"])
+def test_covariance_pool_is_isqrt_cov(reduce_dim, layout):
+    """CovariancePool = a linear classifier on iSQRT-COV's descriptor (the paper's equations, float64), with the
+    optional 1×1 reduction first; gradients, state and O(1) initial scores."""
+    layer = CovariancePool(F, K, reduce_dim=reduce_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, _ = _inputs(layout)
+    rows = _rows(x, layout)
+    if reduce_dim:
+        rows = rows @ layer.reduction.detach().numpy()
+    want = layer.weight_scale * _isqrt_reference(rows, layer.num_iters) @ layer.weight.detach().numpy()
+    want = want + layer.bias.detach().numpy()
+    np.testing.assert_allclose(layer(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+    xg = x.detach().requires_grad_()
+    assert torch.autograd.gradcheck(layer, (xg,))
+    twin = CovariancePool(F, K, reduce_dim=reduce_dim, dtype=torch.float64)
+    twin.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=0)
+    big = CovariancePool(64, 10, reduce_dim=reduce_dim and 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        std = big(torch.relu(torch.randn(32, 64, 7, 7, generator=torch.Generator().manual_seed(2)))).std().item()
+    assert 0.1 < std < 3.0, std
