@@ -65,6 +65,7 @@ bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py $(ARGS)
 	$(PY) benchmarks/fits.py $(ARGS)
 	$(PY) benchmarks/init_scale.py $(filter --smoke,$(ARGS))
+	$(PY) benchmarks/family.py $(filter --smoke,$(ARGS))
 
 # The documentation site: docs/_build/html. -W: any warning fails the build; the gallery's examples
 # run during the build (sphinx-gallery), so a broken example fails it too.

@@ -265,11 +265,12 @@ def check_factor(
     return check_shape(name, x, dims, f=feats.channels)
 
 
-def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[int, int, int]:
-    """Multilinear ranks (R_K, R_a, R_c) of a Tucker form of W (K, f, f).
+def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank", g: int | None = None) -> tuple[int, int, int]:
+    """Multilinear ranks (R_K, R_a, R_c) of a Tucker form of W (K, f, f) (or (K, f, g)).
 
-    An int r means (min(r, K), r, r). Each rank must fit its dimension and be at most
-    the product of the other two (otherwise no tensor has those multilinear ranks).
+    An int r means (min(r, K), r, r) (for W (K, f, g): (min(r, K), min(r, f), min(r, g))). Each rank must
+    fit its dimension and be at most the product of the other two (otherwise no tensor has those multilinear
+    ranks).
 
     Parameters
     ----------
@@ -279,25 +280,35 @@ def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[i
         K and f of W.
     name : str, default "rank"
         The argument's name, for the error.
+    g : int, optional
+        W's last dimension where it differs from f (two inputs).
 
     Examples
     --------
     >>> from lowrank_pool.validation import check_tucker_ranks
     >>> check_tucker_ranks(8, 5, 16)
     (5, 8, 8)
+    >>> check_tucker_ranks(8, 5, 16, g=4)
+    (5, 8, 4)
     """
+    g = f if g is None else g
+    shape = (k, f, g)
     if isinstance(rank, int | np.integer) and not isinstance(rank, bool):
         r = check_positive_int(rank, name)
-        if r > f:
-            raise ArgumentError(f"{name}: expected at most f = {f} for W of shape {(k, f, f)}, got {r}")
-        return (min(r, k), r, r)
-    if not isinstance(rank, Sequence) or isinstance(rank, str):
-        raise ArgumentTypeError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {type(rank).__name__}")
-    if len(rank) != 3:
-        raise ArgumentError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {rank!r}")
-    out = tuple(check_positive_int(r, name) for r in rank)
-    if out[0] > k or out[1] > f or out[2] > f:
-        raise ArgumentError(f"{name}: expected (R_K, R_f, R_f) <= {(k, f, f)} for W of shape {(k, f, f)}, got {out}")
+        if g == f:
+            if r > f:
+                raise ArgumentError(f"{name}: expected at most f = {f} for W of shape {shape}, got {r}")
+            return (min(r, k), r, r)
+        out = (min(r, k), min(r, f), min(r, g))
+    else:
+        if not isinstance(rank, Sequence) or isinstance(rank, str):
+            raise ArgumentTypeError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {type(rank).__name__}")
+        if len(rank) != 3:
+            raise ArgumentError(f"{name}: expected an int or a tuple (R_K, R_a, R_c), got {rank!r}")
+        out = tuple(check_positive_int(r, name) for r in rank)  # type: ignore[assignment]
+        if out[0] > k or out[1] > f or out[2] > g:
+            names = "(R_K, R_f, R_f)" if g == f else "(R_K, R_f, R_g)"
+            raise ArgumentError(f"{name}: expected {names} <= {shape} for W of shape {shape}, got {out}")
     for i in range(3):
         others = math.prod(out) // out[i]
         if out[i] > others:
@@ -305,7 +316,7 @@ def check_tucker_ranks(rank: Any, k: int, f: int, name: str = "rank") -> tuple[i
                 f"{name}: multilinear ranks must each be at most the product of the other two, got {out} "
                 f"({out[i]} > {others})"
             )
-    return out  # type: ignore[return-value]
+    return out
 
 
 # ----------------------------------------------------------------------------- preamble

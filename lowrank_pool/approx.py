@@ -33,6 +33,7 @@ from ._checks import (
     ShapeError,
     check_choice,
     check_finite,
+    check_flag,
     check_number,
     check_positive_int,
     check_progress,
@@ -49,12 +50,14 @@ from .factorized import EigTensor
 __all__ = ["cp_approx", "eig_approx", "tucker_approx"]
 
 
-def _check_w(W: Any, name: str = "W") -> tuple[Namespace, Array, dict[str, int]]:
-    """(xp, W detached in its compute dtype, sizes): float16/bfloat16 fit in float32 (no half eigh)."""
+def _check_w(W: Any, name: str = "W", two: bool = False) -> tuple[Namespace, Array, dict[str, int]]:
+    """(xp, W detached in its compute dtype, sizes): float16/bfloat16 fit in float32 (no half eigh). ``two``:
+    W (K, f, g) of two inputs is accepted too (sizes then has g; g = f for a square W)."""
     xp = namespace(**{name: W})
     check_floating(xp, W, name)
     check_has_values(W, name)
-    sizes = check_shape(name, W, ("K", "f", "f"))
+    sizes = check_shape(name, W, ("K", "f", "g") if two else ("K", "f", "f"))
+    sizes.setdefault("g", sizes["f"])
     check_finite(xp, W, name)
     W = detach(W)
     dt = acc_dtype(xp, W.dtype)
@@ -193,14 +196,15 @@ def cp_approx(
 
     Parameters
     ----------
-    W : array, (K, f, f)
+    W : array, (K, f, f), or (K, f, g) of a two-input head (``cp_pool(X, cp, Y=Y)``, MLB)
         Class weight tensor (numpy, torch on any device, jax, cupy or another array-API library); fitted
         in its own dtype (float16/bfloat16 in float32).
     rank : int
         Number of components R, at most min(K·f, f²) (the largest CP rank a K×f×f
-        tensor can have).
+        tensor can have; min(K·f, f·g, K·g) for K×f×g).
     symmetric : bool
-        Fit the symmetric part (W_k + W_kᵀ)/2 only; it gives the same scores.
+        Fit the symmetric part (W_k + W_kᵀ)/2 only; it gives the same scores. A W (K, f, g) with g ≠ f
+        is fitted whole.
     n_iter_max : int
         At most this many ALS sweeps per start.
     tol, stall : float
@@ -237,20 +241,21 @@ def cp_approx(
     >>> bool(np.linalg.norm(lp.to_dense(cp) - W) < 1e-6 * np.linalg.norm(W))
     True
     """
-    xp, W, sizes = _check_w(W)
-    k, f = sizes["K"], sizes["f"]
+    xp, W, sizes = _check_w(W, two=True)
+    k, f, g = sizes["K"], sizes["f"], sizes["g"]
     rank = check_positive_int(rank, "rank")
     _check_fit_options(n_iter_max, tol, random_state, stall)
-    if rank > min(k * f, f * f):
-        raise ArgumentError(
-            f"rank: expected at most min(K·f, f²) = {min(k * f, f * f)} for W of shape {(k, f, f)}, got {rank}"
-        )
+    most = min(k * f, f * g, k * g) if g != f else min(k * f, f * f)
+    if rank > most:
+        bound = "min(K·f, f²)" if g == f else "min(K·f, f·g, K·g)"
+        raise ArgumentError(f"rank: expected at most {bound} = {most} for W of shape {(k, f, g)}, got {rank}")
     check_choice(init, "init", ("svd", "random"))
     restarts = check_positive_int(n_restarts, "n_restarts")
     check_progress(progress)
+    symmetric = check_flag(symmetric, "symmetric") and f == g  # (a W of two inputs is fitted whole)
     target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
     if scale == 0.0:  # W = 0 (or antisymmetric with symmetric=True): ALS would divide by zero
-        return _zero_cp(xp, target, k, f, rank)
+        return _zero_cp(xp, target, k, f, rank, g)
     t = ThreeWay(xp, target, symmetric=symmetric)
     with Progress(f"cp_approx rank {rank}", n_iter_max * restarts, unit="sweep", bar=progress) as report:
         weights, factors = _cp_fit(xp, t, rank, n_iter_max, tol, stall, restarts, init, random_state, report)
@@ -342,11 +347,13 @@ def tucker_approx(
 
     Parameters
     ----------
-    W : array, (K, f, f)
+    W : array, (K, f, f), or (K, f, g) of a two-input head (``tucker_pool(X, tk, Y=Y)``, MUTAN)
     rank : int or (R_K, R_f, R_f)
-        An int r means (min(r, K), r, r); every rank must fit its dimension.
+        An int r means (min(r, K), r, r) ((min(r, K), min(r, f), min(r, g)) for W (K, f, g)); every rank
+        must fit its dimension.
     symmetric : bool
-        Fit the symmetric part only (then A and C span the same subspace).
+        Fit the symmetric part only (then A and C span the same subspace); a W (K, f, g) with g ≠ f is
+        fitted whole.
     n_iter_max : int
         At most this many HOOI sweeps.
     tol : float
@@ -373,11 +380,12 @@ def tucker_approx(
     >>> bool(np.allclose(lp.to_dense((core, [U, A, C])), (W + W.transpose(0, 2, 1)) / 2))
     True
     """
-    xp, W, sizes = _check_w(W)
-    ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"])
+    xp, W, sizes = _check_w(W, two=True)
+    ranks = check_tucker_ranks(rank, sizes["K"], sizes["f"], g=sizes["g"])
     _check_fit_options(n_iter_max, tol, random_state)
     check_choice(init, "init", ("svd", "random"))
     check_progress(progress)
+    symmetric = check_flag(symmetric, "symmetric") and sizes["f"] == sizes["g"]  # (two inputs: W whole)
     target, scale = _unit_scale(xp, detach(symmetric_part(xp, W) if symmetric else W))
     if scale == 0.0:  # W = 0 (or antisymmetric): the exact form is 0
         return _zero_tucker(xp, target, ranks)

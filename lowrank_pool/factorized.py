@@ -504,11 +504,11 @@ def to_dense(obj: Any, /) -> Array:
         a, b = obj
         xp, sizes, shared = parse_rankp(a, b)
         return _rankp_dense(xp, a, b, sizes, shared)
-    if kind == "tucker":
-        xp, core, factors, _ = parse_tucker(obj)
+    if kind == "tucker":  # (W (K, f, f), or (K, f, g) of two inputs)
+        xp, core, factors, _ = parse_tucker(obj, two=True)
         return _tucker_dense(xp, core, factors)
     if kind == "cp":
-        xp, weights, factors, _ = parse_cp(obj)
+        xp, weights, factors, _ = parse_cp(obj, two=True)
         return _cp_dense(xp, weights, factors)
     raise ArgumentTypeError(
         "obj: expected a CPTensor, TuckerTensor, EigTensor, RankP or a (weights, factors) / (core, factors) "

@@ -169,3 +169,14 @@ def test_init_scale_benchmark_smoke_run_lists_every_head():
         std, first, train = (cell.strip() for cell in row.split("|")[2:5])
         assert float(std) > 0 and math.isfinite(float(first)), row
         assert all(math.isfinite(float(v)) for v in train.split(" / ")), row
+
+
+def test_family_benchmark_smoke_run_checks_and_times_every_form():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "family.py"), "--smoke"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 5 and any("Y=Y" in r for r in rows) and any("isqrt" in r for r in rows)
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[2:8]]
+        assert all(float(c) > 0 for c in cells), row

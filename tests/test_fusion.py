@@ -231,3 +231,30 @@ def test_covariance_pool_is_isqrt_cov(reduce_dim, layout):
     with torch.no_grad():
         std = big(torch.relu(torch.randn(32, 64, 7, 7, generator=torch.Generator().manual_seed(2)))).std().item()
     assert 0.1 < std < 3.0, std
+
+
+def test_a_trained_dense_fusion_compresses_into_mlb_and_mutan():
+    """cp_approx / tucker_approx fit a two-input W (K, f, g); MLB.from_dense / Mutan.from_dense hold the fit and
+    score like bilinear_pool(x, W, Y=y) where W has that exact rank."""
+    g = torch.Generator().manual_seed(3)
+    u, a, c = (torch.randn(m, 2, generator=g, dtype=torch.float64) for m in (K, F, G))
+    w_cp = torch.einsum("kr,fr,gr->kfg", u, a, c)
+    core = torch.randn(2, 3, 2, generator=g, dtype=torch.float64)
+    w_tk = torch.einsum("qrs,kq,fr,gs->kfg", core, *(torch.randn(m, r, generator=g, dtype=torch.float64)
+                                                     for m, r in ((K, 2), (F, 3), (G, 2))))  # fmt: skip
+    x, y = _inputs("vectors")
+    mlb = MLB.from_dense(w_cp, 2, fit={"n_restarts": 4, "stall": 1e-14, "n_iter_max": 3000}, bias=False)
+    want = lp.bilinear_pool(x[:, None, :], w_cp, Y=y[:, None, :])
+    torch.testing.assert_close(mlb(x, y), want, rtol=1e-6, atol=1e-8)
+    mutan = Mutan.from_dense(w_tk, (2, 3, 2))
+    want = lp.bilinear_pool(x[:, None, :], w_tk, Y=y[:, None, :])
+    torch.testing.assert_close(mutan(x, y), want, rtol=1e-9, atol=1e-10)
+    assert mutan.ranks == (2, 3, 2) and torch.equal(mutan.bias, torch.zeros(K, dtype=torch.float64))
+    with pytest.raises(lp.ArgumentError, match=r"^rank: expected at most min\(K·f, f·g, K·g\) = 12 for W of shape"):
+        lp.cp_approx(w_cp, 13)
+    with pytest.raises(lp.ArgumentError, match=r"^rank: expected \(R_K, R_f, R_g\) <= \(3, 5, 4\)"):
+        lp.tucker_approx(w_tk, (3, 5, 5))
+    with pytest.raises(lp.ArgumentError, match=r"^activation"):
+        MLB.from_dense(w_cp, 2, activation="tanh")
+    with pytest.raises(lp.ShapeError, match=r"^W: expected shape \(K, f, g\)"):
+        Mutan.from_dense(w_tk[0], 2)

@@ -134,6 +134,46 @@ class MLB(_Fusion):
         self.V = self._param(y_channels, self.rank)
         self.reset_parameters(generator)
 
+    @classmethod
+    def from_dense(cls, W: Any, rank: Any = None, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> MLB:
+        """An MLB whose CP form is :func:`lowrank_pool.cp_approx` of a trained two-input W (K, f, g).
+
+        Parameters
+        ----------
+        W : tensor, (K, f, g)
+            The dense weights of a bilinear fusion z_k = xᵀ W_k y (e.g. trained with
+            ``lowrank_pool.bilinear_pool(x, W, Y=y)``).
+        rank : int
+            R.
+        fit : dict, optional
+            Options of :func:`lowrank_pool.cp_approx` (``n_restarts``, ``n_iter_max``, ...).
+        **kwargs
+            The layer's options (``bias``, ``channel_axis``, ``device``, ``dtype``); ``activation`` must stay
+            None (the fitted form is bilinear).
+
+        Returns
+        -------
+        MLB
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import MLB
+        >>> W = torch.einsum("kr,fr,gr->kfg", torch.randn(3, 2), torch.randn(6, 2), torch.randn(4, 2))
+        >>> MLB.from_dense(W, 2, fit={"n_restarts": 3}, bias=False).rank
+        2
+        """
+        w, rank = _dense_two_input(W, rank)
+        if kwargs.get("activation") is not None:
+            raise lp.ArgumentError("activation: a fitted CP form is bilinear; from_dense builds activation=None")
+        weights, (u, a, c) = lp.cp_approx(w, rank, **(fit or {}))
+        layer = cls(a.shape[0], c.shape[0], u.shape[0], rank, **{"dtype": w.dtype, "device": w.device, **kwargs})
+        with torch.no_grad():
+            layer.P.copy_(u * weights[None, :]), layer.U.copy_(a), layer.V.copy_(c)
+            if layer.bias is not None:
+                layer.bias.zero_()
+        return layer
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.P, fan_std(self.rank), generator)
         self._init_(self.U, fan_std(self.in_channels), generator)
@@ -336,6 +376,45 @@ class Mutan(_Fusion):
         self.A = self._param(in_channels, rx)
         self.C = self._param(y_channels, ry)
         self.reset_parameters(generator)
+
+    @classmethod
+    def from_dense(cls, W: Any, rank: Any = None, *, fit: dict[str, Any] | None = None, **kwargs: Any) -> Mutan:
+        """A Mutan whose Tucker form is :func:`lowrank_pool.tucker_approx` of a trained two-input W (K, f, g).
+
+        Parameters
+        ----------
+        W : tensor, (K, f, g)
+            The dense weights of a bilinear fusion z_k = xᵀ W_k y.
+        rank : int or (R_K, R_x, R_y)
+            The core's size (an int r: (min(r, K), min(r, f), min(r, g))).
+        fit : dict, optional
+            Options of :func:`lowrank_pool.tucker_approx`.
+        **kwargs
+            The layer's options (``bias``, ``channel_axis``, ``device``, ``dtype``); ``activation`` must stay
+            None.
+
+        Returns
+        -------
+        Mutan
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import Mutan
+        >>> Mutan.from_dense(torch.randn(3, 6, 4), (3, 6, 4), bias=False).ranks
+        (3, 6, 4)
+        """
+        w, rank = _dense_two_input(W, rank)
+        if kwargs.get("activation") is not None:
+            raise lp.ArgumentError("activation: a fitted Tucker form is bilinear; from_dense builds activation=None")
+        core, (u, a, c) = lp.tucker_approx(w, rank, **(fit or {}))
+        ranks = tuple(core.shape)
+        layer = cls(a.shape[0], c.shape[0], u.shape[0], ranks, **{"dtype": w.dtype, "device": w.device, **kwargs})
+        with torch.no_grad():
+            layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
+            if layer.bias is not None:
+                layer.bias.zero_()
+        return layer
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         rk, rx, ry = self.ranks
@@ -684,6 +763,17 @@ class CovariancePool(ScaledWeight, PoolingHead):
             f"{self.in_channels}, {self.num_classes}, reduce_dim={self.reduce_dim}, num_iters={self.num_iters}, "
             f"{self._common_repr()}"
         )
+
+
+def _dense_two_input(W: Any, rank: Any) -> tuple[torch.Tensor, Any]:
+    """W as a detached (K, f, g) tensor, and the rank that was asked for."""
+    if not isinstance(W, torch.Tensor):
+        raise lp.ArgumentTypeError(f"W: expected a torch.Tensor (K, f, g), got {type(W).__name__}")
+    if W.ndim != 3:
+        raise lp.ShapeError(f"W: expected shape (K, f, g), got {tuple(W.shape)}")
+    if rank is None:
+        raise lp.ArgumentError("rank: expected the rank of the fitted form, got None")
+    return W.detach(), rank
 
 
 def _three_ranks(rank: Any) -> tuple[int, int, int]:
