@@ -408,8 +408,8 @@ class AttentionalPool(PoolingHead):
         -------
         tensor (B, K), or (tensor (B, K), AttentionMaps)
             The scores; with ``return_maps``, also ``(top_down, bottom_up)`` on the input's grid: rank 1 with a
-            shared bottom-up, (B, K, *grid) and (B, *grid); otherwise (B, K, P, *grid) and (B, [K,] P, *grid)
-            (:meth:`maps`).
+            shared bottom-up, ``(B, K, *grid)`` and ``(B, *grid)``; otherwise ``(B, K, P, *grid)`` and
+            ``(B, [K,] P, *grid)`` (:meth:`maps`).
         """
         self._check_input(x)
         s = self._add_bias(lp.rankp_pool(x, self.A, self.B, attention=self.attention, channel_axis=self.channel_axis))
