@@ -22,6 +22,7 @@ from lowrank_pool.nn import (
     AttentionalPool,
     BilinearPool,
     CompactBilinearPool,
+    CovariancePool,
     CPPool,
     EigPool,
     FirstOrderPool,
@@ -55,6 +56,7 @@ def heads(f: int) -> dict[str, tuple[type, dict]]:
         "CompactBilinearPool (signed_sqrt+l2)": (CompactBilinearPool, {"dim": 4 * f}),
         "CompactBilinearPool (no normalisation)": (CompactBilinearPool, {"dim": 4 * f, "normalize": None}),
         "PoseAttentionalPool": (PoseAttentionalPool, {"num_keypoints": 3}),
+        f"CovariancePool (iSQRT-COV, d = {f // 4})": (CovariancePool, {"reduce_dim": f // 4}),
     }
 
 

@@ -1,14 +1,18 @@
 """``python -m lowrank_pool.demo``: train every head on real images, compress the bilinear head, show the maps.
 
-Two datasets that ship inside packages (scikit-learn's digits, textures cut from scikit-image's
-bundled images), a small CNN with each head, several seeds; writes ``report.md``,
-``results.json`` and PNG figures to ``--out`` and prints the table. ``--quick`` is a
-two-minute smoke run. Needs ``pip install 'lowrank_pool[demo]'`` (``make demo`` installs it).
+By default two datasets that ship inside packages (scikit-learn's digits, textures cut from scikit-image's
+bundled images), a small CNN with each head, several seeds; writes ``report.md``, ``results.json`` and PNG
+figures to ``--out`` and prints the table. ``--quick`` is a two-minute smoke run. ``--dataset cluttered
+--canvas 32,48,64,96,128`` sweeps digits cluttered in ever larger canvases (the object's share of the map
+falling); ``--data PATH`` reads your own image folder (one sub-folder per class) and ``--backbone DIR`` a
+Hugging Face model saved in a local directory (frozen, its features computed once, or ``--finetune``).
+Needs ``pip install 'lowrank_pool[demo]'`` (``make demo`` installs it); ``--backbone`` needs transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import time
@@ -18,14 +22,21 @@ import numpy as np
 import torch
 
 from . import data
-from .experiment import HEADS, Run, claims, compression, maps_for, train
+from .experiment import HEADS, Run, claims, compression, frozen_features, load_backbone, maps_for, train
 from .report import table, write
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lowrank_pool.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="folder for report.md, results.json and figures")
-    p.add_argument("--dataset", choices=["digits", "textures", "all"], default="all")
+    p.add_argument("--dataset", choices=["digits", "textures", "cluttered", "all"], default="all",
+                   help="built-in data (all: digits and textures)")  # fmt: skip
+    p.add_argument("--canvas", default="48", help="cluttered digits: canvas side(s), comma-separated (a sweep)")
+    p.add_argument("--data", default=None, help="your image folder: one sub-folder per class (train/ test/ optional)")
+    p.add_argument("--image-size", type=int, default=64, help="--data: images resized and centre-cropped to this")
+    p.add_argument("--backbone", default="small",
+                   help="'small' (a CNN trained with each head) or a local Hugging Face model directory")  # fmt: skip
+    p.add_argument("--finetune", action="store_true", help="--backbone DIR: train it with each head (default frozen)")
     p.add_argument("--heads", default="all", help=f"comma-separated subset of {','.join(HEADS)}")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default 20, quick 3)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per head (default 5, quick 1)")
@@ -42,23 +53,57 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
     if args.epochs < 1 or args.seeds < 1:
         p.error("--epochs and --seeds must be at least 1")
+    try:
+        args.canvas = [int(c) for c in str(args.canvas).split(",") if c.strip()]
+    except ValueError:
+        p.error(f"--canvas: expected comma-separated integers, got {args.canvas!r}")
+    if args.finetune and args.backbone == "small":
+        p.error("--finetune: pass --backbone DIR (the small CNN is always trained with the head)")
     args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                                ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     return args
+
+
+def load_datasets(args: argparse.Namespace) -> list[data.Dataset]:
+    """The data sets a run trains on: --data, or the built-in ones (cluttered: one per canvas)."""
+    if args.data is not None:
+        return [data.image_folder(args.data, size=args.image_size)]
+    names = ["digits", "textures"] if args.dataset == "all" else [args.dataset]
+    out = []
+    for name in names:
+        if name == "digits":
+            out.append(data.digits())
+        elif name == "textures":
+            quick = args.quick
+            out.append(data.textures(train_per_class=80 if quick else 160, test_per_class=40 if quick else 60))
+        else:
+            out += [data.cluttered_digits(c, per_class=60 if args.quick else None) for c in args.canvas]
+    return out
+
+
+def describe_model(args: argparse.Namespace) -> str:
+    if args.backbone == "small":
+        return (
+            "A small CNN (two 3×3 conv + BN + ReLU blocks, 32 channels) with each head, trained end to end with "
+            "the same optimiser, schedule and epochs"
+        )
+    how = "fine-tuned with each head" if args.finetune else "frozen (its feature maps computed once), each head trained"
+    return f"The Hugging Face model in {args.backbone}, {how}, with the same optimiser, schedule and epochs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     start = time.perf_counter()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    names = ["digits", "textures"] if args.dataset == "all" else [args.dataset]
-    loaders = {
-        "digits": lambda: data.digits(),
-        "textures": lambda: data.textures(
-            train_per_class=80 if args.quick else 160, test_per_class=40 if args.quick else 60
-        ),
-    }
-    datasets = [loaders[n]() for n in names]
+    datasets = load_datasets(args)
+    backbone = None
+    if args.backbone != "small":
+        if args.finetune:
+            load_backbone(args.backbone)  # (fails early, with how to get the weights, if the directory is not one)
+            backbone = functools.partial(load_backbone, args.backbone)
+        else:
+            net = load_backbone(args.backbone)
+            datasets = [frozen_features(ds, net, args.device) for ds in datasets]
     runs: list[Run] = []
     rows, found, maps = [], [], {}
     ranks = [2, 8] if args.quick else [2, 4, 8]
@@ -67,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds_runs = []
         for head in args.heads:
             for seed in range(args.seeds):
-                run = train(ds, head, seed, epochs=args.epochs, device=args.device, progress=not args.no_progress)
+                run = train(ds, head, seed, epochs=args.epochs, device=args.device, progress=not args.no_progress,
+                            backbone=backbone)  # fmt: skip
                 ds_runs.append(run)
                 per_epoch = float(np.median(run.epoch_s))
                 print(f"  {head:<18} seed {seed}: {100 * run.accuracy:5.1f} %  ({per_epoch:.2f} s/epoch)", flush=True)
@@ -86,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.device}",
         "datasets": [d.describe() for d in datasets],
+        "model": describe_model(args),
+        "shares": {d.name: d.share for d in datasets if d.share is not None},
         "epochs": args.epochs,
         "quick": bool(args.quick),
         "seeds": list(range(args.seeds)),

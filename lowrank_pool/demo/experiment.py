@@ -26,7 +26,7 @@ from lowrank_pool.nn import (
 
 from .data import Dataset
 
-__all__ = ["HEADS", "Run", "claims", "compression", "train"]
+__all__ = ["HEADS", "Run", "claims", "compression", "frozen_features", "load_backbone", "train"]
 
 WIDTH = 32  # channels of the backbone's feature map
 
@@ -46,16 +46,23 @@ HEADS: dict[str, tuple[str, Callable[[int, int], PoolingHead]]] = {
 
 
 class Net(nn.Module):
-    """A small CPU-friendly CNN backbone (two 3×3 conv + BN + ReLU blocks) and a pooling head."""
+    """A backbone and a pooling head. By default a small CPU-friendly CNN (two 3×3 conv + BN + ReLU blocks, with
+    2×2 max pooling after each where ``pool``) trained with the head; ``backbone=`` any module that maps the
+    inputs to feature maps (``nn.Identity()`` for cached frozen features, a wrapped Hugging Face model to
+    fine-tune)."""
 
-    def __init__(self, head: PoolingHead, pool: bool) -> None:
+    def __init__(
+        self, head: PoolingHead, pool: bool = False, *, in_channels: int = 1, backbone: nn.Module | None = None
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for c_in, c_out in ((1, 16), (16, WIDTH)):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-            if pool:
-                layers.append(nn.MaxPool2d(2))
-        self.backbone = nn.Sequential(*layers)
+        if backbone is None:
+            layers: list[nn.Module] = []
+            for c_in, c_out in ((in_channels, 16), (16, WIDTH)):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+                if pool:
+                    layers.append(nn.MaxPool2d(2))
+            backbone = nn.Sequential(*layers)
+        self.backbone = backbone
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,11 +99,32 @@ def head_accuracy(head: nn.Module, feats: torch.Tensor, y: torch.Tensor) -> floa
         return float((head(feats).argmax(1).cpu() == y).float().mean())
 
 
-def train(ds: Dataset, head_name: str, seed: int, *, epochs: int, device: torch.device, progress: bool = True) -> Run:
-    """Train backbone and head together (Adam, cosine schedule, batch 64) with one seed."""
+def train(
+    ds: Dataset,
+    head_name: str,
+    seed: int,
+    *,
+    epochs: int,
+    device: torch.device,
+    progress: bool = True,
+    backbone: Callable[[], nn.Module] | None = None,
+) -> Run:
+    """Train backbone and head together (Adam, one-cycle schedule, batch 64) with one seed.
+
+    ``ds`` holds images (the small CNN, or ``backbone()`` to fine-tune, is trained with the head) or, where
+    ``ds.display`` is set, a frozen backbone's cached feature maps (only the head is trained)."""
     torch.manual_seed(seed)
     k = len(ds.classes)
-    model = Net(HEADS[head_name][1](WIDTH, k), pool=ds.x_train.shape[-1] > 16).to(device)
+    if ds.display is not None:  # cached frozen features: the head alone
+        model = Net(HEADS[head_name][1](ds.x_train.shape[1], k), backbone=nn.Identity()).to(device)
+    elif backbone is not None:
+        net = backbone()
+        with torch.no_grad():
+            width = net(ds.x_train[:1]).shape[1]
+        model = Net(HEADS[head_name][1](width, k), backbone=net).to(device)
+    else:
+        model = Net(HEADS[head_name][1](WIDTH, k), pool=ds.x_train.shape[-1] > 16, in_channels=ds.x_train.shape[1])
+        model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(ds.x_train.shape[0] / 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
@@ -253,16 +281,70 @@ def maps_for(run: Run, ds: Dataset, count: int, device: torch.device) -> dict[st
     """Images, predicted classes and the rank-1 head's maps (from the functional attention_maps)."""
     head = run.model.head
     assert isinstance(head, AttentionalPool) and head.rank == 1
-    x = ds.x_test[:: max(1, ds.x_test.shape[0] // count)][:count].to(device)
+    step = max(1, ds.x_test.shape[0] // count)
+    x = ds.x_test[::step][:count].to(device)
     feats = run.model.features(x)
     with torch.no_grad():
         pred = head(feats).argmax(1)
         top, bottom = lp.attention_maps(feats, head.A[:, :, 0], head.B[:, 0], keep_spatial=True)
     top = top[torch.arange(x.shape[0]), pred]  # the predicted class's top-down map (B, H, W)
     return {
-        "images": x[:, 0].cpu().numpy(),
+        "images": ds.images[::step][:count].mean(1).cpu().numpy(),  # (grey: the channels' mean)
         "pred": [ds.classes[i] for i in pred.cpu().tolist()],
-        "true": [ds.classes[i] for i in ds.y_test[:: max(1, ds.x_test.shape[0] // count)][:count].tolist()],
+        "true": [ds.classes[i] for i in ds.y_test[::step][:count].tolist()],
         "top_down": top.cpu().numpy(),
         "bottom_up": bottom.cpu().numpy(),
     }
+
+
+class HuggingFaceBackbone(nn.Module):
+    """A Hugging Face vision model's last feature map: ``model(pixel_values=x).last_hidden_state`` ((B, C, h, w) for
+    ResNet / ConvNeXt, (B, tokens, C) for a ViT)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).last_hidden_state
+
+
+def load_backbone(path: str) -> nn.Module:
+    """A Hugging Face model from a local directory (config + weights), offline; the run stops with how to get one."""
+    from pathlib import Path
+
+    root = Path(path).expanduser()
+    how = (
+        "save one to a local directory on a machine with network access, e.g. "
+        'python -c "from transformers import AutoModel; '
+        "AutoModel.from_pretrained('microsoft/resnet-50').save_pretrained('resnet-50')\", then copy the directory here "
+        "and pass --backbone resnet-50 (this demo never downloads)"
+    )
+    if not (root / "config.json").is_file():
+        raise SystemExit(f"--backbone {path}: expected a directory with a Hugging Face config.json and weights; {how}")
+    try:
+        import transformers
+    except ImportError as err:
+        raise SystemExit(f"--backbone needs transformers ({err}): pip install transformers") from err
+    try:
+        model = transformers.AutoModel.from_pretrained(root, local_files_only=True)
+    except Exception as err:
+        raise SystemExit(f"--backbone {path}: could not load it offline ({type(err).__name__}: {err}); {how}") from err
+    return HuggingFaceBackbone(model)
+
+
+@torch.no_grad()
+def frozen_features(ds: Dataset, backbone: nn.Module, device: torch.device, batch: int = 64) -> Dataset:
+    """The data set as the frozen backbone's feature maps, computed once per image (every head and seed then reads
+    the cache), with the test images kept for drawing the maps."""
+    backbone = backbone.to(device).eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([backbone(x[i : i + batch].to(device)).float().cpu() for i in range(0, x.shape[0], batch)])
+
+    ftr, fte = run(ds.x_train), run(ds.x_test)
+    note = f"{ds.note}; " if ds.note else ""
+    return Dataset(
+        ds.name, ftr, ds.y_train, fte, ds.y_test, ds.classes, display=ds.x_test, note=f"{note}frozen features",
+        share=ds.share,
+    )  # fmt: skip

@@ -100,7 +100,7 @@ def write(
     doc = {"heads": rows, "compression": compression, "claims": claims, "meta": meta}
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(doc, fh, indent=2)
-    figures = _figures(out, rows, compression, maps)
+    figures = _figures(out, rows, compression, maps, meta.get("shares", {}))
     smoke = (
         [
             f"> **Smoke run** (`--quick`: {len(meta['seeds'])} seed(s), {meta['epochs']} epochs, smaller data). It",
@@ -119,8 +119,8 @@ def write(
         "",
         *[f"- {d}" for d in meta["datasets"]],
         "",
-        "A small CNN (two 3×3 conv + BN + ReLU blocks, 32 channels) with each head, trained end to end with",
-        f"the same optimiser, schedule and epochs ({meta['epochs']}), seeds {meta['seeds']}. Scores use the package's",
+        f"{meta.get('model', 'Each head trained with the same optimiser, schedule and epochs')}"
+        f" ({meta['epochs']}), seeds {meta['seeds']}. Scores use the package's",
         "conventions (second moment M = XᵀX / n, bias on).",
         "",
         "## Heads",
@@ -191,7 +191,11 @@ def _compression_summary(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _figures(
-    out: str, rows: list[dict[str, Any]], compression: list[dict[str, Any]], maps: dict[str, dict[str, Any]]
+    out: str,
+    rows: list[dict[str, Any]],
+    compression: list[dict[str, Any]],
+    maps: dict[str, dict[str, Any]],
+    shares: dict[str, float] | None = None,
 ) -> list[str]:
     try:
         import matplotlib
@@ -267,7 +271,27 @@ def _figures(
         fig.savefig(os.path.join(out, "rank.png"), dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append("rank.png")
-    # 3. maps of the rank-1 head: top-down of the predicted class, bottom-up, their product, each with its
+    # 3. a sweep over the object's share of the image (cluttered digits at several canvas sizes)
+    if shares and len(shares) >= 2:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        heads = list(dict.fromkeys(r["head"] for r in rows if r["dataset"] in shares))
+        for i, head in enumerate(heads):
+            sweep = sorted((r for r in rows if r["head"] == head and r["dataset"] in shares),
+                           key=lambda r: shares[r["dataset"]])  # fmt: skip
+            ax.errorbar([100 * shares[r["dataset"]] for r in sweep], [r["accuracy_mean"] for r in sweep],
+                        yerr=[r["accuracy_std"] for r in sweep], fmt="-" + markers[i % len(markers)],
+                        color=colours[i % len(colours)], capsize=3, label=sweep[0]["label"])  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} %"))
+        ax.set_xlabel("the digit's share of the image (log scale; smaller = more clutter around it)")
+        ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "share.png"), dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append("share.png")
+    # 4. maps of the rank-1 head: top-down of the predicted class, bottom-up, their product, each with its
     # colour bar; the row says the true and the predicted class
     for ds, m in maps.items():
         n = len(m["images"])
