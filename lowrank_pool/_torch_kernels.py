@@ -32,6 +32,7 @@ autograd). Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) uses :meth
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -78,6 +79,48 @@ def _native_kernel(
     if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
         return None
     return kernel
+
+
+# Triton's kernels serve CUDA tensors; on CPU tensors only under Triton's interpreter and when asked (the tests,
+# with LOWRANK_POOL_TRITON_ON_CPU=1, read once: a CPU call's path never looks at the environment)
+_TRITON_ON_CPU = os.environ.get("LOWRANK_POOL_TRITON_ON_CPU") == "1"
+_TRITON: Any = None  # the module, imported on first use (it imports triton)
+
+
+def _gpu_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved: tuple[torch.Tensor, ...] = ()) -> Any:
+    """The Triton kernels (:mod:`lowrank_pool._triton`) when they serve these tensors: CUDA (or CPU under the
+    interpreter, when asked), one float32/float16/bfloat16 dtype, plain tensors without the negative or conjugate
+    bit, outside autocast, vmap, torch.compile (inductor writes its own kernels) and torch.jit tracing; else None.
+    The same entry points as the CPU kernel's (``scores_forward``, ``scores_backward``)."""
+    global _TRITON
+    if not (x.is_cuda or (_TRITON_ON_CPU and x.is_cpu)) or _is_compiling() or _IS_TRACING():
+        return None
+    if torch.is_autocast_enabled(x.device.type):
+        return None
+    if _TRITON is None:
+        from . import _triton
+
+        _TRITON = _triton
+    if not _TRITON.available(x):
+        return None
+    dtype, device = x.dtype, x.device
+    tensors = (x, bm, *others, *saved)
+    for t in tensors:
+        if (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)) or t.device != device:
+            return None
+        if t.dtype != dtype or t.is_neg() or t.is_conj():
+            return None
+    if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
+        return None
+    return _TRITON
+
+
+def _kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved: tuple[torch.Tensor, ...] = ()) -> Any:
+    """The kernel that serves these tensors (Triton on a GPU, the compiled one on the CPU), or None: the torch
+    path."""
+    if x.is_cpu and not _TRITON_ON_CPU:
+        return _native_kernel(x, bm, *others, saved=saved)
+    return _gpu_kernel(x, bm, *others, saved=saved) or _native_kernel(x, bm, *others, saved=saved)
 
 
 _IS_TRACING: Any = torch.jit.is_tracing  # (dynamo folds it to False; torch._C._is_tracing breaks its graph)
@@ -144,7 +187,7 @@ class _SharedBottomUp(torch.autograd.Function):
         x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: str, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """s, U, V and A as a contiguous (P·f, K) copy where one was made (saved for the backward)."""
-        native = _native_kernel(x, bm, a3)
+        native = _kernel(x, bm, a3)
         if native is not None:  # X read once per pass, in its own layout; the products with A in the kernel
             s, u, v, copy = native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)
             return s, u, v, copy
@@ -171,7 +214,7 @@ class _SharedBottomUp(torch.autograd.Function):
         if copy is not None and not torch.is_grad_enabled():  # the forward's contiguous A: not copied again
             a3 = copy.view(a3.shape)
         g, x, bm, a3, u, v = _common_dtype(g, x, bm, a3, u, v)
-        native = None if torch.is_grad_enabled() else _native_kernel(x, bm, a3, g, saved=(u, v))
+        native = None if torch.is_grad_enabled() else _kernel(x, bm, a3, g, saved=(u, v))
         if native is not None:
             code = _ATTENTION_CODES[ctx.attention]
             gx, gbm, ga = native.scores_backward(
@@ -280,7 +323,7 @@ def shared_bottom_up_scores(
     scale = 1.0 / positions
     if _differentiated(x, bm, a3):
         return _function_scores(x, bm, a3, channels_first, attention, scale)
-    native = _native_kernel(x, bm, a3)
+    native = _kernel(x, bm, a3)
     if native is not None:
         return native.scores_forward(x, bm, a3, channels_first, _ATTENTION_CODES[attention], scale)[0]
     return _scores(_maps(x, bm, channels_first, attention)[3], a3, scale)
@@ -365,7 +408,10 @@ def fast_shared_scores(
     x = x.view(shape[0], f, n) if cf else x
     if grad:
         return _function_scores(x, bm, a3, cf, attention, 1.0 / n)
-    return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n)  # inference the kernel does not serve (GPUs)
+    gpu = None if x.is_cpu and not _TRITON_ON_CPU else _gpu_kernel(x, bm, a3)
+    if gpu is not None:  # a GPU's inference: the Triton kernel
+        return gpu.scores_forward(x, bm, a3, cf, code, 1.0 / n)[0]
+    return _scores(_maps(x, bm, cf, attention)[3], a3, 1.0 / n)  # inference no kernel serves
 
 
 # ------------------------------------------------------------------------------------------- Gram matrices
