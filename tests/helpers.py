@@ -131,3 +131,22 @@ def oracle_rankp(X: Any, A: Any, B: Any) -> np.ndarray:
 def absolute(*arrays: Any) -> list[np.ndarray]:
     """|a| of each array in float64: oracles on these give the error scale Σ|terms|."""
     return [np.abs(to_numpy(a)) for a in arrays]
+
+
+def expect_errors(cases: list[tuple[Callable[[], Any], type, str]]) -> None:
+    """Run every (call, exception type, message regex) case and report all failures together (the first failure
+    of a serial ``pytest.raises`` chain would hide the rest)."""
+    import re
+
+    failures = []
+    for i, (call, exc, pattern) in enumerate(cases):
+        try:
+            call()
+        except exc as err:
+            if not re.search(pattern, str(err)):
+                failures.append(f"case {i}: {err!s} does not match {pattern}")
+        except Exception as err:
+            failures.append(f"case {i}: raised {type(err).__name__}: {err}")
+        else:
+            failures.append(f"case {i}: did not raise")
+    assert not failures, "\n".join(failures)

@@ -675,8 +675,16 @@ W0 = np.ones((3, 4, 4))
         (lambda: lp.tucker_approx(W0, (1, 2)), ValueError, r"rank: expected an int or a tuple"),
         (lambda: lp.tucker_approx(W0, (1, 1, 2)), ValueError, r"rank: multilinear ranks .* got \(1, 1, 2\) \(2 > 1\)"),
         (lambda: lp.eig_approx(W0, 5), ValueError, r"rank: expected at most f = 4 eigenpairs per class, got 5"),
-        (lambda: lp.cp_approx(np.ones((3, 4)), 2), lp.ShapeError, r"W: expected 3 dimensions \(K, f, g\), got shape \(3, 4\)"),
-        (lambda: lp.eig_approx(np.ones((3, 4, 5)), 2), lp.ShapeError, r"W: expected shape \(K, f, f\).*got \(3, 4, 5\)"),
+        (
+            lambda: lp.cp_approx(np.ones((3, 4)), 2),
+            lp.ShapeError,
+            r"W: expected 3 dimensions \(K, f, g\), got shape \(3, 4\)",
+        ),
+        (
+            lambda: lp.eig_approx(np.ones((3, 4, 5)), 2),
+            lp.ShapeError,
+            r"W: expected shape \(K, f, f\).*got \(3, 4, 5\)",
+        ),
         (lambda: lp.cp_approx(np.full((2, 3, 3), np.nan), 2), ValueError, r"W: expected finite values"),
         (lambda: lp.eig_approx(np.full((2, 3, 3), np.inf), 2), ValueError, r"W\[0\]: expected finite values"),
         (lambda: lp.tucker_approx(np.ones((2, 3, 3), int), 2), lp.DTypeError, r"W: expected a real floating dtype"),

@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from helpers import expect_errors  # noqa: E402
 from test_two_inputs import _isqrt_reference  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
@@ -193,20 +194,7 @@ def test_fusion_errors_name_the_argument():
         (lambda: MFB(F, 0, K), lp.ArgumentError, r"^y_channels"),
         (lambda: Block(F, G, K, blocks=0), lp.ArgumentError, r"^blocks"),
     ]
-    import re
-
-    failures = []
-    for i, (call, exc, pattern) in enumerate(cases):
-        try:
-            call()
-        except exc as err:
-            if not re.search(pattern, str(err)):
-                failures.append(f"case {i}: {err!s} does not match {pattern}")
-        except Exception as err:
-            failures.append(f"case {i}: raised {type(err).__name__}: {err}")
-        else:
-            failures.append(f"case {i}: did not raise")
-    assert not failures, "\n".join(failures)
+    expect_errors(cases)
 
 
 @pytest.mark.parametrize("reduce_dim", [None, 3])

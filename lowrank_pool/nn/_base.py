@@ -390,6 +390,19 @@ class ScaledWeight:
         """c: the head's W is ``weight_scale · weight`` (``factors()``, ``to_dense()`` and the scores use W)."""
         return self._weight_scale
 
+    def _classify(self, z: torch.Tensor, normalize: str | None, eps: float) -> torch.Tensor:
+        """Scores c · N(z)ᵀ ``weight`` + bias of descriptors z (B, d): N the optional signed square root
+        (:func:`lowrank_pool.signed_sqrt`) and l2 normalisation, the linear map
+        :func:`lowrank_pool.first_order_pool` of z as a one-position map (compact bilinear, MFB, MCB,
+        covariance pooling)."""
+        norm = normalize or ""
+        if norm.startswith("signed_sqrt"):
+            z = lp.signed_sqrt(z, eps=eps)
+        if norm.endswith("l2"):
+            z = lp.l2_normalize(z)
+        s = lp.first_order_pool(z[:, None, :], self.weight, reduce="sum", channel_axis=-1)
+        return self._add_bias(s * self.weight_scale)  # type: ignore[attr-defined]
+
     def _load_scale(self, state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
         key = prefix + "weight_scale_bits"
         if key in state_dict:

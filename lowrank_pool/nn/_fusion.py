@@ -305,13 +305,7 @@ class MFB(ScaledWeight, _Fusion):
         -------
         tensor, (B, K)
         """
-        z = self.fused(x, y)
-        if (self.normalize or "").startswith("signed_sqrt"):
-            z = lp.signed_sqrt(z, eps=self.eps)
-        if (self.normalize or "").endswith("l2"):
-            z = lp.l2_normalize(z)
-        s = lp.first_order_pool(z[:, None, :], self.weight, reduce="sum", channel_axis=-1)
-        return self._add_bias(s * self.weight_scale)
+        return self._classify(self.fused(x, y), self.normalize, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -651,12 +645,7 @@ class MCB(ScaledWeight, _Fusion):
         x, y, axis = self._inputs(x, y)
         pairs = [(self.sketch_bins_x, self.sketch_signs_x), (self.sketch_bins_y, self.sketch_signs_y)]
         psi = lp.compact_bilinear_pool(x, self.dim, Y=y, hashes=pairs, channel_axis=axis)
-        if (self.normalize or "").startswith("signed_sqrt"):
-            psi = lp.signed_sqrt(psi, eps=self.eps)
-        if (self.normalize or "").endswith("l2"):
-            psi = lp.l2_normalize(psi)
-        s = lp.first_order_pool(psi[:, None, :], self.weight, reduce="sum", channel_axis=-1)
-        return self._add_bias(s * self.weight_scale)
+        return self._classify(psi, self.normalize, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -754,9 +743,7 @@ class CovariancePool(ScaledWeight, PoolingHead):
         tensor, (B, K)
             Class scores.
         """
-        z = self.descriptor(x)
-        s = lp.first_order_pool(z[:, None, :], self.weight, reduce="sum", channel_axis=-1)
-        return self._add_bias(s * self.weight_scale)
+        return self._classify(self.descriptor(x), None, 0.0)
 
     def extra_repr(self) -> str:
         return (

@@ -870,13 +870,7 @@ class CompactBilinearPool(ScaledWeight, PoolingHead):
             self._hash(self.seed)
         pairs = [(self.sketch_bins[i], self.sketch_signs[i]) for i in range(2)]
         psi = lp.compact_bilinear_pool(x, self.dim, hashes=pairs, channel_axis=self.channel_axis)
-        norm = self.normalize or ""
-        if norm.startswith("signed_sqrt"):
-            psi = lp.signed_sqrt(psi, eps=self.eps)
-        if norm.endswith("l2"):
-            psi = lp.l2_normalize(psi)
-        s = lp.first_order_pool(psi[:, None, :], self.weight, reduce="sum", channel_axis=-1)
-        return self._add_bias(s * self.weight_scale)
+        return self._classify(psi, self.normalize, self.eps)
 
     def extra_repr(self) -> str:
         return (
