@@ -35,7 +35,7 @@ def test_quick_demo_writes_report_results_and_figures(tmp_path):
     for c in doc["compression"]:
         assert {"dataset", "method", "rank", "params", "accuracy", "accuracy_frobenius", "dense_accuracy"} <= set(c)
     assert {c["method"] for c in doc["compression"]} == {"eig", "cp", "tucker"}
-    assert {c["dataset"] for c in doc["claims"]} == {"digits", "textures"}
+    assert {c["dataset"] for c in doc["claims"]} == {"digits", "textures", "cluttered 32", "cluttered 64"}
     for c in doc["claims"]:  # one seed: no verdict
         assert {"claim", "holds", "verdict", "evidence"} <= set(c) and c["holds"] is None
         assert c["verdict"].startswith("not judged (1 seed; a verdict needs at least 3)")
@@ -48,7 +48,16 @@ def test_quick_demo_writes_report_results_and_figures(tmp_path):
     assert "## The paper's claims" in report and "| digits | attentional rank 1 |" in report
     assert "**Smoke run**" in report and "No claim is judged" in report and "holds." not in report
     assert doc["meta"]["quick"] is True and doc["meta"]["seconds"] < 120
-    for png in ("heads.png", "rank.png", "maps_digits.png", "maps_textures.png"):
+    assert "## Cluttered digits: the object's share of the image" in report and "| cluttered 64 (6.2 %) |" in report
+    assert {c["dataset"] for c in doc["compression"]} == {"digits", "textures"}  # (not the frozen sweep)
+    assert {h["head"] for h in doc["heads"] if h["dataset"] == "cluttered 32"} == {
+        "mean",
+        "max",
+        "rank1",
+        "rank5",
+        "bilinear_sqrt_l2",
+    }
+    for png in ("heads.png", "rank.png", "maps_digits.png", "maps_textures.png", "share.png", "maps_cluttered_32.png"):
         assert (tmp_path / png).stat().st_size > 5000, png
     assert "wrote" in out.stdout and "accuracy % (mean ± std over seeds)" in out.stdout
 

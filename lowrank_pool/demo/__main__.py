@@ -22,7 +22,17 @@ import numpy as np
 import torch
 
 from . import data
-from .experiment import HEADS, Run, claims, compression, frozen_features, load_backbone, maps_for, train
+from .experiment import (
+    HEADS,
+    Run,
+    claims,
+    compression,
+    digit_backbone,
+    frozen_features,
+    load_backbone,
+    maps_for,
+    train,
+)
 from .report import table, write
 
 
@@ -30,8 +40,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lowrank_pool.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="folder for report.md, results.json and figures")
     p.add_argument("--dataset", choices=["digits", "textures", "cluttered", "all"], default="all",
-                   help="built-in data (all: digits and textures)")  # fmt: skip
-    p.add_argument("--canvas", default="48", help="cluttered digits: canvas side(s), comma-separated (a sweep)")
+                   help="built-in data (all: digits, textures and the cluttered-digits sweep)")  # fmt: skip
+    p.add_argument("--canvas", default=None,
+                   help="cluttered digits: canvas sides (default 32,48,64,96,128; quick 32,64)")  # fmt: skip
     p.add_argument("--data", default=None, help="your image folder: one sub-folder per class (train/ test/ optional)")
     p.add_argument("--image-size", type=int, default=64, help="--data: images resized and centre-cropped to this")
     p.add_argument("--backbone", default="small",
@@ -53,6 +64,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
     if args.epochs < 1 or args.seeds < 1:
         p.error("--epochs and --seeds must be at least 1")
+    if args.canvas is None:
+        args.canvas = "32,64" if args.quick else "32,48,64,96,128"
     try:
         args.canvas = [int(c) for c in str(args.canvas).split(",") if c.strip()]
     except ValueError:
@@ -64,11 +77,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+SWEEP_HEADS = ("mean", "max", "rank1", "rank5", "bilinear_sqrt_l2")  # the heads the cluttered sweep compares
+
+
 def load_datasets(args: argparse.Namespace) -> list[data.Dataset]:
     """The data sets a run trains on: --data, or the built-in ones (cluttered: one per canvas)."""
     if args.data is not None:
         return [data.image_folder(args.data, size=args.image_size)]
-    names = ["digits", "textures"] if args.dataset == "all" else [args.dataset]
+    names = ["digits", "textures", "cluttered"] if args.dataset == "all" else [args.dataset]
     out = []
     for name in names:
         if name == "digits":
@@ -84,8 +100,9 @@ def load_datasets(args: argparse.Namespace) -> list[data.Dataset]:
 def describe_model(args: argparse.Namespace) -> str:
     if args.backbone == "small":
         return (
-            "A small CNN (two 3×3 conv + BN + ReLU blocks, 32 channels) with each head, trained end to end with "
-            "the same optimiser, schedule and epochs"
+            "A small CNN (two 3×3 conv + BN + ReLU blocks, 32 channels) with each head, trained end to end (the "
+            "cluttered sweep: the same CNN trained once on uncluttered 16×16 digits and frozen, each head trained on "
+            "its cached feature maps), with the same optimiser, schedule and epochs"
         )
     how = "fine-tuned with each head" if args.finetune else "frozen (its feature maps computed once), each head trained"
     return f"The Hugging Face model in {args.backbone}, {how}, with the same optimiser, schedule and epochs"
@@ -97,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     datasets = load_datasets(args)
     backbone = None
+    if args.backbone == "small" and any(d.share is not None for d in datasets):
+        # the cluttered sweep: one digit detector, frozen; its feature maps computed once per canvas
+        detector, detector_acc = digit_backbone(args.device, epochs=3 if args.quick else 10)
+        print(f"digit backbone for the cluttered sweep: {100 * detector_acc:.1f} % on uncluttered digits", flush=True)
+        datasets = [frozen_features(d, detector, args.device) if d.share is not None else d for d in datasets]
     if args.backbone != "small":
         if args.finetune:
             load_backbone(args.backbone)  # (fails early, with how to get the weights, if the directory is not one)
@@ -110,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ds in datasets:
         print(ds.describe(), flush=True)
         ds_runs = []
-        for head in args.heads:
+        heads = [h for h in args.heads if ds.share is None or h in SWEEP_HEADS]  # (the sweep: the heads it compares)
+        for head in heads:
             for seed in range(args.seeds):
                 run = train(ds, head, seed, epochs=args.epochs, device=args.device, progress=not args.no_progress,
                             backbone=backbone)  # fmt: skip
@@ -120,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs += ds_runs
         found += claims(ds.name, ds_runs)
         bil = next((r for r in ds_runs if r.head == "bilinear" and r.seed == 0), None)
-        if bil is not None:
+        if bil is not None and ds.share is None:  # (compression: on the data sets the heads are trained end to end)
             rows += compression(bil, ds, ranks, device=args.device, epochs=8 if args.quick else 20)
         r1 = next((r for r in ds_runs if r.head == "rank1" and r.seed == 0), None)
         if r1 is not None:

@@ -26,7 +26,7 @@ from lowrank_pool.nn import (
 
 from .data import Dataset
 
-__all__ = ["HEADS", "Run", "claims", "compression", "frozen_features", "load_backbone", "train"]
+__all__ = ["HEADS", "Run", "claims", "compression", "digit_backbone", "frozen_features", "load_backbone", "train"]
 
 WIDTH = 32  # channels of the backbone's feature map
 
@@ -343,8 +343,37 @@ def frozen_features(ds: Dataset, backbone: nn.Module, device: torch.device, batc
         return torch.cat([backbone(x[i : i + batch].to(device)).float().cpu() for i in range(0, x.shape[0], batch)])
 
     ftr, fte = run(ds.x_train), run(ds.x_test)
-    note = f"{ds.note}; " if ds.note else ""
+    note = f"{ds.note}; " if ds.note else ""  # (the maps are drawn over ds.x_test, kept as display)
     return Dataset(
         ds.name, ftr, ds.y_train, fte, ds.y_test, ds.classes, display=ds.x_test, note=f"{note}frozen features",
         share=ds.share,
     )  # fmt: skip
+
+
+def digit_backbone(device: torch.device, *, epochs: int = 10, seed: int = 0) -> tuple[nn.Module, float]:
+    """The small CNN (with its 2×2 poolings) trained once on uncluttered digits at the cluttered set's scale (the
+    8×8 digits enlarged to 16×16, a mean-pooling head), then frozen: a digit detector whose feature maps of a
+    cluttered canvas the heads pool (the sweep's heads then differ only in how they pool). Returns the backbone
+    and its test accuracy on the uncluttered digits."""
+    from .data import cluttered_digits
+
+    plain = cluttered_digits(16, clutter=0)  # (a canvas the size of the digit: the digits alone, 16×16)
+    torch.manual_seed(seed)
+    net = Net(FirstOrderPool(WIDTH, len(plain.classes)), pool=True).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = plain.x_train.to(device), plain.y_train.to(device)
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(x.shape[0], generator=gen).to(device)
+        for i in range(0, x.shape[0], 64):
+            idx = order[i : i + 64]
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    acc = accuracy(net, plain.x_test.to(device), plain.y_test)
+    backbone = net.backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone, acc
