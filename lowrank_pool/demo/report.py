@@ -249,13 +249,18 @@ def _figures(
     colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     markers = "osD^vP*Xh<>"
     # 1. heads: accuracy against parameters, error bars over seeds; the legend beside the axes hides nothing
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    # (the sweep's data sets have their own figure, share.png; a head keeps its colour and marker everywhere)
+    datasets = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d not in (shares or {})]
+    style = {h: (colours[i % len(colours)], markers[i % len(markers)]) for i, h in enumerate(HEADS)}
+    if not datasets:
+        datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
-        for i, r in enumerate(x for x in rows if x["dataset"] == ds):
+        for r in (x for x in rows if x["dataset"] == ds):
+            colour, marker = style[r["head"]]
             ax.errorbar(
-                r["params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt=markers[i % len(markers)],
-                color=colours[i % len(colours)], label=r["label"], capsize=3,
+                r["params"], r["accuracy_mean"], yerr=r["accuracy_std"], fmt=marker, color=colour,
+                label=r["label"], capsize=3,
             )  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -314,14 +319,16 @@ def _figures(
     if shares and len(shares) >= 2:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         heads = list(dict.fromkeys(r["head"] for r in rows if r["dataset"] in shares))
-        for i, head in enumerate(heads):
+        for i, head in enumerate(heads):  # (tab10: distinct hues for the few sweep heads)
             sweep = sorted((r for r in rows if r["head"] == head and r["dataset"] in shares),
                            key=lambda r: shares[r["dataset"]])  # fmt: skip
             ax.errorbar([100 * shares[r["dataset"]] for r in sweep], [r["accuracy_mean"] for r in sweep],
                         yerr=[r["accuracy_std"] for r in sweep], fmt="-" + markers[i % len(markers)],
-                        color=colours[i % len(colours)], capsize=3, label=sweep[0]["label"])  # fmt: skip
+                        color=f"C{i % 10}", capsize=3, label=sweep[0]["label"])  # fmt: skip
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} %"))
+        ticks = sorted(100 * v for v in shares.values())
+        ax.set_xticks(ticks, [f"{v:.1f} %" for v in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("the digit's share of the image (log scale; smaller = more clutter around it)")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.grid(alpha=0.3)
