@@ -64,7 +64,9 @@ CAPABILITIES: dict[str, Capability] = {
     "avx2": Capability("avx2", ("-mavx2", "-mfma", "-DLP_CAPABILITY_AVX2"), frozenset({"avx2", "fma"})),
 }
 
-_COMMON = ("-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-fopenmp")
+# -mtune=native: instruction scheduling for the CPU that builds; the ISA stays the capability's, so the binary is
+# correct on any CPU that has it (docs/performance.md, "Build flags")
+_COMMON = ("-O3", "-mtune=native", "-std=c++20", "-fPIC", "-fvisibility=hidden", "-fopenmp")
 # built for the baseline ISA: the module checks the CPU before any of the kernel's vector code runs
 _BASELINE = ("bindings.cpp", "module.cpp")
 _MODULE = "module.cpp"  # the one unit that depends on the binary's name
