@@ -56,6 +56,17 @@ def cases(
     av, bv = torch.randn(f, k, generator=gen), torch.randn(g, generator=gen)
     fl = lambda t: t.flatten(2)  # noqa: E731 - (B, c, n)
     wt = torch.randn(f * (f + 1) // 2, k, generator=gen) / f
+    d = 1024
+    (hx, sx), _ = lp.sketch_hashes(f, d, 0)
+    _, (hy, sy) = lp.sketch_hashes(g, d, 0)
+    dense_x, dense_y = torch.zeros(f, d), torch.zeros(g, d)  # the count sketches as (c, d) matrices
+    dense_x[torch.arange(f), torch.as_tensor(hx)] = torch.as_tensor(sx, dtype=torch.float32)
+    dense_y[torch.arange(g), torch.as_tensor(hy)] = torch.as_tensor(sy, dtype=torch.float32)
+
+    def hand_mcb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cx, cy = fl(x).transpose(1, 2) @ dense_x, fl(y).transpose(1, 2) @ dense_y  # (B, n, d)
+        return torch.fft.irfft(torch.fft.rfft(cx, dim=-1) * torch.fft.rfft(cy, dim=-1), n=d, dim=-1).mean(1)
+
     return [
         (
             "covariance + isqrt + triu (CovariancePool's descriptor)",
@@ -82,6 +93,12 @@ def cases(
                 torch.einsum("bnr,bns,qrs,kq->bk", fl(x).transpose(1, 2) @ a, fl(y).transpose(1, 2) @ c, core, ut)
                 / fl(x).shape[-1]
             ),
+            (x, y),
+        ),
+        (
+            f"compact_bilinear_pool(X, {d}, Y=Y) (MCB)",
+            lambda x, y: lp.compact_bilinear_pool(x, d, Y=y),
+            hand_mcb,
             (x, y),
         ),
         (
@@ -113,7 +130,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: the command works")
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    shape = (4, 4, 16, 8, 5, 4) if args.smoke else (32, 14, 256, 128, 100, 32)
+    shape = (4, 4, 16, 8, 5, 4) if args.smoke else (32, 14, 256, 128, 100, 32)  # (MCB: d = 1024)
     reps = 3 if args.smoke else 15
     peak = cpu_limits(small=args.smoke)["torch_float32_gflops"]
     b, side, f, g, k, r = shape

@@ -13,7 +13,7 @@ from ._native import KernelBuildError, KernelStatus
 from ._native import build as _build_kernel
 from ._native import empty_cache as _empty_cache
 from ._native import status as _kernel_status
-from .approx import cp_approx, eig_approx, tucker_approx
+from .approx import block_term_approx, cp_approx, eig_approx, tucker_approx
 from .attention import AttentionMaps, attention_maps, attention_weights, rank1_pool, rankp_pool
 from .compact import compact_bilinear_pool, count_sketches, sketch_hashes
 from .factorized import EigTensor, RankP, cp_pool, cp_to_rankp, eig_pool, pool_cost, rankp_to_cp, tucker_pool
@@ -154,6 +154,7 @@ __all__ = [
     "attention_maps",
     "attention_weights",
     "bilinear_pool",
+    "block_term_approx",
     "build_kernel",
     "compact_bilinear_pool",
     "convert_form",

@@ -34,6 +34,7 @@ PLACES = {
     "cp_to_rankp": "test_factorized.py",
     "cp_approx": "test_factorized.py",
     "tucker_approx": "test_factorized.py",
+    "block_term_approx": "test_fusion.py",
     "eig_approx": "test_factorized.py",
     "rank_profile": "test_factorized.py",
     "RankProfile": "test_factorized.py",

@@ -176,7 +176,7 @@ def test_family_benchmark_smoke_run_checks_and_times_every_form():
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 5 and any("Y=Y" in r for r in rows) and any("isqrt" in r for r in rows)
+    assert len(rows) == 6 and any("MCB" in r for r in rows) and any("isqrt" in r for r in rows)
     for row in rows:
         cells = [c.strip() for c in row.split("|")[2:8]]
         assert all(float(c) > 0 for c in cells), row

@@ -246,3 +246,36 @@ def test_a_trained_dense_fusion_compresses_into_mlb_and_mutan():
         MLB.from_dense(w_cp, 2, activation="tanh")
     with pytest.raises(lp.ShapeError, match=r"^W: expected shape \(K, f, g\)"):
         Mutan.from_dense(w_tk[0], 2)
+
+
+def test_block_term_fit_and_block_from_dense():
+    """block_term_approx recovers a W that is a sum of small Tuckers (bad arguments refused by name);
+    Block.from_dense holds the fit and scores like bilinear_pool(x, W, Y=y)."""
+    g = torch.Generator().manual_seed(5)
+
+    def term():
+        core = torch.randn(1, 2, 2, generator=g, dtype=torch.float64)
+        return torch.einsum("qrs,kq,fr,gs->kfg", core, *(torch.randn(m, r, generator=g, dtype=torch.float64)
+                                                          for m, r in ((K, 1), (F, 2), (G, 2))))  # fmt: skip
+
+    w = term() + term()
+    layer = Block.from_dense(w, 2, (1, 2, 2), fit={"n_iter_max": 4000, "tol": 1e-15})
+    p = {k: v.detach() for k, v in layer.named_parameters()}
+    fitted = sum(
+        torch.einsum(
+            "qrs,kq,fr,gs->kfg", p["core"][i], p["U"][i], p["A"][:, 2 * i : 2 * i + 2], p["C"][:, 2 * i : 2 * i + 2]
+        )
+        for i in range(2)
+    )
+    assert (fitted - w).norm() / w.norm() < 1e-6
+    x, y = _inputs("vectors")
+    torch.testing.assert_close(layer(x, y), lp.bilinear_pool(x[:, None, :], w, Y=y[:, None, :]), rtol=1e-5, atol=1e-7)
+    one = lp.block_term_approx(w, 1, (1, 2, 2))
+    assert len(one) == 1 and (lp.to_dense(one[0]) - w).norm() / w.norm() > 1e-3  # one block cannot hold two
+    expect_errors(
+        [
+            (lambda: lp.block_term_approx(w, 0, 2), lp.ArgumentError, r"^blocks"),
+            (lambda: lp.block_term_approx(w, 2, (4, 2, 2)), lp.ArgumentError, r"^rank"),
+            (lambda: lp.block_term_approx(w[0], 2, 2), lp.ShapeError, r"^W"),
+        ]
+    )

@@ -508,6 +508,55 @@ class Block(_Fusion):
         self.C = self._param(y_channels, c * ry)
         self.reset_parameters(generator)
 
+    @classmethod
+    def from_dense(
+        cls, W: Any, blocks: int = 4, rank: Any = (8, 8, 8), *, fit: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Block:
+        """A Block whose blocks are :func:`lowrank_pool.block_term_approx` of a trained two-input W (K, f, g).
+
+        Parameters
+        ----------
+        W : tensor, (K, f, g)
+            The dense weights of a bilinear fusion z_k = xᵀ W_k y.
+        blocks : int
+            C.
+        rank : int or (R_K, R_x, R_y)
+            Every block's core size.
+        fit : dict, optional
+            Options of :func:`lowrank_pool.block_term_approx` (``n_iter_max``, ``tol``).
+        **kwargs
+            The layer's options (``bias``, ``channel_axis``, ``device``, ``dtype``); ``activation`` must stay
+            None.
+
+        Returns
+        -------
+        Block
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import Block
+        >>> Block.from_dense(torch.randn(3, 6, 4), 2, (2, 3, 2), bias=False).ranks
+        (2, 3, 2)
+        """
+        w, rank = _dense_two_input(W, rank)
+        if kwargs.get("activation") is not None:
+            raise lp.ArgumentError(
+                "activation: a fitted block-term form is bilinear; from_dense builds activation=None"
+            )
+        parts = lp.block_term_approx(w, blocks, rank, **(fit or {}))
+        ranks = tuple(parts[0][0].shape)
+        k, f, g = w.shape
+        layer = cls(f, g, k, len(parts), ranks, **{"dtype": w.dtype, "device": w.device, **kwargs})
+        _, rx, ry = ranks
+        with torch.no_grad():
+            for i, (core, (u, a, c)) in enumerate(parts):
+                layer.core[i].copy_(core), layer.U[i].copy_(u)
+                layer.A[:, i * rx : (i + 1) * rx].copy_(a), layer.C[:, i * ry : (i + 1) * ry].copy_(c)
+            if layer.bias is not None:
+                layer.bias.zero_()
+        return layer
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         rk, rx, ry = self.ranks
         self._init_(self.U, fan_std(self.blocks * rk), generator)
