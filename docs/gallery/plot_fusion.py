@@ -90,3 +90,42 @@ mlb = models["MLB (CP, R = 8)"]
 w = torch.einsum("kr,fr,gr->kfg", mlb.P, mlb.U, mlb.V)
 dense = lp.bilinear_pool(x_test[:, None, :], w, Y=y_test[:, None, :]) + mlb.bias
 print("MLB equals bilinear_pool of its W:", torch.allclose(mlb(x_test, y_test), dense, atol=1e-5))
+
+# %%
+# A trained dense fusion, compressed into each decomposition
+# ----------------------------------------------------------
+# Train the full W (K, f, g) with :func:`~lowrank_pool.bilinear_pool` (``Y=``: two inputs, n = 1), then fit
+# its CP, Tucker and block-term forms (:func:`~lowrank_pool.cp_approx`, :func:`~lowrank_pool.tucker_approx`,
+# :func:`~lowrank_pool.block_term_approx`) into the layers with ``from_dense``: no retraining.
+w_dense = torch.zeros(k, f, g, requires_grad=True)
+opt = torch.optim.AdamW([w_dense], lr=1e-2)
+for _ in range(25):
+    for i in range(0, 4096, 256):
+        xb, yb = x_train[i : i + 256, None, :], y_train[i : i + 256, None, :]
+        loss = torch.nn.functional.cross_entropy(lp.bilinear_pool(xb, w_dense, Y=yb), t_train[i : i + 256])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def accuracy(model):
+    with torch.no_grad():
+        return float((model(x_test, y_test).argmax(1) == t_test).float().mean())
+
+
+dense_acc = accuracy(lambda x, y: lp.bilinear_pool(x[:, None, :], w_dense, Y=y[:, None, :]))
+print(f"dense W: {k * f * g} parameters, test accuracy {100 * dense_acc:.1f} %")
+w_fit = w_dense.detach()
+for name, layer in {
+    "MLB.from_dense (CP, R = 3)": MLB.from_dense(w_fit, 3, fit={"n_restarts": 3}),
+    "Mutan.from_dense (Tucker 3×3×3)": Mutan.from_dense(w_fit, (3, 3, 3)),
+    "Block.from_dense (2 blocks 2×2×2)": Block.from_dense(w_fit, 2, (2, 2, 2)),
+}.items():
+    print(f"{name:34s} {sum(p.numel() for p in layer.parameters()):5d} parameters, accuracy {100 * accuracy(layer):.1f} %")
+
+# %%
+# The functions behind the layers take the second input too, on feature maps as well as vectors:
+# the bottom-up map of attentional pooling from another layer's map, and the two-input sketch.
+maps_x, maps_y = torch.randn(2, f, 7, 7), torch.randn(2, g, 7, 7)
+print("rank1_pool with Y:", tuple(lp.rank1_pool(maps_x, torch.randn(f, k), torch.randn(g), Y=maps_y).shape))
+print("compact_bilinear_pool with Y:", tuple(lp.compact_bilinear_pool(maps_x, 64, Y=maps_y).shape))
