@@ -259,7 +259,7 @@ def test_block_term_fit_and_block_from_dense():
                                                           for m, r in ((K, 1), (F, 2), (G, 2))))  # fmt: skip
 
     w = term() + term()
-    layer = Block.from_dense(w, 2, (1, 2, 2), fit={"n_iter_max": 4000, "tol": 1e-15})
+    layer = Block.from_dense(w, (1, 2, 2), blocks=2, fit={"n_iter_max": 4000, "tol": 1e-15})
     p = {k: v.detach() for k, v in layer.named_parameters()}
     fitted = sum(
         torch.einsum(

@@ -119,7 +119,7 @@ w_fit = w_dense.detach()
 for name, layer in {
     "MLB.from_dense (CP, R = 3)": MLB.from_dense(w_fit, 3, fit={"n_restarts": 3}),
     "Mutan.from_dense (Tucker 3×3×3)": Mutan.from_dense(w_fit, (3, 3, 3)),
-    "Block.from_dense (2 blocks 2×2×2)": Block.from_dense(w_fit, 2, (2, 2, 2)),
+    "Block.from_dense (2 blocks 2×2×2)": Block.from_dense(w_fit, (2, 2, 2), blocks=2),
 }.items():
     print(f"{name:34s} {sum(p.numel() for p in layer.parameters()):5d} parameters, accuracy {100 * accuracy(layer):.1f} %")
 

@@ -510,7 +510,7 @@ class Block(_Fusion):
 
     @classmethod
     def from_dense(
-        cls, W: Any, blocks: int = 4, rank: Any = (8, 8, 8), *, fit: dict[str, Any] | None = None, **kwargs: Any
+        cls, W: Any, rank: Any = (8, 8, 8), *, blocks: int = 4, fit: dict[str, Any] | None = None, **kwargs: Any
     ) -> Block:
         """A Block whose blocks are :func:`lowrank_pool.block_term_approx` of a trained two-input W (K, f, g).
 
@@ -518,10 +518,10 @@ class Block(_Fusion):
         ----------
         W : tensor, (K, f, g)
             The dense weights of a bilinear fusion z_k = xᵀ W_k y.
-        blocks : int
-            C.
         rank : int or (R_K, R_x, R_y)
             Every block's core size.
+        blocks : int
+            C.
         fit : dict, optional
             Options of :func:`lowrank_pool.block_term_approx` (``n_iter_max``, ``tol``).
         **kwargs
@@ -536,7 +536,7 @@ class Block(_Fusion):
         --------
         >>> import torch
         >>> from lowrank_pool.nn import Block
-        >>> Block.from_dense(torch.randn(3, 6, 4), 2, (2, 3, 2), bias=False).ranks
+        >>> Block.from_dense(torch.randn(3, 6, 4), (2, 3, 2), blocks=2, bias=False).ranks
         (2, 3, 2)
         """
         w, rank = _dense_two_input(W, rank)
