@@ -17,7 +17,6 @@ triton is imported): that is how the tests check them on machines without a GPU 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
@@ -36,11 +35,6 @@ try:  # (imported only by the torch kernels' seam, on a GPU's first call or in t
     import triton.language as tl
 except Exception:  # ImportError, or a triton that fails to initialise on this machine
     triton = None
-
-
-def _triton() -> Any:
-    """(triton, triton.language, the kernels), or None when triton does not import."""
-    return None if triton is None else (triton, tl, _KERNELS)
 
 
 def available(x: torch.Tensor) -> bool:
@@ -163,9 +157,6 @@ else:
     _KERNELS = {}
 
 
-_CODES = {0: 0, 1: 1, 2: 2}  # the CPU kernel's attention codes: linear, relu, softmax
-
-
 def _blocks(p: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_F, BLOCK_P): P padded to a power of two; the tiles shrink as P grows (registers)."""
     import triton
@@ -182,8 +173,9 @@ def _xt_strides(x: torch.Tensor, channels_first: bool) -> tuple[int, int, int]:
 def scores_forward(
     x: torch.Tensor, bm: torch.Tensor, a3: torch.Tensor, channels_first: bool, attention: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(s (B, K), U = σ(Z) (B, P, n), V (B, P, f), None): the CPU kernel's ``scores_forward`` (A as (P, f, K))."""
-    _, _, kernels = _triton()
+    """(s (B, K), U = σ(Z) (B, P, n), V (B, P, f), None): the CPU kernel's ``scores_forward`` (A as (P, f, K);
+    ``attention`` in the CPU kernel's codes: 0 linear, 1 relu, 2 softmax)."""
+    kernels = _KERNELS
     batch = x.shape[0]
     f, n = (x.shape[1], x.shape[2]) if channels_first else (x.shape[2], x.shape[1])
     p = bm.shape[1]
@@ -194,7 +186,7 @@ def scores_forward(
         grid = (batch, -(-f // block_f))
         kernels["forward"][grid](
             x, bm, u, v, n, f, p, *_xt_strides(x, channels_first), bm.stride(0), bm.stride(1),
-            ATTENTION=_CODES[attention], BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_P=block_p,
+            ATTENTION=attention, BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_P=block_p,
         )  # fmt: skip
     else:
         u.zero_(), v.zero_()
@@ -219,7 +211,7 @@ def scores_backward(
     need_a: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(∂X, ∂B, ∂A): the CPU kernel's ``scores_backward``; ∂X in X's layout (its strides), the others GEMMs."""
-    _, _, kernels = _triton()
+    kernels = _KERNELS
     batch, p, f = v.shape
     n = u.shape[2]
     g = g.to(torch.float32) * scale

@@ -134,15 +134,7 @@ def train(
     epoch_s = []
     for _ in range(epochs):
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(x.shape[0], generator=gen).to(device)
-        for i in range(0, x.shape[0], 64):
-            idx = order[i : i + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        loss = _epoch(model, opt, x, y, gen, sched)
         epoch_s.append(time.perf_counter() - start)
         if bar is not None:
             bar.update(1)
@@ -153,6 +145,28 @@ def train(
     feats = model.features(ds.x_test[:64].to(device))
     params = sum(p.numel() for p in model.head.parameters())
     return Run(ds.name, head_name, seed, acc, params, epoch_s, _forward_ms(model.head, feats), model)
+
+
+def _epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    sched: Any = None,
+) -> torch.Tensor:
+    """One epoch of batches of 64 in a seeded order (a scheduler step after each, where given); the last loss."""
+    model.train()
+    order = torch.randperm(x.shape[0], generator=gen).to(x.device)
+    for i in range(0, x.shape[0], 64):
+        idx = order[i : i + 64]
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return loss
 
 
 def _forward_ms(head: nn.Module, feats: torch.Tensor) -> list[float]:
@@ -364,14 +378,7 @@ def digit_backbone(device: torch.device, *, epochs: int = 10, seed: int = 0) -> 
     gen = torch.Generator().manual_seed(seed)
     x, y = plain.x_train.to(device), plain.y_train.to(device)
     for _ in range(epochs):
-        net.train()
-        order = torch.randperm(x.shape[0], generator=gen).to(device)
-        for i in range(0, x.shape[0], 64):
-            idx = order[i : i + 64]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _epoch(net, opt, x, y, gen)
     acc = accuracy(net, plain.x_test.to(device), plain.y_test)
     backbone = net.backbone.eval()
     for p in backbone.parameters():
