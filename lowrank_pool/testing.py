@@ -15,6 +15,7 @@ import numpy as np
 
 from ._backend import host_copy
 from ._checks import shape_of
+from ._errors import ArgumentError
 
 __all__ = ["assert_close", "eps_of", "random_features", "to_numpy"]
 
@@ -66,9 +67,19 @@ def assert_close(
     scale: Any = None,
     dtype: Any = None,
     like: Any = None,
+    check_namespace: bool = True,
+    check_device: bool = True,
+    check_dtype: bool = True,
+    check_shape: bool = True,
     label: str = "",
 ) -> None:
-    """Assert ``|actual - desired| <= terms · eps(dtype) · scale`` element-wise.
+    """Assert that ``actual`` is of the expected library, device, dtype and shape, and within
+    ``terms · eps(dtype) · scale`` of ``desired`` element-wise.
+
+    The library, device and dtype ``actual`` must have are ``like``'s when it is given, else
+    ``desired``'s: a float64 numpy oracle compared with a float32 torch result needs
+    ``like=`` (e.g. the input the result should follow), which says what is expected instead of
+    leaving it unchecked. ``terms=0`` asks for equality.
 
     Parameters
     ----------
@@ -76,14 +87,20 @@ def assert_close(
     desired : array (any library; compared as float64 numpy)
     terms : int
         How many rounding steps can accumulate (length of the longest chain of sums).
-    scale : array or float, optional
+    scale : array, float or "max", optional
         Σ|terms| of each entry (e.g. the same computation on absolute values); the
-        magnitude of ``desired`` when omitted.
+        magnitude of ``desired`` when omitted; ``"max"``: the largest magnitude of
+        ``desired`` for every entry (a normwise bound, for results such as derivatives
+        whose terms are not at hand).
     dtype : dtype, optional
         Precision of the computation; ``actual.dtype`` when omitted.
     like : array, optional
-        When given, ``actual`` must be of the same library, device and dtype as ``like``
-        and have ``desired``'s shape: that is checked before the values.
+        The array whose library, device and dtype ``actual`` must have; ``desired`` when
+        omitted. A Python scalar or list has none of them: only shape and values are checked
+        against it.
+    check_namespace, check_device, check_dtype, check_shape : bool, default True
+        Turn one check off (say why at the call, e.g. a result that is documented to be
+        float64 for any input).
     label : str
         Prefix of the failure message (e.g. which case of a loop failed).
 
@@ -97,23 +114,42 @@ def assert_close(
     Traceback (most recent call last):
     ...
     AssertionError: 1 of 1 entries differ beyond 4·eps·scale; ...
+    >>> assert_close(np.ones(2, np.float32), np.ones(2))  # float64 expected, float32 given
+    Traceback (most recent call last):
+    ...
+    AssertionError: dtype: expected float64, got float32
+    >>> assert_close(np.ones(2, np.float32), np.ones(2), like=np.zeros(1, np.float32))
     """
+    checks = (check_namespace, check_device, check_dtype, check_shape)
     try:
-        _assert_close(actual, desired, terms=terms, scale=scale, dtype=dtype, like=like)
+        _assert_close(actual, desired, terms=terms, scale=scale, dtype=dtype, like=like, checks=checks)
     except AssertionError as err:
         if not label:
             raise
         raise AssertionError(f"{label}: {err}") from None
 
 
-def _assert_close(actual: Any, desired: Any, *, terms: int, scale: Any, dtype: Any, like: Any) -> None:
-    if like is not None:
-        assert type(actual) is type(like), f"library: expected {type(like)}, got {type(actual)}"
-        assert aac.device(actual) == aac.device(like), f"device: {aac.device(actual)} != {aac.device(like)}"
-        assert actual.dtype == like.dtype, f"dtype: expected {like.dtype}, got {actual.dtype}"
+def _assert_close(
+    actual: Any, desired: Any, *, terms: int, scale: Any, dtype: Any, like: Any, checks: tuple[bool, ...]
+) -> None:
+    check_namespace, check_device, check_dtype, check_shape = checks
+    ref = desired if like is None else like
+    # raise, not assert: the checks must hold under python -O too
+    if _is_array(ref):
+        if check_namespace and _library(actual) != _library(ref):
+            raise AssertionError(f"library: expected {_library(ref)}, got {_library(actual)}")
+        if check_device and aac.device(actual) != aac.device(ref):
+            raise AssertionError(f"device: expected {aac.device(ref)}, got {aac.device(actual)}")
+        if check_dtype and _dtype_name(actual) != _dtype_name(ref):
+            raise AssertionError(f"dtype: expected {_dtype_name(ref)}, got {_dtype_name(actual)}")
     a_shape, d_shape = _shape(actual), _shape(desired)
-    assert a_shape == d_shape, f"shape: expected {d_shape}, got {a_shape}"
+    if check_shape and a_shape != d_shape:
+        raise AssertionError(f"shape: expected {d_shape}, got {a_shape}")
     a, d = to_numpy(actual), to_numpy(desired)
+    if isinstance(scale, str):
+        if scale != "max":
+            raise ArgumentError(f'scale: expected an array, a float or "max", got {scale!r}')
+        scale = float(np.abs(d).max(initial=0.0))
     s = np.abs(d) if scale is None else np.broadcast_to(to_numpy(scale) if not np.isscalar(scale) else scale, d.shape)
     if dtype is None:
         dtype = actual.dtype if hasattr(actual, "dtype") else np.float64
@@ -126,6 +162,22 @@ def _assert_close(actual: Any, desired: Any, *, terms: int, scale: Any, dtype: A
             f"{int(bad.sum())} of {d.size} entries differ beyond {terms}·eps·scale; worst at {i}: "
             f"actual {a[i]!r}, desired {d[i]!r}, tolerance {tol[i]!r}"
         )
+
+
+def _is_array(x: Any) -> bool:
+    """An array of some library (numpy scalars such as ``np.float32(1)`` count: they carry a dtype)."""
+    return hasattr(x, "dtype") and hasattr(x, "shape")
+
+
+def _library(x: Any) -> str:
+    """The array library's name: numpy scalars and arrays are one library, torch another, and so on."""
+    if not _is_array(x):
+        return type(x).__name__
+    return type(x).__module__.split(".")[0]  # numpy (arrays and scalars), torch, array_api_strict, cupy, jaxlib
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).rsplit(".", 1)[-1]
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lowrank_pool as lp
-from lowrank_pool.testing import to_numpy
+from lowrank_pool.testing import assert_close, to_numpy
 
 torch = pytest.importorskip("torch")
 
@@ -659,7 +659,7 @@ def test_load_factors_never_opens_a_special_file(tmp_path):
     form = np.ones((1, 2, 2))
     lp.save_factors(tmp_path / "head", form)
     (tmp_path / "head").mkdir()
-    np.testing.assert_array_equal(lp.load_factors(tmp_path / "head"), form)
+    assert_close(lp.load_factors(tmp_path / "head"), form, terms=0)
 
 
 def _bomb(path: Any, members: dict[str, tuple[tuple[int, ...], int]]) -> None:

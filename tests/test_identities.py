@@ -51,7 +51,7 @@ def test_attention_maps_inner_product_is_rank1(bk, dtype, s):
     inner = bk.xp.sum(top * bottom[..., None], axis=1) / s["n"]
     terms = 2 * s["f"] + s["n"] + 2
     scale = oracle_rank1_trace(*absolute(X, A, b))
-    assert_close(inner, oracle_rank1_trace(X, A, b), terms=terms, scale=scale)
+    assert_close(inner, oracle_rank1_trace(X, A, b), terms=terms, scale=scale, like=X)
     assert_close(lp.rank1_pool(X, A, b), inner, terms=2 * terms, scale=scale)
 
 
@@ -148,10 +148,10 @@ def test_second_order_scores_are_quadratic(bk, dtype, s, c):
         (lambda x: lp.rankp_pool(x, AP, Bs), oracle_rankp(*absolute(X, AP, Bs))),
         (lambda x: lp.bilinear_pool(x, W), oracle_bilinear(*absolute(X, W))),
     ]:
-        assert_close(fn(Xc), c**2 * np.asarray(lp.testing.to_numpy(fn(X))), terms=terms, scale=c**2 * scale)
+        assert_close(fn(Xc), c**2 * lp.testing.to_numpy(fn(X)), terms=terms, scale=c**2 * scale, like=X)
     first = lp.first_order_pool(X, A)
     scale = np.abs(d["X"]).mean(1) @ np.abs(d["A"])
-    assert_close(lp.first_order_pool(Xc, A), c * lp.testing.to_numpy(first), terms=terms, scale=c * scale)
+    assert_close(lp.first_order_pool(Xc, A), c * lp.testing.to_numpy(first), terms=terms, scale=c * scale, like=X)
 
 
 @given(s=sizes())
@@ -185,11 +185,11 @@ def test_project_channels_is_a_1x1_convolution_and_commutes_with_pooling(bk, dty
     grid = bk(np.ascontiguousarray(d["X"].transpose(0, 2, 1)).reshape(s["B"], s["f"], s["n"], 1), dtype)
     Zs = lp.project_channels(grid, Mb, bias=cb, keep_spatial=True)
     assert tuple(Zs.shape) == (s["B"], s["K"], s["n"], 1)
-    assert_close(Z, lp.testing.to_numpy(Zs)[..., 0].transpose(0, 2, 1), terms=2 * (s["f"] + 2), scale=scale)
+    assert_close(Z, lp.testing.to_numpy(Zs)[..., 0].transpose(0, 2, 1), terms=2 * (s["f"] + 2), scale=scale, like=X)
     # pooling commutes with the projection
     first = lp.first_order_pool(lp.project_channels(X, Mb), bk(np.eye(s["K"]), dtype))
-    assert_close(first, d["X"].mean(1) @ M, terms=s["f"] + s["n"] + 3, scale=Xa.mean(1) @ Ma)
+    assert_close(first, d["X"].mean(1) @ M, terms=s["f"] + s["n"] + 3, scale=Xa.mean(1) @ Ma, like=X)
     G = lp.gram(lp.project_channels(X, Mb))
     moment = np.einsum("fi,bfg,gj->bij", M, np.einsum("bnf,bng->bfg", d["X"], d["X"]) / s["n"], M)
     scale2 = np.einsum("fi,bfg,gj->bij", Ma, np.einsum("bnf,bng->bfg", Xa, Xa) / s["n"], Ma)
-    assert_close(G, moment, terms=2 * s["f"] + s["n"] + 4, scale=scale2)
+    assert_close(G, moment, terms=2 * s["f"] + s["n"] + 4, scale=scale2, like=X)

@@ -3,7 +3,6 @@ float32 and float64, edge shapes; it serves only the calls it can (others take t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +13,7 @@ import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn as lnn  # noqa: E402
 from lowrank_pool import _native  # noqa: E402
 from lowrank_pool._native._build import build_binary  # noqa: E402
-from lowrank_pool.testing import eps_of  # noqa: E402
+from lowrank_pool.testing import assert_close  # noqa: E402
 
 # The builds the kernel tests run against: each capability this CPU runs, and the AVX-512 build with 64-byte vectors
 # (the default AVX-512 build computes in 32-byte vectors, measured faster where it was tuned: docs/performance.md);
@@ -115,10 +114,10 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
         mp.setattr(_native, "kernel", lambda: None)
         s_torch, g_torch = _run(X, A, B, attention, axis)
     # both paths sum ~f·n products twice (Z, then V or ∂X); scale by the absolute-value computation
-    tol = 8 * (f + n + k * p) * eps_of(dt)
+    terms = 8 * (f + n + k * p)
     for got, want in zip((s_native, *g_native), (s_torch, *g_torch), strict=True):
         scale = want.abs().max().item() if want.numel() else 0.0
-        assert torch.allclose(got, want, rtol=tol, atol=tol * max(scale, 1.0)), (got - want).abs().max()
+        assert_close(got, want, terms=terms, scale=want.abs() + max(scale, 1.0))
 
 
 # Each branch of the kernel forced through its tuning (lowrank_pool/_native/src/tuning.h), instead of shapes aimed at
@@ -166,7 +165,7 @@ def test_every_branch_equals_torch_path(native, tuning, batch, n, f, k, p, atten
     B = torch.randn(f, p, generator=g, dtype=dt) / f**0.5
     axis = -1 if layout == "bnf" else 1
     with _native.tuned(native, **TUNINGS[tuning]):
-        _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n + k * p) * eps_of(dt))
+        _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n + k * p))
 
 
 def test_tuning_is_checked(native):
@@ -200,9 +199,9 @@ def test_transpositions_of_a_split_across_threads(native, f, k, p, layout):
             inference = lp.rankp_pool(X, A, B, attention="relu")
         mp.setattr(_native, "kernel", lambda: None)
         s_torch, g_torch = _run(X, A, B, "relu", None)
-    tol = 8 * (f + 8 + k * p) * eps_of(torch.float64)
+    terms = 8 * (f + 8 + k * p)
     for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
-        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+        assert_close(got, want, terms=terms, scale=want.abs() + want.abs().max().item())
 
 
 @pytest.mark.parametrize("threads", [1, 3, 5])
@@ -233,10 +232,10 @@ def test_native_any_thread_count(native, threads, layout, dtype):
                 torch.set_num_threads(before)
                 mp.setattr(_native, "kernel", lambda: None)
                 s_torch, g_torch = _run(X, A, B, attention, axis)
-            tol = 8 * (128 + 4096 + 100 * p) * eps_of(dtype)
+            terms = 8 * (128 + 4096 + 100 * p)
             for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
                 scale = want.abs().max().item()
-                assert torch.allclose(got, want, rtol=tol, atol=tol * scale), (p, attention, (got - want).abs().max())
+                assert_close(got, want, terms=terms, scale=want.abs() + scale, label=f"P={p}, {attention}")
     finally:
         torch.set_num_threads(before)
 
@@ -258,8 +257,8 @@ def test_native_path_runs_and_passes_gradcheck(counted, attention, layout):
     assert counted["forward"] > 0 and counted["backward"] > 0
 
 
-def _assert_native_equals_torch(native, X, A, B, attention, axis, tol):
-    """Scores and the gradients of X, A and B through the kernel equal the torch path's within tol."""
+def _assert_native_equals_torch(native, X, A, B, attention, axis, terms):
+    """Scores and the gradients of X, A and B through the kernel equal the torch path's within terms roundings."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_native, "kernel", lambda: native)
         got = _run(X, A, B, attention, axis)
@@ -267,7 +266,7 @@ def _assert_native_equals_torch(native, X, A, B, attention, axis, tol):
         want = _run(X, A, B, attention, axis)
     for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
         scale = b.abs().max().item()
-        assert torch.allclose(a, b, rtol=tol, atol=tol * scale), (name, (a - b).abs().max().item(), scale)
+        assert_close(a, b, terms=terms, scale=b.abs() + scale, label=name)
 
 
 @pytest.mark.parametrize(
@@ -292,7 +291,7 @@ def test_native_large_samples_in_blocks(native, attention, layout, maps, n, f):
     B = torch.randn(f, maps, generator=g, dtype=torch.float64)
     B = B / f**0.5
     axis = -1 if layout == "bnf" else 1
-    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n) * eps_of(torch.float64))
+    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n))
 
 
 @pytest.mark.parametrize(
@@ -316,7 +315,7 @@ def test_native_rank1_rows_in_either_order(native, dtype, f, attention):
     X = torch.randn(3, n, f, generator=g, dtype=dtype)
     A = torch.randn(f, 5, 1, generator=g, dtype=dtype)
     B = torch.randn(f, 1, generator=g, dtype=dtype) / f**0.5
-    _assert_native_equals_torch(native, X, A, B, attention, -1, 8 * (f + n) * eps_of(dtype))
+    _assert_native_equals_torch(native, X, A, B, attention, -1, 8 * (f + n))
 
 
 @pytest.mark.parametrize(
@@ -343,7 +342,7 @@ def test_native_gradient_rows_streamed_staged_or_in_place(native, layout, n, f, 
     A, B = torch.randn(f, 3, 4, generator=g, dtype=torch.float64), torch.randn(f, 4, generator=g, dtype=torch.float64)
     B = B / f**0.5
     axis = -1 if layout == "bnf" else 1
-    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n) * eps_of(torch.float64))
+    _assert_native_equals_torch(native, X, A, B, attention, axis, 8 * (f + n))
 
 
 @pytest.mark.parametrize(("classes", "f"), [(3, 512), (300, 512), (88, 512), (37, 600), (33, 600)])
@@ -366,7 +365,7 @@ def test_native_products_with_a_small_and_large(native, classes, f, layout, dtyp
     A = torch.randn(f, classes, p, generator=g, dtype=dtype)
     B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
     axis = -1 if layout == "bnf" else 1
-    _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p) * eps_of(dtype))
+    _assert_native_equals_torch(native, X, A, B, "softmax", axis, 8 * (f + classes * p))
 
 
 @pytest.mark.parametrize(("p", "f"), [(1, 4099), (2, 2050), (4, 1031)])
@@ -384,7 +383,7 @@ def test_native_grad_a_through_transposed_maps(native, p, f, a_layout, dtype, ba
     A = torch.randn(p, f, 40, generator=g, dtype=dtype).permute(1, 2, 0)
     A = A if a_layout == "pfk" else A.contiguous()
     B = torch.randn(f, p, generator=g, dtype=dtype) / f**0.5
-    _assert_native_equals_torch(native, X, A, B, "relu", -1, 8 * (f + 40 * p) * eps_of(dtype))
+    _assert_native_equals_torch(native, X, A, B, "relu", -1, 8 * (f + 40 * p))
 
 
 @pytest.mark.parametrize("p", [2, 3, 4, 8])
@@ -410,12 +409,12 @@ def test_native_reads_a_contiguous_rank_p_a_in_place(native, p, classes, dtype, 
     assert (copy is None) == grouped
     *_, ga = native.scores_backward(X, B, a3, u, v, torch.ones_like(s), False, 2, 1 / 6, False, False, True)
     assert ga.shape == a3.shape and ga.permute(1, 2, 0).is_contiguous() == grouped
-    _assert_native_equals_torch(native, X, A, B, "softmax", -1, 8 * (f + classes * p) * eps_of(dtype))
+    _assert_native_equals_torch(native, X, A, B, "softmax", -1, 8 * (f + classes * p))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_native, "kernel", lambda: native)
         inference = lp.rankp_pool(X, A, B, attention="softmax")
-    tol = 8 * (f + classes * p) * eps_of(dtype)
-    assert torch.allclose(inference, s, rtol=tol, atol=tol * s.abs().max().item())
+    terms = 8 * (f + classes * p)
+    assert_close(inference, s, terms=terms, scale=s.abs() + s.abs().max().item())
 
 
 def test_attentional_pool_hands_its_a_to_the_kernel_uncopied(native, monkeypatch):
@@ -448,8 +447,8 @@ def test_attentional_pool_hands_its_a_to_the_kernel_uncopied(native, monkeypatch
     assert copies == [None] and grad.is_contiguous()
     _torch_path(monkeypatch)
     want = step()
-    tol = 64 * 64 * eps_of(torch.float64)
-    assert torch.allclose(grad, want, rtol=tol, atol=tol * want.abs().max().item())
+    terms = 64 * 64
+    assert_close(grad, want, terms=terms, scale=want.abs() + want.abs().max().item())
 
 
 @pytest.mark.parametrize("classes", [10, 40])
@@ -486,9 +485,9 @@ def test_native_rank1_with_a_transposed_view(counted, classes):
     with pytest.MonkeyPatch.context() as mp:
         _torch_path(mp)
         s_t, _, grads_t = run()
-    tol = 64 * (64 + classes) * eps_of(torch.float64)
+    terms = 64 * (64 + classes)
     for got, want in zip((s, inference, *grads), (s_t, s_t, *grads_t), strict=True):
-        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+        assert_close(got, want, terms=terms, scale=want.abs() + want.abs().max().item())
 
 
 @pytest.mark.parametrize(
@@ -527,9 +526,9 @@ def test_native_products_with_a_off_alignment(counted, dtype, classes, f, offset
     with pytest.MonkeyPatch.context() as mp:
         _torch_path(mp)
         s_t, _, grads_t = run()
-    tol = 64 * (f + classes) * eps_of(dtype)
+    terms = 64 * (f + classes)
     for got, want in zip((s, inference, *grads), (s_t, s_t, *grads_t), strict=True):
-        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max().item()), (got - want).abs().max()
+        assert_close(got, want, terms=terms, scale=want.abs() + want.abs().max().item())
 
 
 @settings(max_examples=40, deadline=None)
@@ -629,7 +628,7 @@ def test_fast_path_leaves_everything_else_to_the_general_path(native, monkeypatc
             mp.setattr(_torch_kernels, "fast_shared_scores", lambda *args, **kwargs: None)
             want = lp.rank1_pool(x, a, bb)
         assert _torch_kernels.fast_shared_scores is general
-        torch.testing.assert_close(got, want)
+        assert_close(got, want, terms=0)  # the general path's answer, as it is
     assert _torch_kernels.fast_shared_scores(X, A, b, "sigmoid", rank1=True) is None
     assert _torch_kernels.fast_shared_scores(X, A, b, ["linear"], rank1=True) is None
     with pytest.raises(lp.ShapeError, match="b: expected shape"):
@@ -668,13 +667,19 @@ def test_native_short_channel_rows(native, dtype, n, f, p):
                 got = _run(x, A, B, attention, 1)
                 mp.setattr(_native, "kernel", lambda: None)
                 want = _run(x, A, B, attention, 1)
-            tol = 8 * (f + n) * eps_of(dt)
+            terms = 8 * (f + n)
             pairs = zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
             for name, a, b in pairs if x is X else [("s", got[0], want[0])]:  # gradients of ±inf: either order
                 assert torch.equal(torch.isnan(a), torch.isnan(b)), (attention, name)
                 finite = torch.isfinite(b)
                 scale = b[finite].abs().max().item() if finite.any() else 0.0
-                assert torch.allclose(a[finite], b[finite], rtol=tol, atol=tol * max(scale, 1.0)), (attention, name)
+                assert_close(
+                    a[finite],
+                    b[finite],
+                    terms=terms,
+                    scale=b[finite].abs() + max(scale, 1.0),
+                    label=f"{attention}, {name}",
+                )
 
 
 @pytest.mark.parametrize(
@@ -698,7 +703,7 @@ def test_native_dx_by_flat_vectors(native, dtype, n, p, streamed):
     X = torch.randn(batch, f, n, 1, generator=g, dtype=dt)
     assert (X.numel() * X.element_size() >= 4 << 20) == streamed  # the kernel streams ∂X from 4 MiB on
     A, B = torch.randn(f, 3, p, generator=g, dtype=dt), torch.randn(f, p, generator=g, dtype=dt) / f**0.5
-    _assert_native_equals_torch(native, X, A, B, "relu", 1, 8 * (f + n) * eps_of(dt))
+    _assert_native_equals_torch(native, X, A, B, "relu", 1, 8 * (f + n))
 
 
 def test_dx_buffers_are_cached_and_released(native, monkeypatch):
@@ -714,7 +719,8 @@ def test_dx_buffers_are_cached_and_released(native, monkeypatch):
     assert X.grad.data_ptr() == first  # the same (already mapped) buffer, reused
     reference = X.detach().clone().requires_grad_()
     ((reference @ A) * (reference @ b)[..., None]).mean(1).sum().backward()
-    assert torch.allclose(X.grad, reference.grad, rtol=1e-4, atol=1e-5)
+    # float32: ∂X sums f = 1024 channel products and K = 3 classes over the n = 64 positions' mean, both ways
+    assert_close(X.grad, reference.grad, terms=2 * (1024 + 64 + 3), scale="max")
     X.grad = None
     assert lp.empty_cache() == X.numel() * 4
     assert lp.empty_cache() == 0
@@ -754,7 +760,7 @@ def test_second_derivatives_take_the_torch_path(counted):
     (rrx,) = torch.autograd.grad(rx.square().sum(), Xd)
     # create_graph recomputes the maps with torch ops; the native backward may still serve the
     # first-order pass through the scores that the second derivative walks back through
-    assert torch.allclose(ggx, rrx, atol=1e-10)
+    assert_close(ggx, rrx, terms=2 * 3 * (5 + 4 + 3), scale="max")  # three chained contractions, both ways
 
 
 def test_disabled_by_environment(native, monkeypatch):
@@ -777,7 +783,7 @@ def test_nan_propagates_like_the_torch_path(native, monkeypatch):
         _torch_path(monkeypatch)
         want = lp.rank1_pool(X, A, b, attention=attention)
         monkeypatch.undo()
-        np.testing.assert_array_equal(torch.isnan(got).numpy(), torch.isnan(want).numpy())
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shapes taken as Python ints: traced as constants
@@ -806,9 +812,10 @@ def test_traced_code_records_the_torch_path(counted, kind, train):
         got = traced(x1)
         assert counted["forward"] == calls
         want = fn(x1.detach().requires_grad_(train))
-    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    terms = 4 * (15 + 8 + 16)  # n = 15 positions, f = 8 channels, the class factors: the same math either way
+    assert_close(got, want, terms=terms, scale="max")
     if train:
         (gx,) = torch.autograd.grad(got.square().sum(), x1)
         x2 = x1.detach().requires_grad_()
         (wx,) = torch.autograd.grad(fn(x2).square().sum(), x2)
-        assert torch.allclose(gx, wx, rtol=1e-12, atol=1e-12)
+        assert_close(gx, wx, terms=2 * terms, scale="max")

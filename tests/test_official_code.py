@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lowrank_pool as lp
+from lowrank_pool.testing import assert_close
 
 
 def _softmax(u):
@@ -44,10 +45,12 @@ def test_rank1_against_the_official_block(attention):
     official = official_scores(X, A, np.zeros((5, 1)), b, 0.0, attention)
     ours = lp.rank1_pool(X, A[:, :, 0], b, attention=attention)
     factor = X.shape[1] if attention == "softmax" else 1
-    np.testing.assert_allclose(ours, factor * official, rtol=1e-10, atol=1e-12)
+    # float64, n = 196 positions, f = 8 channels: the same sums in another order (the softmax's exp and division)
+    terms = 2 * (196 + 2 * 8 + 8)
+    assert_close(ours, factor * official, terms=terms, scale="max")
     maps = lp.attention_maps(X, A[:, :, 0], b, attention=attention)
-    np.testing.assert_allclose(maps.bottom_up, factor * {"linear": lambda u: u, "relu": lambda u: np.maximum(u, 0),
-                               "softmax": _softmax}[attention](X @ b), rtol=1e-10, atol=1e-12)  # fmt: skip
+    assert_close(maps.bottom_up, factor * {"linear": lambda u: u, "relu": lambda u: np.maximum(u, 0),
+                 "softmax": _softmax}[attention](X @ b), terms=terms, scale="max")  # fmt: skip
 
 
 @pytest.mark.parametrize("attention", ["linear", "relu"])
@@ -67,6 +70,7 @@ def test_official_biases_and_chained_rank_are_rankp_on_a_channel_of_ones(attenti
     for alpha, c in chain:
         cols.append(alpha * cols[-1] + np.append(np.zeros(f), c))
     b1 = np.stack(cols, axis=1)  # (f + 1, P): every map is affine in the first one
-    np.testing.assert_allclose(lp.rankp_pool(x1, a1, b1, attention=attention), official, rtol=1e-10, atol=1e-12)
+    # n = 49 positions, f + 1 = 7 channels, P = 3 maps: the same sums in another order
+    assert_close(lp.rankp_pool(x1, a1, b1, attention=attention), official, terms=2 * (49 + 2 * 7 + 3), scale="max")
     # the chained maps span only {X b, 1}: with the constant channel the rank-P bottom-up is of rank 2 at most
     assert np.linalg.matrix_rank(b1) <= 2

@@ -12,6 +12,7 @@ from test_nn import CONFIGS, K  # noqa: E402
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn  # noqa: E402
 from lowrank_pool.nn import FeatureMapClassifier, PoseAttentionalPool, replace_head  # noqa: E402
+from lowrank_pool.testing import assert_close  # noqa: E402
 
 WIDTH = 12  # the backbones' last channel count
 
@@ -263,10 +264,10 @@ def test_head_maps_after_replace_head_and_in_a_wrapper(name):
         return  # (replace_head refuses heads that return named tuples)
     model = replace_head(_hf_resnet(), _head(name))
     scores, maps = head_maps(model, x)
-    torch.testing.assert_close(scores, model(x).logits, rtol=0, atol=0)
+    assert_close(scores, model(x).logits, terms=0)
     ref = model.resnet.pooler.maps(model.resnet(x, output_hidden_states=True).hidden_states[-1])
     for a, b in zip(maps, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert_close(a, b, terms=0)
 
 
 def test_head_maps_errors_name_the_argument():

@@ -70,6 +70,39 @@ class _Fusion(PoolingHead):
     def _common_repr(self) -> str:
         return f"y_channels={self.y_channels}, {super()._common_repr()}"
 
+    def _bilinear_forms(self) -> list[Any]:
+        """The CP/Tucker forms whose two-input scores add up to this head's (activation=None); none by default."""
+        raise lp.ArgumentTypeError(f"{type(self).__name__}: its scores are not bilinear in x and y, so it has no W")
+
+    def to_dense(self) -> torch.Tensor:
+        """W (K, f, g) of the bilinear form :math:`z_k = x^\top W_k y` this head computes (with
+        ``activation=None``; :func:`lowrank_pool.to_dense` of its factors, differentiable in them).
+
+        Returns
+        -------
+        torch.Tensor, (K, f, g)
+            ``lp.bilinear_pool(x, head.to_dense(), Y=y)`` plus the bias equals ``head(x, y)``. A head with
+            ``activation="tanh"``, or whose scores are not bilinear (MFB's and MCB's normalisations), raises
+            ArgumentTypeError saying so.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from lowrank_pool.nn import MLB
+        >>> MLB(6, 5, 3, rank=2).to_dense().shape
+        torch.Size([3, 6, 5])
+        """
+        if getattr(self, "activation", None) is not None:
+            raise lp.ArgumentTypeError(
+                f"{type(self).__name__}: with activation={self.activation!r} its scores are not bilinear in x and y, "
+                "so it has no W; build it with activation=None"
+            )
+        forms = self._bilinear_forms()
+        dense = lp.to_dense(forms[0])
+        for form in forms[1:]:
+            dense = dense + lp.to_dense(form)
+        return dense
+
 
 def _eye(r: int, like: torch.Tensor) -> torch.Tensor:
     return torch.eye(r, dtype=like.dtype, device=like.device)
@@ -180,6 +213,9 @@ class MLB(_Fusion):
         self._init_(self.V, fan_std(self.y_channels), generator)
         self._reset_bias()
 
+    def _bilinear_forms(self) -> list[Any]:
+        return [(None, [self.P, self.U, self.V])]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`z_k` of the two inputs.
 
@@ -194,7 +230,7 @@ class MLB(_Fusion):
         """
         x, y, axis = self._inputs(x, y)
         if self.activation is None:
-            return self._add_bias(lp.cp_pool(x, (None, [self.P, self.U, self.V]), Y=y, channel_axis=axis))
+            return self._add_bias(lp.cp_pool(x, self._bilinear_forms()[0], Y=y, channel_axis=axis))
         za, zc = self._project(x, y, axis, self.U, self.V)
         eye = _eye(self.rank, za)
         return self._add_bias(lp.cp_pool(za, (None, [self.P, eye, eye]), Y=zc, channel_axis=-1))
@@ -418,6 +454,9 @@ class Mutan(_Fusion):
         self._init_(self.C, fan_std(self.y_channels), generator)
         self._reset_bias()
 
+    def _bilinear_forms(self) -> list[Any]:
+        return [(self.core, [self.U, self.A, self.C])]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`z_k` of the two inputs.
 
@@ -432,7 +471,7 @@ class Mutan(_Fusion):
         """
         x, y, axis = self._inputs(x, y)
         if self.activation is None:
-            return self._add_bias(lp.tucker_pool(x, (self.core, [self.U, self.A, self.C]), Y=y, channel_axis=axis))
+            return self._add_bias(lp.tucker_pool(x, self._bilinear_forms()[0], Y=y, channel_axis=axis))
         za, zc = self._project(x, y, axis, self.A, self.C)
         tk = (self.core, [self.U, _eye(self.ranks[1], za), _eye(self.ranks[2], za)])
         return self._add_bias(lp.tucker_pool(za, tk, Y=zc, channel_axis=-1))
@@ -564,6 +603,13 @@ class Block(_Fusion):
         self._init_(self.A, fan_std(self.in_channels), generator)
         self._init_(self.C, fan_std(self.y_channels), generator)
         self._reset_bias()
+
+    def _bilinear_forms(self) -> list[Any]:
+        _, rx, ry = self.ranks
+        return [
+            (self.core[i], [self.U[i], self.A[:, i * rx : (i + 1) * rx], self.C[:, i * ry : (i + 1) * ry]])
+            for i in range(self.blocks)
+        ]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`z_k` of the two inputs: the sum of the blocks' Tucker scores.
