@@ -60,23 +60,43 @@ def _native_kernel(
     would reach it with the opposite sign, and a tracer records only the operations it sees, not the kernel's
     writes. Every test here runs on every call, so the cheap ones come first (see docs/performance.md).
     """
-    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu") or _IS_TRACING():  # a GPU's calls stop here
+    # (torch._C._is_tracing once the compiling test has passed: dynamo folds torch.jit.is_tracing, not the C call)
+    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu") or _C_IS_TRACING():  # GPU calls stop here
         return None
     kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
     if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
         return None
-    if not all(t.is_contiguous() for t in saved):  # U and V of a forward that ran on the torch path
-        return None
+    for t in saved:  # U and V of a forward that ran on the torch path
+        if not t.is_contiguous():
+            return None
+    tensors = (x, bm, *others, *saved)
     dtype = x.dtype
     if dtype not in _KERNEL_DTYPES:
         return None
-    tensors = (x, bm, *others, *saved)
-    for t in tensors:
-        if (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)) or not t.is_cpu or t.dtype != dtype:
-            return None  # (a tensor subclass: the kernel needs plain storage)
-        if t.is_neg() or t.is_conj():
+    for t in tensors:  # (the conjugate bit exists only on complex tensors, which the dtype test already sent away)
+        if t.dtype != dtype or t.is_neg() or not t.is_cpu:
             return None
+        if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+            return None  # a tensor subclass: the kernel needs plain storage
     if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
+        return None
+    return kernel
+
+
+def _native_kernel_for_plain(x: torch.Tensor, bm: torch.Tensor, a: torch.Tensor) -> Any:
+    """:func:`_native_kernel` for the fast path's inference call, whose own tests have established what the general
+    test looks at first: plain tensors (or parameters) of one float32/float64 dtype, all on the CPU, no tracing.
+    The rest is tested here, in the same order."""
+    if _is_compiling() or torch.is_autocast_enabled("cpu"):
+        return None
+    kernel = _native.kernel()  # (after the compiling test, as above)
+    if kernel is None or not (x.is_contiguous() and bm.is_contiguous()) or x.is_neg() or bm.is_neg() or a.is_neg():
+        return None
+    if _in_functorch_transform() and (
+        _FUNCTORCH.is_functorch_wrapped_tensor(x)
+        or _FUNCTORCH.is_functorch_wrapped_tensor(bm)
+        or _FUNCTORCH.is_functorch_wrapped_tensor(a)
+    ):
         return None
     return kernel
 
@@ -124,6 +144,7 @@ def _kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved: tup
 
 
 _IS_TRACING: Any = torch.jit.is_tracing  # (dynamo folds it to False; torch._C._is_tracing breaks its graph)
+_C_IS_TRACING: Any = getattr(torch._C, "_is_tracing", _IS_TRACING)  # (only where dynamo cannot be tracing)
 _FUNCTORCH: Any = getattr(torch._C, "_functorch", None)
 _PEEK: Any = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
 
@@ -399,9 +420,9 @@ def fast_shared_scores(
             return None
     if not cf and nd > 3:  # channels-last maps: their (B, n, f) rows
         x = x.view(shape[0], n, f)
-    grad = _differentiated(x, a, bm)
+    grad = (torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or bm.requires_grad)) or _forward_ad()
     if not grad:  # inference: one call into the kernel, which takes the channels-first views itself
-        kernel = _native_kernel(x, bm, a)
+        kernel = _native_kernel_for_plain(x, bm, a) if x.is_cpu else None
         if kernel is not None:
             return kernel.scores_inference(x, bm, a, cf, code, 1.0 / n)
     a3, bm = (a.unsqueeze(0), bm.view(f, 1)) if rank1 else (a.permute(2, 0, 1), bm)
@@ -521,6 +542,11 @@ def _differentiated(*tensors: torch.Tensor) -> bool:
     on) or an active forward-AD level (dual tensors do not set ``requires_grad``)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return True
+    return _forward_ad()
+
+
+def _forward_ad() -> bool:
+    """Whether a forward-AD level is active."""
     return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
 
 
