@@ -114,7 +114,7 @@ $(INTEG)/.ok: pyproject.toml
 	touch $@
 
 integration: $(INTEG)/.ok
-	$(INTEG)/bin/python -m pytest -q tests/test_zoo.py
+	$(INTEG)/bin/python -m pytest -q tests/test_nn_zoo.py
 
 clean:
 	rm -rf $(VENV) $(INTEG) dist build docs/_build docs/auto_tutorial docs/auto_gallery .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -60,3 +60,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"hostile-input cases: {counts['cases']} tried, {counts['results']} answered (checked against float64), "
             f"{counts['named errors']} refused with a LowRankPoolError naming the argument"
         )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a contract's tests (tests/contracts.py) once per case its test class names: ``variant`` over the class's
+    ``variants``, ``config`` over its ``configs`` (a test marked with ``contracts.keep`` over those it keeps)."""
+    cls = metafunc.cls
+    for arg, attr in (("variant", "variants"), ("config", "configs")):
+        if cls is None or arg not in metafunc.fixturenames or not hasattr(cls, attr):
+            continue
+        keep = getattr(metafunc.function, "keep", None)
+        cases = [c for c in getattr(cls, attr) if keep is None or keep(c)]
+        if not cases:
+            raise pytest.UsageError(f"{cls.__name__}.{metafunc.function.__name__}: no case of {attr} to run")
+        metafunc.parametrize(arg, cases)

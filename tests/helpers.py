@@ -150,3 +150,14 @@ def expect_errors(cases: list[tuple[Callable[[], Any], type, str]]) -> None:
         else:
             failures.append(f"case {i}: did not raise")
     assert not failures, "\n".join(failures)
+
+
+def check_named_error(call: Callable[[], Any], exc: type, pattern: str) -> None:
+    """The bad call raises ``exc`` (a LowRankPoolError and a ValueError or TypeError) with a message matching
+    ``pattern`` (which names the argument, what was expected and what was given)."""
+    from lowrank_pool import LowRankPoolError
+
+    with pytest.raises(exc, match=pattern) as info:
+        call()
+    assert isinstance(info.value, LowRankPoolError), type(info.value)
+    assert isinstance(info.value, ValueError | TypeError), type(info.value)

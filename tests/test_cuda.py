@@ -25,7 +25,7 @@ from lowrank_pool.testing import assert_close  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
-from test_nn import CONFIGS, F_IN, _inputs, make, scores  # noqa: E402  (the shared layer registry)
+from cases.nn import CONFIGS, F_IN, _inputs, make, scores  # noqa: E402  (the shared layer registry)
 
 LAYOUTS = ["bnf", "nchw", "channels_last", "video"]
 

@@ -315,27 +315,37 @@ def test_the_dx_cache_stays_bounded_when_sizes_change():
     assert module.cache_blocks() == 0
 
 
-def test_the_public_kernel_functions(monkeypatch, tmp_path):
-    """kernel_status says what the loader found; build_kernel finds an up-to-date binary without compiling and
-    returns the status; a failing build raises KernelBuildError with the compiler's words."""
-    st = lp.kernel_status()
-    assert isinstance(st, lp.KernelStatus) and st.available == (st.path is not None)
-    assert set(st.cpu) <= set(_build.CAPABILITIES) and st.reason
-    if not _native.cpu_capabilities():
-        pytest.skip("no capability to build here")
-    _built(_native.cpu_capabilities()[0])
+class TestKernelStatus:
+    """lowrank_pool.kernel_status and KernelStatus."""
 
-    def no_compiler(*args, **kwargs):
-        raise AssertionError("up to date: nothing to compile")
+    def test_kernel_status_says_what_the_loader_found(self):
+        st = lp.kernel_status()
+        assert isinstance(st, lp.KernelStatus) and st.available == (st.path is not None)
+        assert set(st.cpu) <= set(_build.CAPABILITIES) and st.reason
 
-    monkeypatch.setattr(_build, "_run", no_compiler)
-    again = lp.build_kernel(verbose=False)
-    assert again.available and again.capability == _native.cpu_capabilities()[0]
-    monkeypatch.undo()
-    monkeypatch.setenv("LOWRANK_POOL_KERNEL_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", "/nonexistent/c++")
-    with pytest.raises(lp.KernelBuildError, match="no C\\+\\+ compiler"):
-        lp.build_kernel(verbose=False)
-    with pytest.raises(lp.KernelBuildError, match="capabilities"):
-        lp.build_kernel("sse2", verbose=False)
-    _native.kernel.cache_clear()  # (the next call loads the real binary again)
+
+class TestBuildKernel:
+    """lowrank_pool.build_kernel and KernelBuildError."""
+
+    def test_an_up_to_date_binary_is_found_without_compiling(self, monkeypatch):
+        if not _native.cpu_capabilities():
+            pytest.skip("this CPU has no capability the kernel is built for")
+        _built(_native.cpu_capabilities()[0])
+
+        def no_compiler(*args, **kwargs):
+            raise AssertionError("up to date: nothing to compile")
+
+        monkeypatch.setattr(_build, "_run", no_compiler)
+        again = lp.build_kernel(verbose=False)
+        assert again.available and again.capability == _native.cpu_capabilities()[0]
+
+    def test_a_failing_build_raises_kernel_build_error_with_the_reason(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("LOWRANK_POOL_KERNEL_DIR", str(tmp_path))
+        monkeypatch.setenv("CXX", "/nonexistent/c++")
+        try:
+            with pytest.raises(lp.KernelBuildError, match="no C\\+\\+ compiler"):
+                lp.build_kernel(verbose=False)
+            with pytest.raises(lp.KernelBuildError, match="capabilities"):
+                lp.build_kernel("sse2", verbose=False)
+        finally:
+            _native.kernel.cache_clear()  # (the next call loads the real binary again)

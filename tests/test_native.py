@@ -706,24 +706,27 @@ def test_native_dx_by_flat_vectors(native, dtype, n, p, streamed):
     _assert_native_equals_torch(native, X, A, B, "relu", 1, 8 * (f + n))
 
 
-def test_dx_buffers_are_cached_and_released(native, monkeypatch):
-    """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
-    monkeypatch.setattr(_native, "kernel", lambda: native)
-    lp.empty_cache()
-    X = torch.randn(8, 64, 1024, requires_grad=True)  # ∂X: 2 MiB
-    A, b = torch.randn(1024, 3), torch.randn(1024)
-    lp.rank1_pool(X, A, b).sum().backward()
-    first = X.grad.data_ptr()
-    X.grad = None  # freed: back to the cache
-    lp.rank1_pool(X, A, b).sum().backward()
-    assert X.grad.data_ptr() == first  # the same (already mapped) buffer, reused
-    reference = X.detach().clone().requires_grad_()
-    ((reference @ A) * (reference @ b)[..., None]).mean(1).sum().backward()
-    # float32: ∂X sums f = 1024 channel products and K = 3 classes over the n = 64 positions' mean, both ways
-    assert_close(X.grad, reference.grad, terms=2 * (1024 + 64 + 3), scale="max")
-    X.grad = None
-    assert lp.empty_cache() == X.numel() * 4
-    assert lp.empty_cache() == 0
+class TestEmptyCache:
+    """lowrank_pool.empty_cache: the kernel's ∂X buffers, reused and released."""
+
+    def test_dx_buffers_are_cached_and_released(self, native, monkeypatch):
+        """∂X comes from the kernel's cache: a freed ∂X is kept for the next step, empty_cache returns it."""
+        monkeypatch.setattr(_native, "kernel", lambda: native)
+        lp.empty_cache()
+        X = torch.randn(8, 64, 1024, requires_grad=True)  # ∂X: 2 MiB
+        A, b = torch.randn(1024, 3), torch.randn(1024)
+        lp.rank1_pool(X, A, b).sum().backward()
+        first = X.grad.data_ptr()
+        X.grad = None  # freed: back to the cache
+        lp.rank1_pool(X, A, b).sum().backward()
+        assert X.grad.data_ptr() == first  # the same (already mapped) buffer, reused
+        reference = X.detach().clone().requires_grad_()
+        ((reference @ A) * (reference @ b)[..., None]).mean(1).sum().backward()
+        # float32: ∂X sums f = 1024 channel products and K = 3 classes over the n = 64 positions' mean, both ways
+        assert_close(X.grad, reference.grad, terms=2 * (1024 + 64 + 3), scale="max")
+        X.grad = None
+        assert lp.empty_cache() == X.numel() * 4
+        assert lp.empty_cache() == 0
 
 
 def test_native_skips_what_it_cannot_serve(counted):

@@ -50,7 +50,9 @@ def test_every_module_exports_only_public_names():
 
 
 def test_every_public_name_has_its_test_place():
-    """tests/places.py names the module that holds each public name's tests; the module exists and tests it."""
+    """tests/places.py names the test class of each public name; the class exists, holds tests (its own or a
+    contract's), and its source or its docstring names what it tests."""
+    import ast
     import pathlib
     import re
 
@@ -64,8 +66,16 @@ def test_every_public_name_has_its_test_place():
     stale = sorted(set(PLACES) - names)
     assert not stale, f"tests/places.py names what is no longer public: {stale}"
     here = pathlib.Path(__file__).parent
-    for name, module in PLACES.items():
+    for name, place in PLACES.items():
+        module, _, cls = place.partition("::")
         path = here / module
         assert path.is_file(), f"{name}: {module} does not exist"
+        source = path.read_text()
+        found = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == cls]
+        assert found, f"{name}: {module} has no class {cls}"
+        node = found[0]
+        tests = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")]
+        assert tests or node.bases, f"{name}: {module}::{cls} holds no test"
         short = name.split(".")[-1]
-        assert re.search(rf"\b{short}\b", path.read_text()), f"{name}: {module} does not test it"
+        text = ast.get_source_segment(source, node) or ""
+        assert re.search(rf"\b{short}\b", text), f"{name}: {module}::{cls} does not name it"

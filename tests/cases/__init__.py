@@ -1,0 +1,1 @@
+"""Data, oracles, layer registries and fixtures that the tests of several public names share."""

@@ -1,0 +1,226 @@
+"""Tests of lowrank_pool.io's public names, one class each: save_factors and load_factors (and FactorFileError)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from cases.errors import ERRORS
+from cases.factorized import _edit_member, _Evil, _forms, _heads
+from helpers import check_named_error
+
+import lowrank_pool as lp
+from lowrank_pool.testing import assert_close
+
+
+class TestLoadFactors:
+    """lowrank_pool.load_factors and FactorFileError."""
+
+    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["load_factors"])
+    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
+        check_named_error(call, exc, pattern)
+
+    def test_factor_files_are_checked_before_anything_is_allocated(self, tmp_path):
+        """Headers are read first: a file that declares more than it holds, or holds what no form has, is refused."""
+        import resource
+        import zipfile
+
+        tags = {"__format__": np.array("lowrank_pool.factors"), "__version__": np.array(1), "kind": np.array("dense")}
+        good = tmp_path / "good.npz"
+        np.savez(good, **tags, W=np.ones((1, 2, 2)))
+        # a 1 KB file whose W declares (20000, 20000, 20000) float64
+        liar = _edit_member(good, tmp_path / "liar.npz", "W.npy", b"(1, 2, 2)", b"(20000, 20000, 20000)")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(lp.FactorFileError, match=r"declares shape \(20000, 20000, 20000\)"):
+            lp.load_factors(liar)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing allocated
+        # an extra member, a tag that inflates to 1 MiB, a deflated data member that lies about its size
+        extra = tmp_path / "extra.npz"
+        np.savez(extra, **tags, W=np.ones((1, 2, 2)), payload=np.ones(3))
+        with pytest.raises(lp.FactorFileError, match=r"unexpected members \['payload'\]"):
+            lp.load_factors(extra)
+        bomb = tmp_path / "bomb.npz"
+        with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("__format__.npy", b"\x93NUMPY" + b"\0" * 2**20)
+        with pytest.raises(lp.FactorFileError, match=r"would expand to 1048\d+ bytes from a \d+-byte file"):
+            lp.load_factors(bomb)
+        # a tag whose header declares a billion elements in a few bytes
+        big_tag = _edit_member(
+            good, tmp_path / "big_tag.npz", "__version__.npy", b"'shape': ()", b"'shape': (1000000000,)"
+        )
+        with pytest.raises(lp.FactorFileError, match=r"tag '__version__' has shape \(1000000000,\)"):
+            lp.load_factors(big_tag)
+        # file objects, both ways
+        import io
+
+        buf = io.BytesIO()
+        lp.save_factors(buf, lp.RankP(np.ones((3, 2, 1)), np.ones((3, 1))))
+        buf.seek(0)
+        assert isinstance(lp.load_factors(buf), lp.RankP)
+
+    def test_inconsistent_factor_files_are_refused(self, tmp_path):
+        tags = {"__format__": np.array("lowrank_pool.factors"), "__version__": np.array(1)}
+        bad = {
+            "eig_shapes": {"kind": np.array("eig"), "eigenvalues": np.ones((3, 2)), "eigenvectors": np.ones((4, 3, 1))},
+            "non_square": {"kind": np.array("dense"), "W": np.ones((2, 3, 4))},
+            "int_dtype": {"kind": np.array("dense"), "W": np.ones((2, 3, 3), int)},
+            "complex": {"kind": np.array("dense"), "W": np.ones((2, 3, 3), complex)},
+            "cp_f": {
+                "kind": np.array("cp"),
+                "factor_0": np.ones((3, 2)),
+                "factor_1": np.ones((4, 2)),
+                "factor_2": np.ones((5, 2)),
+            },
+            "unknown": {"kind": np.array("magic")},
+        }
+        for name, arrays in bad.items():
+            np.savez(tmp_path / name, **tags, **arrays)
+            with pytest.raises(lp.FactorFileError, match=name):
+                lp.load_factors(tmp_path / name)
+        for version in (np.array("abc"), np.array(True), np.array(1.7)):
+            np.savez(tmp_path / "v", **{**tags, "__version__": version}, kind=np.array("dense"), W=np.ones((1, 2, 2)))
+            with pytest.raises(lp.FactorFileError, match="format version"):
+                lp.load_factors(tmp_path / "v")
+
+    def test_foreign_and_corrupt_files_are_refused(self, tmp_path, capsys):
+        pkl = tmp_path / "evil.npz"
+        pkl.write_bytes(pickle.dumps(_Evil()))
+        with pytest.raises(lp.FactorFileError, match=r"evil\.npz: not a readable lowrank_pool factor file"):
+            lp.load_factors(pkl)
+        assert "pwned" not in capsys.readouterr().out
+        obj = tmp_path / "obj.npz"
+        np.savez(obj, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("dense"),
+                 W=np.array([{"a": 1}], dtype=object))  # fmt: skip
+        with pytest.raises(lp.FactorFileError, match="array 'W' has dtype object, expected a real floating dtype"):
+            lp.load_factors(obj)
+        foreign = tmp_path / "foreign.npz"
+        np.savez(foreign, x=np.ones(3))
+        with pytest.raises(lp.FactorFileError, match=r"no 'lowrank_pool\.factors' tag"):
+            lp.load_factors(foreign)
+        newer = tmp_path / "newer.npz"
+        np.savez(newer, __format__=np.array("lowrank_pool.factors"), __version__=np.array(99), kind=np.array("eig"))
+        with pytest.raises(lp.FactorFileError, match="format version 99, this lowrank_pool reads 1"):
+            lp.load_factors(newer)
+        good = tmp_path / "good.npz"
+        lp.save_factors(good, lp.eig_approx(np.eye(3)[None], 1))
+        cut = tmp_path / "cut.npz"
+        cut.write_bytes(good.read_bytes()[:100])
+        with pytest.raises(lp.FactorFileError, match=r"cut\.npz"):
+            lp.load_factors(cut)
+        missing = tmp_path / "missing.npz"
+        np.savez(missing, __format__=np.array("lowrank_pool.factors"), __version__=np.array(1), kind=np.array("cp"))
+        with pytest.raises(lp.FactorFileError, match="cp factor file is incomplete"):
+            lp.load_factors(missing)
+        with pytest.raises(TypeError, match=r"obj: expected a lowrank_pool\.nn head, a HeadForm, a CPTensor"):
+            lp.save_factors(tmp_path / "x.npz", "W")
+
+
+class TestSaveFactors:
+    """lowrank_pool.save_factors."""
+
+    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["save_factors"])
+    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
+        check_named_error(call, exc, pattern)
+
+    def test_factor_files_round_trip(self, tmp_path):
+        rng = np.random.default_rng(0)
+        for i, form in enumerate(_forms(rng)):
+            path = tmp_path / f"f{i}.npz"
+            lp.save_factors(path, form)
+            back = lp.load_factors(path)
+            assert type(back).__name__ == type(form).__name__
+            assert np.array_equal(lp.to_dense(back) if i < 4 else back, lp.to_dense(form) if i < 4 else form)
+
+    def test_torch_factors_are_saved(self):
+        torch = pytest.importorskip("torch")
+        import tempfile
+
+        eig = lp.eig_approx(torch.randn(2, 4, 4), 2)
+        with tempfile.TemporaryDirectory() as d:
+            lp.save_factors(f"{d}/t.npz", eig)
+            back = lp.load_factors(f"{d}/t.npz")
+        assert_close(back.eigenvalues, eig.eigenvalues.numpy(), terms=0)  # saved as numpy, exactly
+
+    @pytest.mark.parametrize("index", range(10))
+    @pytest.mark.parametrize("what", ["head", "factors", "file object"])
+    def test_heads_are_saved_with_everything_that_sets_their_scores(self, tmp_path, index, what):
+        """save_factors(head) stores the form, bias, projection and options; from_factors(load_factors(...)) scores
+        exactly as the head did (trained parameters: perturbed from their initial values)."""
+        import io
+
+        torch = pytest.importorskip("torch")
+        head = _heads(torch)[index]
+        with torch.no_grad():
+            for p in head.parameters():
+                p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(1)))
+        obj = head.factors() if what == "factors" else head
+        if what == "file object":
+            target = io.BytesIO()
+            lp.save_factors(target, obj)
+            target.seek(0)
+            back = lp.load_factors(target)
+        else:
+            back = lp.load_factors(lp.save_factors(tmp_path / "head", obj))
+        assert isinstance(back, lp.HeadForm) and all(
+            isinstance(a, np.ndarray) for a in (back.bias, back.projection) if a is not None
+        )
+        saved = head.factors()
+        assert (back.bias is None) == (saved.bias is None) and (back.projection is None) == (saved.projection is None)
+        assert (back.normalize, back.attention, back.reduce) == (saved.normalize, saved.attention, saved.reduce)
+        assert (back.eps, back.num_iters) == (saved.eps, saved.num_iters)
+        x = torch.randn(4, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        rebuilt = type(head).from_factors(back, dtype=torch.float64)
+        assert torch.equal(rebuilt(x), head(x))
+        # and the numpy arrays of the file score like the head on numpy input (another library's rounding)
+        want = lp.head_scores(x, saved).detach().numpy()
+        assert_close(lp.head_scores(x.numpy(), back), want, terms=400, scale=np.abs(want).max() + 1)
+
+    def test_heads_without_a_factor_form_and_bad_head_files_are_refused(self, tmp_path):
+        torch = pytest.importorskip("torch")
+        from lowrank_pool import nn
+
+        with pytest.raises(lp.ArgumentTypeError, match=r"^CompactBilinearPool: .* it has no factor form"):
+            lp.save_factors(tmp_path / "c", nn.CompactBilinearPool(6, 3, dim=32))
+        eig = lp.eig_approx(np.eye(3)[None].repeat(2, axis=0), 2)
+        with pytest.raises(lp.ShapeError, match=r"^obj: bias: expected shape \(K,\) with K = 2, got \(3,\)"):
+            lp.save_factors(tmp_path / "b", lp.HeadForm(eig, bias=np.zeros(3)))
+        with pytest.raises(lp.ArgumentError, match=r"^obj: normalize: only a dense W is normalised"):
+            lp.save_factors(tmp_path / "n", lp.HeadForm(eig, normalize="signed_sqrt"))
+        with pytest.raises(lp.ArgumentError, match=r"^obj: num_iters"):
+            lp.save_factors(tmp_path / "i", lp.HeadForm(np.zeros((2, 3, 3)), num_iters=0))
+        del torch
+
+        # files written by hand: head fields in a version-1 file, a version-2 file without them, a bias that
+        # does not fit, an unknown attention, bare first-order weights
+        good = {"eigenvalues": np.ones((2, 2)), "eigenvectors": np.ones((3, 2, 2))}
+        tags = {"__format__": np.array("lowrank_pool.factors"), "kind": np.array("eig")}
+        head = {
+            "head": np.array(True),
+            "normalize": np.array(""),
+            "attention": np.array("linear"),
+            "reduce": np.array("mean"),
+            "eps": np.array(1e-6),
+            "num_iters": np.array(5),
+        }
+        cases = {
+            "v1 with head": ({**tags, "__version__": np.array(1), **head}, good, "head fields"),
+            "v2 bare": ({**tags, "__version__": np.array(2)}, good, "head fields"),
+            "bias": ({**tags, "__version__": np.array(2), **head}, {**good, "head_bias": np.ones(3)}, "bias"),
+            "attention": (
+                {**tags, "__version__": np.array(2), **head, "attention": np.array("tanh")},
+                good,
+                "attention",
+            ),
+            "eps": ({**tags, "__version__": np.array(2), **head, "eps": np.array("x")}, good, "eps"),
+            "first order": (
+                {**tags, "kind": np.array("first_order"), "__version__": np.array(1)},
+                {"weights": np.ones((3, 2))},
+                "first-order weights are saved as a head only",
+            ),
+        }
+        for name, (t, arrays, pattern) in cases.items():
+            path = tmp_path / f"{name}.npz"
+            np.savez(path, **t, **arrays)
+            with pytest.raises(lp.FactorFileError, match=pattern):
+                lp.load_factors(path)
