@@ -27,7 +27,38 @@ class Progress:
     """Reports the steps of one computation ``what`` (at most ``total`` steps of ``unit``).
 
     Use as a context manager; :meth:`step` after each step with the figures worth seeing (e.g. the
-    relative error), :meth:`done` with the final ones (otherwise the last step's are reported).
+    relative error), :meth:`done` with the final ones (otherwise the last step's are reported). The
+    ``lowrank_pool`` logger gets one INFO record at the start and one at the end (steps, seconds, the
+    figures), a DEBUG record per step; a tqdm bar is drawn where one is wanted.
+
+    Parameters
+    ----------
+    what : str
+        The computation's name, at the head of every record (e.g. ``"cp_approx(W (100, 512, 512), rank 64)"``).
+    total : int or None
+        The most steps it takes (the bar's length), None where unknown.
+    unit : str, default "step"
+        What one step is called (``"sweep"``, ``"epoch"``).
+    bar : bool or None, default None
+        Draw a tqdm bar: True (a warning where tqdm is missing), False, or None: where tqdm is installed
+        and stderr is a terminal.
+
+    Examples
+    --------
+    >>> import logging, sys
+    >>> from lowrank_pool.validation import Progress
+    >>> log, handler = logging.getLogger("lowrank_pool"), logging.StreamHandler(sys.stdout)
+    >>> log.addHandler(handler)
+    >>> log.setLevel("INFO")
+    >>> with Progress("fit", 3, unit="sweep", bar=False) as progress:  # doctest: +ELLIPSIS
+    ...     for sweep in range(3):
+    ...         progress.step(error=0.5 / (sweep + 1))
+    fit: started (at most 3 sweeps)
+    fit: done, 3 sweeps in ... s; error 0.1667
+    >>> log.removeHandler(handler)
+    >>> log.setLevel("NOTSET")
+    >>> progress.steps
+    3
     """
 
     def __init__(self, what: str, total: int | None, *, unit: str = "step", bar: bool | None = None) -> None:

@@ -1,6 +1,7 @@
-"""Public validators: the checks the functions use, for code built on the package (its layers included).
+"""Public helpers for code built on the package (its layers included): the validators the functions use, and the
+progress reporter of long computations (:class:`Progress`, the ``lowrank_pool`` logger and an optional bar).
 
-Each raises a :class:`lowrank_pool.LowRankPoolError` subclass that names the argument,
+Each validator raises a :class:`lowrank_pool.LowRankPoolError` subclass that names the argument,
 what was expected and what was given.
 """
 
@@ -20,6 +21,7 @@ from ._checks import (
     parse_eig,
     parse_tucker,
 )
+from ._progress import Progress
 from .attention import ATTENTIONS
 from .compact import check_sketch
 from .second_order import NORMALIZATIONS
@@ -29,6 +31,7 @@ __all__ = [
     "MAX_ITERATIONS",
     "NORMALIZATIONS",
     "PATHS",
+    "Progress",
     "as_cp",
     "as_eig",
     "as_tucker",

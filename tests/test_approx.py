@@ -240,6 +240,55 @@ class TestCpApprox:
                 fit(W, 2, **kwargs)
         assert lp.cp_approx(W, np.int64(2)).rank == 2  # numpy integers are ints
 
+    # ----------------------------------------------------------------------------- weights at any scale
+    @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("fit", ["cp", "tucker", "eig"])
+    def test_fits_are_scale_equivariant_over_the_dtype_range(self, dtype, fit):
+        """fit(W · s) = fit(W) · s for s over the dtype's whole range (the norm of W · 1e-170 underflows, that of
+        float32 W · 1e20 overflows): never a zero form for a nonzero W, never an error about an internal rank."""
+        rng = np.random.default_rng(3)
+        W = rng.standard_normal((3, 5, 5)).astype(dtype)
+        if fit == "cp":
+            # an exact rank-3 W, where ALS converges: a W of higher rank stops early on a slowly moving
+            # path, and two runs that differ by W's rounding at a scale part by more than rounding
+            q = [np.linalg.qr(rng.standard_normal((m, 3)))[0] for m in (3, 5)]
+            W = np.einsum("r,kr,ir,jr->kij", np.arange(1.0, 4.0), q[0], q[1], q[1]).astype(dtype)
+        approx = {
+            "cp": lambda w: lp.to_dense(lp.cp_approx(w, 3)),
+            "tucker": lambda w: lp.to_dense(lp.tucker_approx(w, 3)),
+            "eig": lambda w: lp.to_dense(lp.eig_approx(w, 3)),
+        }[fit]
+        ref = approx(W).astype(np.float64)
+        info = np.finfo(dtype)
+        scales = [2.0**e for e in range(int(np.log2(info.tiny)) + 8, int(np.log2(info.max)) - 8, 37)]
+        scales += [1e-170, 1e-160, 1e170] if dtype == np.float64 else [1e-25, 1e-30, 1e20, 1e30]
+        for s in scales:
+            got = approx((W.astype(np.float64) * s).astype(dtype)).astype(np.float64) / s
+            assert np.isfinite(got).all(), (fit, s)
+            # the same fit up to the rounding of W · s (ALS: a few sweeps' worth of the dtype's precision)
+            assert np.abs(got - ref).max() <= 1e3 * info.eps * np.abs(ref).max() + 1e-2 * (dtype == np.float32), (
+                fit,
+                s,
+            )
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_an_early_stopped_cp_fit_has_the_same_error_at_every_scale(self, dtype):
+        """W of higher CP rank than asked: ALS stops on its stall rule; at any scale it stops after the same
+        number of sweeps, with the same relative error (to the dtype's rounding)."""
+        W = np.random.default_rng(3).standard_normal((3, 5, 5)).astype(dtype)
+        info = np.finfo(dtype)
+
+        def error(scale):
+            w = (W.astype(np.float64) * scale).astype(dtype)
+            got = lp.to_dense(lp.cp_approx(w, 3)).astype(np.float64) / scale
+            sym = (w.astype(np.float64) + w.transpose(0, 2, 1)) / 2 / scale
+            return np.linalg.norm(got - sym) / np.linalg.norm(sym)
+
+        ref = error(1.0)
+        for s in [1e-170, 1e-160, 1e170, 2.0**-900] if dtype == np.float64 else [1e-25, 1e-30, 1e20, 1e30, 2.0**-100]:
+            assert abs(error(s) - ref) <= 1e3 * info.eps, (s, error(s), ref)
+
 
 class TestTuckerApprox:
     """lowrank_pool.tucker_approx."""

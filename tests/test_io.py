@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import numpy as np
 import pytest
 from cases.errors import ERRORS
 from cases.factorized import _edit_member, _Evil, _forms, _heads
+from cases.io import _bomb, _special_files
 from helpers import check_named_error
 
 import lowrank_pool as lp
@@ -114,6 +116,62 @@ class TestLoadFactors:
             lp.load_factors(missing)
         with pytest.raises(TypeError, match=r"obj: expected a lowrank_pool\.nn head, a HeadForm, a CPTensor"):
             lp.save_factors(tmp_path / "x.npz", "W")
+
+    def test_load_factors_never_opens_a_special_file(self, tmp_path):
+        """Devices, FIFOs, sockets, directories and links to them are refused before they are opened: a call returns at
+        once (a FIFO would block the open forever, /dev/zero would read without end)."""
+        import signal
+
+        files = _special_files(tmp_path)
+        sock = files.pop("_socket")
+
+        def hung(*_: Any) -> None:
+            raise TimeoutError("load_factors blocked")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        try:
+            for path in files.values():
+                signal.alarm(5)
+                with pytest.raises(lp.FactorFileError, match="expected a regular file"):
+                    lp.load_factors(path)
+                signal.alarm(0)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+            sock.close()
+        # a directory beside the file save_factors wrote: the file is found
+        form = np.ones((1, 2, 2))
+        lp.save_factors(tmp_path / "head", form)
+        (tmp_path / "head").mkdir()
+        assert_close(lp.load_factors(tmp_path / "head"), form, terms=0)
+
+    @pytest.mark.parametrize(
+        "members",
+        [
+            {"W": ((1, 1024, 1024), 1)},  # one deflated member of 8 MiB from a few KiB
+            {"W": ((1, 64, 64), 40)},  # many members (the extra ones unexpected), 32 KiB each
+            {"W": ((512, 512, 512), 0)},  # a header alone declaring 1 GiB (its member absent)
+        ],
+    )
+    def test_load_factors_bounds_what_it_allocates(self, tmp_path, members):
+        """A generated zip bomb is refused before it is decompressed, without the memory it would take; the bound is
+        MAX_EXPANSION × the file's size (factor files are stored uncompressed)."""
+        import resource
+
+        from lowrank_pool import io as lio
+
+        path = tmp_path / "bomb.npz"
+        _bomb(path, members)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(lp.FactorFileError) as err:
+            lp.load_factors(path)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+        message = str(err.value)
+        assert "would expand" in message or "unexpected members" in message or "missing members" in message, message
+        # a legitimate file is far inside the bound: np.savez stores members uncompressed
+        lp.save_factors(tmp_path / "fine", np.ones((4, 64, 64)))
+        size = (tmp_path / "fine.npz").stat().st_size
+        assert lio.MAX_EXPANSION * size > 4 * 64 * 64 * 8
 
 
 class TestSaveFactors:
@@ -224,3 +282,84 @@ class TestSaveFactors:
             np.savez(path, **t, **arrays)
             with pytest.raises(lp.FactorFileError, match=pattern):
                 lp.load_factors(path)
+
+    def test_save_factors_is_atomic(self, tmp_path, monkeypatch):
+        """A reader never sees half a file: loads running beside repeated saves of two different forms all succeed and
+        return one of them. A save that fails midway leaves the previous file and no temporary file."""
+        import threading
+
+        path = tmp_path / "head.npz"
+        forms = [np.full((2, 16, 16), 1.0), np.full((2, 16, 16), 2.0)]
+        lp.save_factors(path, forms[0])
+        stop = threading.Event()
+
+        def writer() -> None:
+            k = 0
+            while not stop.is_set():
+                lp.save_factors(path, forms[k % 2])
+                k += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            for _ in range(300):
+                value = float(lp.load_factors(path)[0, 0, 0])
+                assert value in (1.0, 2.0)
+        finally:
+            stop.set()
+            thread.join()
+
+        def crash(*_: Any, **__: Any) -> None:
+            raise OSError("disk full")
+
+        before = path.read_bytes()
+        monkeypatch.setattr(np, "savez", crash)
+        with pytest.raises(OSError, match="disk full"):
+            lp.save_factors(path, forms[1])
+        assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["head.npz"]
+
+    def test_save_factors_refuses_what_load_factors_would(self, tmp_path):
+        """Every form save_factors writes, load_factors reads back; what load would refuse (a W that is not (K, f, f), a
+        zero size, a form whose shapes do not fit) is refused before anything is written."""
+        bad = {
+            "W not square": np.zeros((2, 3, 4)),
+            "W zero classes": np.zeros((0, 3, 3)),
+            "W zero channels": np.zeros((2, 0, 0)),
+            "W 2-D": np.zeros((3, 3)),
+            "rank-P mismatch": lp.RankP(np.ones((3, 2, 2)), np.ones((4, 2))),
+        }
+        for name, form in bad.items():
+            with pytest.raises(lp.LowRankPoolError, match=r"^(obj|A|B|W): "):  # (the form, or the part that is wrong)
+                lp.save_factors(tmp_path / "x", form)
+            assert not (tmp_path / "x.npz").exists(), name
+
+    def test_file_arguments_are_checked(self, tmp_path):
+        """Paths with a NUL, empty paths, read-only, text-mode and closed file objects: the package's error naming
+        path."""
+        import io
+
+        form = np.ones((1, 2, 2))
+        (tmp_path / "ro.bin").write_bytes(b"")
+        lp.save_factors(tmp_path / "ok", form)
+        with open(tmp_path / "ro.bin", "rb") as read_only, open(tmp_path / "t.txt", "w") as text:
+            cases = [
+                lambda: lp.save_factors("a\0b", form),
+                lambda: lp.load_factors("a\0b"),
+                lambda: lp.save_factors("", form),
+                lambda: lp.load_factors(""),
+                lambda: lp.save_factors(read_only, form),
+                lambda: lp.save_factors(text, form),
+                lambda: lp.load_factors(text),
+            ]
+            closed = io.BytesIO()
+            closed.close()
+            cases.append(lambda: lp.save_factors(closed, form))
+            for case in cases:
+                try:
+                    case()
+                except lp.LowRankPoolError as err:
+                    assert str(err).startswith("path: ") or "regular file" in str(err), str(err)
+        target = tmp_path / "out.npz"
+        target.mkdir()
+        with pytest.raises(lp.ArgumentError, match=r"^path: .* is a directory"):
+            lp.save_factors(target, form)

@@ -192,6 +192,59 @@ class TestPoolingHead:
         assert converted.channel_axis == 1 and converted.bias is not None
         _head_close(converted(x), head(x), target)
 
+    # ----------------------------------------------------------------------------- layers: state and facts
+    def test_layer_facts_follow_their_parameters(self):
+        """Ranks and sizes are read from the parameters: replacing them (another rank, another sketch size) changes what
+        the layer reports and does, consistently; a size that is the parameters' cannot be set on its own."""
+        from lowrank_pool import nn as lnn
+
+        x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+        layer = lnn.AttentionalPool(8, 4, rank=1).double()
+        layer.A = torch.nn.Parameter(torch.randn(8, 4, 3, dtype=torch.float64))
+        layer.B = torch.nn.Parameter(torch.randn(8, 3, dtype=torch.float64))
+        _, (top, bottom) = layer(x, return_maps=True)
+        assert layer.rank == 3 and top.shape == (2, 4, 3, 3, 3) and bottom.shape == (2, 3, 3, 3)
+        layer.B = torch.nn.Parameter(torch.randn(8, 4, 3, dtype=torch.float64))
+        assert layer.bottom_up == "per_class"
+        cases = [
+            (lnn.CPPool(8, 4, 2), "U", (4, 5), "rank", 5),
+            (lnn.EigPool(8, 4, 2), "eigenvalues", (4, 3), "rank", 3),
+            (lnn.TuckerPool(8, 4, 2), "core", (2, 3, 3), "ranks", (2, 3, 3)),
+            (lnn.BilinearPool(8, 4, reduce_dim=3), "reduction", (8, 5), "reduce_dim", 5),
+            (lnn.CompactBilinearPool(8, 4, dim=16), "weight", (32, 4), "dim", 32),
+        ]
+        for head, name, shape, fact, value in cases:
+            setattr(head, name, torch.nn.Parameter(torch.zeros(shape)))
+            assert getattr(head, fact) == value, (type(head).__name__, fact)
+            with pytest.raises(AttributeError):
+                setattr(head, fact, value)
+
+    def test_every_head_state_dict_determines_its_scores(self):
+        """Two heads of a class built with different seeds and options that are state: loading one's state_dict into the
+        other makes the scores equal (the sketch of compact bilinear pooling included), never a mix."""
+        from lowrank_pool import nn as lnn
+
+        x = torch.randn(2, 8, 3, 3)
+        builders = {
+            "first": lambda g: lnn.FirstOrderPool(8, 4, generator=g),
+            "bilinear": lambda g: lnn.BilinearPool(8, 4, reduce_dim=3, generator=g),
+            "attentional": lambda g: lnn.AttentionalPool(8, 4, rank=2, generator=g),
+            "pose": lambda g: lnn.PoseAttentionalPool(8, 4, 3, generator=g),
+            "cp": lambda g: lnn.CPPool(8, 4, 3, generator=g),
+            "tucker": lambda g: lnn.TuckerPool(8, 4, 2, generator=g),
+            "eig": lambda g: lnn.EigPool(8, 4, 2, generator=g),
+            "compact": lambda g: lnn.CompactBilinearPool(8, 4, dim=32, seed=int(g.initial_seed()), generator=g),
+        }
+        for name, build in builders.items():
+            a, b = build(torch.Generator().manual_seed(1)), build(torch.Generator().manual_seed(2))
+            with torch.no_grad():
+                if a.bias is not None:
+                    a.bias.normal_(generator=torch.Generator().manual_seed(3))
+            b.load_state_dict(a.state_dict())
+            sa, sb = a(x), b(x)
+            sa, sb = (s[0] if isinstance(s, tuple) else getattr(s, "scores", s) for s in (sa, sb))
+            assert torch.equal(sa, sb), name
+
 
 class TestBilinearPool(LayerContract):
     """lowrank_pool.nn.BilinearPool: weight scale, conversions, normalisations under autocast."""

@@ -79,3 +79,22 @@ def test_every_public_name_has_its_test_place():
         short = name.split(".")[-1]
         text = ast.get_source_segment(source, node) or ""
         assert re.search(rf"\b{short}\b", text), f"{name}: {module}::{cls} does not name it"
+
+
+def test_the_layers_contract_forbids_every_private_module():
+    """lowrank_pool.nn (and the demo) may import only the public API: import-linter's forbidden contract lists
+    the private modules one by one, so a new private module must join the list (and a removed one leave it)."""
+    import pathlib
+    import pkgutil
+    import tomllib
+
+    root = pathlib.Path(lp.__file__).parent
+    config = tomllib.loads((root.parent / "pyproject.toml").read_text())
+    contract = next(
+        c
+        for c in config["tool"]["importlinter"]["contracts"]
+        if c.get("source_modules") == ["lowrank_pool.nn", "lowrank_pool.demo"]
+    )
+    private = {f"lowrank_pool.{m.name}" for m in pkgutil.iter_modules([str(root)]) if m.name.startswith("_")}
+    private -= {"lowrank_pool.__main__"}
+    assert set(contract["forbidden_modules"]) == private

@@ -19,8 +19,7 @@ from typing import Any, Literal
 import torch
 
 import lowrank_pool as lp
-from lowrank_pool._progress import Progress
-from lowrank_pool.validation import check_choice, check_number, check_positive_int
+from lowrank_pool.validation import Progress, check_choice, check_number, check_positive_int
 
 from ._base import PoolingHead
 from ._layers import BilinearPool, CPPool, EigPool, TuckerPool
