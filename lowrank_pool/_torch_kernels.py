@@ -66,10 +66,10 @@ def _native_kernel(
     kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
     if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
         return None
-    for t in saved:  # U and V of a forward that ran on the torch path
+    for t in saved:  # U and V of a forward that ran on the torch path; else made by the forward: nothing more to ask
         if not t.is_contiguous():
             return None
-    tensors = (x, bm, *others, *saved)
+    tensors = (x, bm, *others)
     dtype = x.dtype
     if dtype not in _KERNEL_DTYPES:
         return None
