@@ -64,8 +64,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run a contract's tests (tests/contracts.py) once per case its test class names: ``variant`` over the class's
-    ``variants``, ``config`` over its ``configs`` (a test marked with ``contracts.keep`` over those it keeps)."""
+    ``variants``, ``config`` over its ``configs`` (a test marked with ``contracts.keep`` over those it keeps),
+    ``bad_call`` over its ``bad_calls``."""
     cls = metafunc.cls
+    if cls is not None and "bad_call" in metafunc.fixturenames and hasattr(cls, "bad_calls"):
+        if not cls.bad_calls:
+            raise pytest.UsageError(f"{cls.__name__}: no bad call to run")
+        metafunc.parametrize("bad_call", cls.bad_calls, ids=[f"call{i}" for i in range(len(cls.bad_calls))])
     for arg, attr in (("variant", "variants"), ("config", "configs")):
         if cls is None or arg not in metafunc.fixturenames or not hasattr(cls, attr):
             continue

@@ -24,8 +24,10 @@ from cases.fusion import TERMS, reference  # noqa: E402
 from cases.fusion import K as FUSION_K  # noqa: E402
 from cases.fusion import _inputs as fusion_inputs  # noqa: E402
 from cases.fusion import make as make_fusion  # noqa: E402
+from cases.identities import check_homogeneous, check_invariant_to_permutation_of_positions  # noqa: E402
 from cases.layouts import POOLS, pool_factors  # noqa: E402
 from cases.nn import CONFIGS, DEVICES, F_IN, K, _close, _inputs, functional, gen, make, scores  # noqa: E402
+from helpers import check_named_error, sizes  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 from lowrank_pool.nn import MCB, BilinearPool, CompactBilinearPool  # noqa: E402
@@ -495,3 +497,30 @@ class BilinearFusionContract(FusionContract):
             )
         want = lp.bilinear_pool(x, w, Y=y) + p["bias"]
         assert_close(layer(x, y), want, terms=TERMS, scale="max")
+
+
+class NamedErrorsContract:
+    """Each bad call a class names (``bad_calls``: (call, exception type, message regex), from the tables in
+    ``cases.errors``, ``cases.factorized`` and ``cases.nn``) raises that package error, which is also a ValueError
+    or TypeError, with a message that names the argument, what was expected and what was given."""
+
+    bad_calls: ClassVar[tuple[Any, ...]] = ()
+
+    def test_bad_input_raises_a_named_error(self, bad_call):
+        check_named_error(*bad_call)
+
+
+class IdentityContract:
+    """Identities several functions share, on the cases a class names (keys of ``cases.identities``' tables): the
+    scores do not depend on the order of the positions, and score(cX) = c^degree · score(X)."""
+
+    permutation_cases: ClassVar[tuple[str, ...]] = ()
+    homogeneous_cases: ClassVar[tuple[str, ...]] = ()
+
+    @given(s=sizes(), data=st.data())
+    def test_invariant_to_permutation_of_positions(self, bk, dtype, s, data):
+        check_invariant_to_permutation_of_positions(bk, dtype, s, data, self.permutation_cases)
+
+    @given(s=sizes(), c=st.floats(0.25, 4.0))
+    def test_homogeneous_in_x(self, bk, dtype, s, c):
+        check_homogeneous(bk, dtype, s, c, self.homogeneous_cases)

@@ -28,8 +28,8 @@ from cases.factorized import (  # noqa: E402
     _tucker,
 )
 from cases.fusion import F, G, K, _inputs, _within_the_fit  # noqa: E402
+from contracts import NamedErrorsContract  # noqa: E402
 from helpers import (  # noqa: E402
-    check_named_error,
     expect_errors,
 )
 
@@ -38,12 +38,10 @@ from lowrank_pool.nn import Block  # noqa: E402
 from lowrank_pool.testing import assert_close, to_numpy  # noqa: E402
 
 
-class TestCpApprox:
+class TestCpApprox(NamedErrorsContract):
     """lowrank_pool.cp_approx."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["cp_approx"] + FACTOR_ERRORS["cp_approx"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["cp_approx"] + FACTOR_ERRORS["cp_approx"])
 
     @pytest.mark.parametrize("symmetric", [True, False])
     @given(K=st.integers(1, 6), f=st.integers(2, 10), seed=st.integers(0, 999), data=st.data())
@@ -290,12 +288,10 @@ class TestCpApprox:
             assert abs(error(s) - ref) <= 1e3 * info.eps, (s, error(s), ref)
 
 
-class TestTuckerApprox:
+class TestTuckerApprox(NamedErrorsContract):
     """lowrank_pool.tucker_approx."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["tucker_approx"] + FACTOR_ERRORS["tucker_approx"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["tucker_approx"] + FACTOR_ERRORS["tucker_approx"])
 
     @given(K=st.integers(1, 6), f=st.integers(2, 10), seed=st.integers(0, 999), data=st.data())
     def test_tucker_approx_recovers_an_exact_tucker_tensor(self, K, f, seed, data):
@@ -370,12 +366,10 @@ class TestTuckerApprox:
             assert np.all(np.isfinite(lp.cp_pool(np.ones((1, 2, 4)), cp)))
 
 
-class TestEigApprox:
+class TestEigApprox(NamedErrorsContract):
     """lowrank_pool.eig_approx."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["eig_approx"] + FACTOR_ERRORS["eig_approx"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["eig_approx"] + FACTOR_ERRORS["eig_approx"])
 
     @given(K=st.integers(1, 4), f=st.integers(1, 9), seed=st.integers(0, 999))
     def test_eig_approx_is_the_eckart_young_optimum(self, bk, K, f, seed):

@@ -13,20 +13,21 @@ from cases.autodiff import FIRST, _grad_forms, _grad_inputs, _node_names  # noqa
 from cases.errors import ERRORS  # noqa: E402
 from cases.identities import (  # noqa: E402
     _data,
-    check_homogeneous,
-    check_invariant_to_permutation_of_positions,
 )
 from cases.nn import F_IN, K, _close, gen  # noqa: E402
 from cases.official_code import _softmax, official_scores  # noqa: E402
-from contracts import AttentionDerivativesContract, PoolingFunctionContract  # noqa: E402
+from contracts import (  # noqa: E402
+    AttentionDerivativesContract,
+    IdentityContract,
+    NamedErrorsContract,
+    PoolingFunctionContract,
+)
 from helpers import (  # noqa: E402
     absolute,
-    check_named_error,
     oracle_rank1_trace,
     oracle_rankp,
     sizes,
 )
-from hypothesis import strategies as st  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 from lowrank_pool.nn import (  # noqa: E402
@@ -37,14 +38,12 @@ from lowrank_pool.testing import (  # noqa: E402
 )
 
 
-class TestRankpPool(PoolingFunctionContract, AttentionDerivativesContract):
+class TestRankpPool(PoolingFunctionContract, AttentionDerivativesContract, NamedErrorsContract, IdentityContract):
     """lowrank_pool.rankp_pool: rank-P attention, shared or per-class bottom-up, and its fused kernel Function."""
 
     form = "rankp"
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["rankp_pool"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["rankp_pool"])
 
     variants = (
         "rankp_shared",
@@ -52,14 +51,8 @@ class TestRankpPool(PoolingFunctionContract, AttentionDerivativesContract):
         "rankp_perclass",
     )
 
-    @given(s=sizes(), data=st.data())
-    def test_invariant_to_permutation_of_positions(self, bk, dtype, s, data):
-        check_invariant_to_permutation_of_positions(bk, dtype, s, data, ["rankp"])
-
-    @given(s=sizes(), c=st.floats(0.25, 4.0))
-    def test_homogeneous_in_x(self, bk, dtype, s, c):
-        """s(cX) = c² s(X)."""
-        check_homogeneous(bk, dtype, s, c, ["rankp"])
+    permutation_cases = ("rankp",)
+    homogeneous_cases = ("rankp",)
 
     @pytest.mark.parametrize("path", ["torch", "native"])
     def test_first_order_backward_does_not_recompute(self, path, monkeypatch):
@@ -196,14 +189,12 @@ class TestRankpPool(PoolingFunctionContract, AttentionDerivativesContract):
         assert np.linalg.matrix_rank(b1) <= 2
 
 
-class TestRank1Pool(PoolingFunctionContract, AttentionDerivativesContract):
+class TestRank1Pool(PoolingFunctionContract, AttentionDerivativesContract, NamedErrorsContract, IdentityContract):
     """lowrank_pool.rank1_pool: s_bk = (1/n)(X_b a_k)ᵀ σ(X_b b)."""
 
     form = "rank1"
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["rank1_pool"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["rank1_pool"])
 
     variants = (
         "rank1",
@@ -211,14 +202,8 @@ class TestRank1Pool(PoolingFunctionContract, AttentionDerivativesContract):
         "rank1_relu",
     )
 
-    @given(s=sizes(), data=st.data())
-    def test_invariant_to_permutation_of_positions(self, bk, dtype, s, data):
-        check_invariant_to_permutation_of_positions(bk, dtype, s, data, ["rank1", "rank1_softmax"])
-
-    @given(s=sizes(), c=st.floats(0.25, 4.0))
-    def test_homogeneous_in_x(self, bk, dtype, s, c):
-        """s(cX) = c² s(X)."""
-        check_homogeneous(bk, dtype, s, c, ["rank1"])
+    permutation_cases = ("rank1", "rank1_softmax")
+    homogeneous_cases = ("rank1",)
 
     # ----------------------------------------------------------------------------- dtypes at the edges
     def test_wide_and_foreign_byte_order_floats(self):
@@ -299,7 +284,7 @@ class TestRank1Pool(PoolingFunctionContract, AttentionDerivativesContract):
                      "softmax": _softmax}[attention](X @ b), terms=terms, scale="max")  # fmt: skip
 
 
-class TestAttentionMaps(PoolingFunctionContract):
+class TestAttentionMaps(PoolingFunctionContract, NamedErrorsContract):
     """lowrank_pool.attention_maps and AttentionMaps: the top-down and bottom-up maps."""
 
     variants = (
@@ -308,9 +293,7 @@ class TestAttentionMaps(PoolingFunctionContract):
         "maps_rankp",
     )
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["attention_maps"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["attention_maps"])
 
     @given(s=sizes())
     def test_attention_maps_inner_product_is_rank1(self, bk, dtype, s):
@@ -341,12 +324,10 @@ class TestAttentionMaps(PoolingFunctionContract):
         )
 
 
-class TestAttentionWeights:
+class TestAttentionWeights(NamedErrorsContract):
     """lowrank_pool.attention_weights: the attention transforms of a bottom-up map."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["attention_weights"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["attention_weights"])
 
     def test_attention_transforms(self):
         rng = np.random.default_rng(1)

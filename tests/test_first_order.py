@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from cases.errors import ERRORS
-from cases.identities import _data, check_homogeneous, check_invariant_to_permutation_of_positions
-from contracts import PoolingFunctionContract
+from cases.identities import _data
+from contracts import (
+    IdentityContract,
+    NamedErrorsContract,
+    PoolingFunctionContract,
+)
 from helpers import (
     absolute,
-    check_named_error,
     oracle_rank1_trace,
     sizes,
 )
 from hypothesis import given
-from hypothesis import strategies as st
 
 import lowrank_pool as lp
 from lowrank_pool.testing import assert_close
 
 
-class TestFirstOrderPool(PoolingFunctionContract):
+class TestFirstOrderPool(PoolingFunctionContract, NamedErrorsContract, IdentityContract):
     """lowrank_pool.first_order_pool: mean, sum or max pooling, then A."""
 
     variants = (
@@ -29,18 +30,10 @@ class TestFirstOrderPool(PoolingFunctionContract):
         "first_max",
     )
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["first_order_pool"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["first_order_pool"])
 
-    @given(s=sizes(), data=st.data())
-    def test_invariant_to_permutation_of_positions(self, bk, dtype, s, data):
-        check_invariant_to_permutation_of_positions(bk, dtype, s, data, ["first_max", "first_mean", "first_sum"])
-
-    @given(s=sizes(), c=st.floats(0.25, 4.0))
-    def test_homogeneous_in_x(self, bk, dtype, s, c):
-        """s(cX) = c s(X)."""
-        check_homogeneous(bk, dtype, s, c, ["first_mean"])
+    permutation_cases = ("first_max", "first_mean", "first_sum")
+    homogeneous_cases = ("first_mean",)
 
     @given(s=sizes())
     def test_first_order_is_rank1_with_uniform_bottom_up(self, bk, dtype, s):

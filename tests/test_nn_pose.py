@@ -13,8 +13,11 @@ from cases.nn import (  # noqa: E402
     _close,
     gen,
 )
-from contracts import MapsLayerContract, configs_of  # noqa: E402
-from helpers import check_named_error  # noqa: E402
+from contracts import (  # noqa: E402
+    MapsLayerContract,
+    NamedErrorsContract,
+    configs_of,
+)
 
 import lowrank_pool as lp  # noqa: E402
 from lowrank_pool.nn import (  # noqa: E402
@@ -41,12 +44,10 @@ class TestPoseAttentionalPool(MapsLayerContract):
         _close(out.keypoint_maps, torch.einsum("bfhw,fj->bjhw", x, layer.head_weight[:, :3]))
 
 
-class TestKeypointHeatmaps:
+class TestKeypointHeatmaps(NamedErrorsContract):
     """lowrank_pool.nn.keypoint_heatmaps and pose_loss."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), LAYER_ERRORS["keypoint_heatmaps"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(LAYER_ERRORS["keypoint_heatmaps"])
 
     def test_keypoint_heatmaps_and_loss(self):
         kp = torch.tensor([[[1.0, 2.0], [-1.0, -1.0]]])  # (B=1, J=2): second is not annotated

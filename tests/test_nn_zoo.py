@@ -25,7 +25,7 @@ from cases.zoo import (  # noqa: E402
     _TokenNet,
     _train_step,
 )
-from helpers import check_named_error  # noqa: E402
+from contracts import NamedErrorsContract  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn  # noqa: E402
@@ -40,12 +40,10 @@ from lowrank_pool.nn import (  # noqa: E402
 from lowrank_pool.testing import assert_close  # noqa: E402
 
 
-class TestReplaceHead:
+class TestReplaceHead(NamedErrorsContract):
     """lowrank_pool.nn.replace_head."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), LAYER_ERRORS["replace_head"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(LAYER_ERRORS["replace_head"])
 
     def test_replace_head_timm_convention_trains(self):
         model = replace_head(_TimmLike(), CPPool(8, 5, 4, generator=gen()))

@@ -10,7 +10,7 @@ tl = pytest.importorskip("tensorly")
 from cases.errors import ERRORS  # noqa: E402
 from cases.factorized import FACTOR_ERRORS  # noqa: E402
 from cases.nn import F_IN, K, _trained_bilinear, gen  # noqa: E402
-from helpers import check_named_error  # noqa: E402
+from contracts import NamedErrorsContract  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 from lowrank_pool.nn import (  # noqa: E402
@@ -18,12 +18,10 @@ from lowrank_pool.nn import (  # noqa: E402
 )
 
 
-class TestRankProfile:
+class TestRankProfile(NamedErrorsContract):
     """lowrank_pool.rank_profile and RankProfile."""
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["rank_profile"] + FACTOR_ERRORS["rank_profile"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["rank_profile"] + FACTOR_ERRORS["rank_profile"])
 
     # ------------------------------------------------------------------ rank profile
     def test_rank_profile_reports_error_size_and_accuracy(self, tmp_path):

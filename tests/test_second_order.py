@@ -23,14 +23,15 @@ from cases.autodiff import (  # noqa: E402
 from cases.errors import ERRORS  # noqa: E402
 from cases.identities import (  # noqa: E402
     _data,
-    check_homogeneous,
-    check_invariant_to_permutation_of_positions,
 )
 from cases.two_inputs import _cross, _isqrt_reference, _pair_data, pairs  # noqa: E402
-from contracts import PoolingFunctionContract  # noqa: E402
+from contracts import (  # noqa: E402
+    IdentityContract,
+    NamedErrorsContract,
+    PoolingFunctionContract,
+)
 from helpers import (  # noqa: E402
     absolute,
-    check_named_error,
     expect_errors,
     oracle_bilinear,
     sizes,
@@ -43,14 +44,12 @@ from lowrank_pool.testing import (  # noqa: E402
 )
 
 
-class TestGram(PoolingFunctionContract):
+class TestGram(PoolingFunctionContract, NamedErrorsContract):
     """lowrank_pool.gram: M = XᵀX / n (or XᵀY / n, centred), through its autograd Function."""
 
     variants = ("gram",)
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["gram"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["gram"])
 
     @pytest.fixture(params=[True, False], ids=["X(G+Gt)", "XG+XGt"])
     def gram_calls(self, request, monkeypatch):
@@ -246,23 +245,15 @@ class TestGram(PoolingFunctionContract):
         assert_close(lp.gram(x, y), _cross(xn, yn), terms=20 + 2, scale=_cross(np.abs(xn), np.abs(yn)), like=x)
 
 
-class TestBilinearPool(PoolingFunctionContract):
+class TestBilinearPool(PoolingFunctionContract, NamedErrorsContract, IdentityContract):
     """lowrank_pool.bilinear_pool: ⟨M, W_k⟩ with every normalisation, one or two inputs."""
 
     variants = ("bilinear",)
 
-    @pytest.mark.parametrize(("call", "exc", "pattern"), ERRORS["bilinear_pool"])
-    def test_bad_input_raises_a_named_error(self, call, exc, pattern):
-        check_named_error(call, exc, pattern)
+    bad_calls = tuple(ERRORS["bilinear_pool"])
 
-    @given(s=sizes(), data=st.data())
-    def test_invariant_to_permutation_of_positions(self, bk, dtype, s, data):
-        check_invariant_to_permutation_of_positions(bk, dtype, s, data, ["bilinear"])
-
-    @given(s=sizes(), c=st.floats(0.25, 4.0))
-    def test_homogeneous_in_x(self, bk, dtype, s, c):
-        """s(cX) = c² s(X)."""
-        check_homogeneous(bk, dtype, s, c, ["bilinear"])
+    permutation_cases = ("bilinear",)
+    homogeneous_cases = ("bilinear",)
 
     @given(s=sizes())
     def test_only_symmetric_part_of_w_matters(self, bk, dtype, s):
