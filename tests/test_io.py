@@ -234,15 +234,32 @@ class TestSaveFactors(NamedErrorsContract):
         torch = pytest.importorskip("torch")
         from lowrank_pool import nn
 
-        with pytest.raises(lp.ArgumentTypeError, match=r"^CompactBilinearPool: .* it has no factor form"):
-            lp.save_factors(tmp_path / "c", nn.CompactBilinearPool(6, 3, dim=32))
         eig = lp.eig_approx(np.eye(3)[None].repeat(2, axis=0), 2)
-        with pytest.raises(lp.ShapeError, match=r"^obj: bias: expected shape \(K,\) with K = 2, got \(3,\)"):
-            lp.save_factors(tmp_path / "b", lp.HeadForm(eig, bias=np.zeros(3)))
-        with pytest.raises(lp.ArgumentError, match=r"^obj: normalize: only a dense W is normalised"):
-            lp.save_factors(tmp_path / "n", lp.HeadForm(eig, normalize="signed_sqrt"))
-        with pytest.raises(lp.ArgumentError, match=r"^obj: num_iters"):
-            lp.save_factors(tmp_path / "i", lp.HeadForm(np.zeros((2, 3, 3)), num_iters=0))
+        save = lp.save_factors
+        expect_errors(
+            [
+                (
+                    lambda: save(tmp_path / "c", nn.CompactBilinearPool(6, 3, dim=32)),
+                    lp.ArgumentTypeError,
+                    r"^CompactBilinearPool: .* it has no factor form",
+                ),
+                (
+                    lambda: save(tmp_path / "b", lp.HeadForm(eig, bias=np.zeros(3))),
+                    lp.ShapeError,
+                    r"^obj: bias: expected shape \(K,\) with K = 2, got \(3,\)",
+                ),
+                (
+                    lambda: save(tmp_path / "n", lp.HeadForm(eig, normalize="signed_sqrt")),
+                    lp.ArgumentError,
+                    r"^obj: normalize: only a dense W is normalised",
+                ),
+                (
+                    lambda: save(tmp_path / "i", lp.HeadForm(np.zeros((2, 3, 3)), num_iters=0)),
+                    lp.ArgumentError,
+                    "^obj: num_iters",
+                ),
+            ]
+        )
         del torch
 
         # files written by hand: head fields in a version-1 file, a version-2 file without them, a bias that

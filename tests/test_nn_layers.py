@@ -34,6 +34,7 @@ from contracts import (  # noqa: E402
     NamedErrorsContract,
     configs_of,
 )
+from helpers import expect_errors  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn as lnn  # noqa: E402
@@ -142,12 +143,13 @@ class TestPoolingHead:
     @pytest.mark.parametrize("name", sorted(NO_FORM))
     def test_heads_without_a_form_say_why(self, name):
         head = NO_FORM[name](_gen(4))
-        with pytest.raises(lp.ArgumentTypeError, match="no factor form"):
-            head.factors()
-        with pytest.raises(lp.ArgumentTypeError, match="no factor form"):
-            head.to_dense()
-        with pytest.raises(lp.ArgumentTypeError, match="not from factors"):
-            type(head).from_factors(np.ones((K_HEAD, F_HEAD, F_HEAD)))
+        expect_errors(
+            [
+                (head.factors, lp.ArgumentTypeError, "no factor form"),
+                (head.to_dense, lp.ArgumentTypeError, "no factor form"),
+                (lambda: type(head).from_factors(np.ones((K_HEAD, F_HEAD, F_HEAD))), lp.ArgumentTypeError, "not from"),
+            ]
+        )
 
     @pytest.mark.parametrize(("source", "target"), list(itertools.product(sorted(BILINEAR), sorted(CLASSES))))
     def test_every_head_converts_to_every_form_and_back(self, source, target):
@@ -169,17 +171,25 @@ class TestPoolingHead:
         _head_close(again(x), head(x), name)
 
     def test_conversions_that_would_change_the_scores_are_refused(self):
-        x_first = lnn.FirstOrderPool(F_HEAD, K_HEAD).factors()
-        with pytest.raises(lp.ArgumentTypeError, match="cannot hold first-order weights"):
-            lnn.CPPool.from_factors(x_first)
-        with pytest.raises(lp.ArgumentError, match="normalised M"):
-            lnn.EigPool.from_factors(lnn.BilinearPool(F_HEAD, K_HEAD).factors())
-        with pytest.raises(lp.ArgumentError, match="attention='softmax'"):
-            lnn.CPPool.from_factors(lnn.AttentionalPool(F_HEAD, K_HEAD, attention="softmax").factors())
-        with pytest.raises(lp.ArgumentError, match="reduce='max' cannot fold a projection"):
-            lnn.FirstOrderPool.from_factors(
-                lp.HeadForm(np.ones((3, K_HEAD)), projection=np.ones((F_HEAD, 3)), reduce="max")
-            )
+        first = lnn.FirstOrderPool(F_HEAD, K_HEAD).factors()
+        softmax = lnn.AttentionalPool(F_HEAD, K_HEAD, attention="softmax").factors()
+        projected_max = lp.HeadForm(np.ones((3, K_HEAD)), projection=np.ones((F_HEAD, 3)), reduce="max")
+        expect_errors(
+            [
+                (lambda: lnn.CPPool.from_factors(first), lp.ArgumentTypeError, "cannot hold first-order weights"),
+                (
+                    lambda: lnn.EigPool.from_factors(lnn.BilinearPool(F_HEAD, K_HEAD).factors()),
+                    lp.ArgumentError,
+                    "normalised M",
+                ),
+                (lambda: lnn.CPPool.from_factors(softmax), lp.ArgumentError, "attention='softmax'"),
+                (
+                    lambda: lnn.FirstOrderPool.from_factors(projected_max),
+                    lp.ArgumentError,
+                    "reduce='max' cannot fold a projection",
+                ),
+            ]
+        )
 
     @pytest.mark.parametrize("target", sorted(CLASSES))
     def test_from_dense_is_one_table(self, target):

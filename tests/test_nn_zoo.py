@@ -26,6 +26,7 @@ from cases.zoo import (  # noqa: E402
     _train_step,
 )
 from contracts import NamedErrorsContract  # noqa: E402
+from helpers import expect_errors  # noqa: E402
 
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn  # noqa: E402
@@ -210,13 +211,8 @@ class TestHeadMaps:
         from lowrank_pool.nn import CPPool, head_maps
 
         x, _ = _batch()
-        with pytest.raises(lp.ArgumentError, match=r"^model: expected exactly one head with attention maps .* found 0"):
-            head_maps(replace_head(_hf_resnet(), CPPool(WIDTH, K, rank=2)), x)
         two = torch.nn.ModuleDict({"a": AttentionalPool(WIDTH, K), "b": AttentionalPool(WIDTH, K)})
-        with pytest.raises(lp.ArgumentError, match=r"found 2: 'a', 'b'; pass head="):
-            head_maps(two, x)
-        with pytest.raises(lp.ArgumentError, match=r"^head: .* that is not a submodule of model"):
-            head_maps(replace_head(_hf_resnet(), AttentionalPool(WIDTH, K)), x, head=AttentionalPool(WIDTH, K))
+        outside = AttentionalPool(WIDTH, K)
 
         class Idle(torch.nn.Module):
             def __init__(self):
@@ -226,10 +222,26 @@ class TestHeadMaps:
             def forward(self, x):
                 return x
 
-        idle = Idle()
-        with pytest.raises(lp.ArgumentError, match=r"^model: its forward never called the head \(AttentionalPool\)"):
-            head_maps(idle, x)
-        with pytest.raises(lp.ArgumentError, match=r"^return_maps: CPPool has no attention maps"):
-            FeatureMapClassifier(_hf_convnext(), CPPool(WIDTH, K, rank=2))(x, return_maps=True)
-        with pytest.raises(lp.ArgumentTypeError, match=r"^model: expected a torch.nn.Module, got str"):
-            head_maps("resnet", x)
+        cp_classifier = FeatureMapClassifier(_hf_convnext(), CPPool(WIDTH, K, rank=2))
+        expect_errors(
+            [
+                (
+                    lambda: head_maps(replace_head(_hf_resnet(), CPPool(WIDTH, K, rank=2)), x),
+                    lp.ArgumentError,
+                    r"^model: expected exactly one head with attention maps .* found 0",
+                ),
+                (lambda: head_maps(two, x), lp.ArgumentError, r"found 2: 'a', 'b'; pass head="),
+                (
+                    lambda: head_maps(replace_head(_hf_resnet(), AttentionalPool(WIDTH, K)), x, head=outside),
+                    lp.ArgumentError,
+                    r"^head: .* that is not a submodule of model",
+                ),
+                (lambda: head_maps(Idle(), x), lp.ArgumentError, r"^model: its forward never called the head \(Att"),
+                (
+                    lambda: cp_classifier(x, return_maps=True),
+                    lp.ArgumentError,
+                    r"^return_maps: CPPool has no attention",
+                ),
+                (lambda: head_maps("resnet", x), lp.ArgumentTypeError, r"^model: expected a torch.nn.Module, got str"),
+            ]
+        )
