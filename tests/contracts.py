@@ -21,6 +21,8 @@ torch = pytest.importorskip("torch")
 from cases.autodiff import ATTENTIONS, FIRST, GRAD_DEVICES, LAYOUTS, SECOND, _grad_forms, _grad_inputs, _plain_form  # noqa: E402
 from cases.fusion import CONFIGS as FUSIONS  # noqa: E402
 from cases.fusion import TERMS, reference  # noqa: E402
+from cases.fusion import F as FUSION_F  # noqa: E402
+from cases.fusion import G as FUSION_G  # noqa: E402
 from cases.fusion import K as FUSION_K  # noqa: E402
 from cases.fusion import _inputs as fusion_inputs  # noqa: E402
 from cases.fusion import make as make_fusion  # noqa: E402
@@ -421,6 +423,18 @@ class FusionContract:
 
     configs: ClassVar[tuple[str, ...]] = ()
 
+    def test_factors_and_to_dense_say_what_a_two_input_head_has(self, config):
+        """No one-input HeadForm; W (K, f, g) where the scores are bilinear in x and y (activation=None), a named
+        refusal where they are not (tanh, MFB's and MCB's normalisations)."""
+        layer = make_fusion(config)
+        with pytest.raises(lp.ArgumentTypeError, match=r"a two-input head has no one-input factor form"):
+            layer.factors()
+        if type(layer).__name__ in ("MLB", "Mutan", "Block") and getattr(layer, "activation", None) is None:
+            assert tuple(layer.to_dense().shape) == (FUSION_K, FUSION_F, FUSION_G)
+        else:
+            with pytest.raises(lp.ArgumentTypeError, match=r"not bilinear in x and y"):
+                layer.to_dense()
+
     @pytest.mark.parametrize("kind", ["vectors", "nchw", "bnf"])
     def test_fusion_head_is_its_decomposition(self, config, kind):
         layer = make_fusion(config)
@@ -497,6 +511,7 @@ class BilinearFusionContract(FusionContract):
             )
         want = lp.bilinear_pool(x, w, Y=y) + p["bias"]
         assert_close(layer(x, y), want, terms=TERMS, scale="max")
+        assert_close(layer.to_dense(), w, terms=2 * 6, scale="max")  # the head's own W: the same sums of ≤ 6 terms
 
 
 class NamedErrorsContract:

@@ -70,6 +70,28 @@ class _Fusion(PoolingHead):
     def _common_repr(self) -> str:
         return f"y_channels={self.y_channels}, {super()._common_repr()}"
 
+    def factors(self) -> lp.HeadForm:
+        """A two-input head has no one-input :class:`lowrank_pool.HeadForm`: its bilinear form (with
+        ``activation=None``) is W (K, f, g), :meth:`to_dense`. Raises ArgumentTypeError saying so.
+
+        Returns
+        -------
+        lowrank_pool.HeadForm
+            Never: two-input heads raise.
+
+        Examples
+        --------
+        >>> from lowrank_pool.nn import MLB
+        >>> MLB(6, 5, 3, rank=2).factors()
+        Traceback (most recent call last):
+        ...
+        lowrank_pool._errors.ArgumentTypeError: MLB: a two-input head has no one-input factor form; ...
+        """
+        raise lp.ArgumentTypeError(
+            f"{type(self).__name__}: a two-input head has no one-input factor form; its bilinear form x^T W_k y "
+            "(activation=None) is to_dense(), W of shape (K, f, g)"
+        )
+
     def _bilinear_forms(self) -> list[Any]:
         """The CP/Tucker forms whose two-input scores add up to this head's (activation=None); none by default."""
         raise lp.ArgumentTypeError(f"{type(self).__name__}: its scores are not bilinear in x and y, so it has no W")
