@@ -128,7 +128,7 @@ def _gpu_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved:
     for t in tensors:
         if (type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)) or t.device != device:
             return None
-        if t.dtype != dtype or t.is_neg() or t.is_conj():
+        if t.dtype != dtype or t.is_neg():  # (no conjugate bit: the dtypes it serves are real)
             return None
     if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
         return None
