@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import lowrank_pool as lp
-from lowrank_pool.validation import check_flag, check_positive_int
+from lowrank_pool.validation import check_choice, check_flag, check_number, check_positive_int
 
 
 class PoolingHead(nn.Module):
@@ -402,6 +402,29 @@ class ScaledWeight:
             z = lp.l2_normalize(z)
         s = lp.first_order_pool(z[:, None, :], self.weight, reduce="sum", channel_axis=-1)
         return self._add_bias(s * self.weight_scale)  # type: ignore[attr-defined]
+
+    def _descriptor_classifier(self, dim: int, num_classes: int, *, normalize: Any, eps: Any, width: float) -> None:
+        """Set up the linear classifier of a descriptor of ``dim`` entries (a sketch of M, MFB's pooled
+        products): ``normalize`` and ``eps`` checked, ``weight`` (dim, K), and c = width/√dim after an l2
+        normalisation (a unit vector with ‖ψ‖₁ ≈ √dim: a step moves scores by about lr·width) or 1/√dim before
+        one (the raw descriptor's entries grow with the width)."""
+        self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
+        self.eps = check_number(eps, "eps")
+        self._reserve(weight=(dim, num_classes))  # type: ignore[attr-defined]
+        self.weight = self._param(dim, num_classes)  # type: ignore[attr-defined]  # (d, K): w / weight_scale
+        l2 = self.normalize is not None and self.normalize.endswith("l2")
+        self._register_scale(width / math.sqrt(dim) if l2 else 1.0 / math.sqrt(dim))
+
+    def _reset_classifier(self, raw_std: float, generator: torch.Generator | None) -> None:
+        """``weight`` for O(1) initial scores: w = c · weight ~ N(0, 1) on an l2-normalised descriptor, N(0,
+        raw_std²) on the raw one; and the bias."""
+        l2 = self.normalize is not None and self.normalize.endswith("l2")
+        self._init_(self.weight, (1.0 if l2 else raw_std) / self.weight_scale, generator)  # type: ignore[attr-defined]
+        self._reset_bias()  # type: ignore[attr-defined]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """The state's own c (``weight_scale_bits``), or a state saved before it converted (see the class)."""
+        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)  # type: ignore[misc]
 
     def _load_scale(self, state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
         key = prefix + "weight_scale_bits"

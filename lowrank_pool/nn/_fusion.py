@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 import lowrank_pool as lp
-from lowrank_pool.validation import check_choice, check_number, check_positive_int, check_sketch
+from lowrank_pool.validation import check_choice, check_positive_int, check_sketch
 
 from ._base import PoolingHead, ScaledWeight, fan_std
 
@@ -321,30 +321,23 @@ class MFB(ScaledWeight, _Fusion):
                          dtype=dtype)  # fmt: skip
         self.dim = check_positive_int(dim, "dim")
         self.factor = check_positive_int(factor, "factor")
-        self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
-        self.eps = check_number(eps, "eps")
         r = self.dim * self.factor
-        self._reserve(U=(in_channels, r), V=(y_channels, r), weight=(self.dim, num_classes))
+        self._reserve(U=(in_channels, r), V=(y_channels, r))
         self.U = self._param(in_channels, r)
         self.V = self._param(y_channels, r)
-        self.weight = self._param(self.dim, num_classes)
+        self._descriptor_classifier(
+            self.dim, num_classes, normalize=normalize, eps=eps, width=math.sqrt(in_channels * y_channels)
+        )
         # the sum pooling over windows of k: the CP form's first factor, fixed (o, o·k)
         groups = torch.repeat_interleave(torch.eye(self.dim, **self.factory), self.factor, dim=1)
         self.register_buffer("groups", groups, persistent=False)
-        l2 = (self.normalize or "").endswith("l2")
-        self._register_scale(math.sqrt(in_channels * y_channels / self.dim) if l2 else 1.0 / math.sqrt(self.dim))
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         self._init_(self.U, fan_std(self.in_channels), generator)
         self._init_(self.V, fan_std(self.y_channels), generator)
         # z has o entries, each a sum of k products of unit-scale projections: w ~ N(0, 1/(o·k)) on the raw z
-        w_std = 1.0 if (self.normalize or "").endswith("l2") else 1.0 / math.sqrt(self.dim * self.factor)
-        self._init_(self.weight, w_std / self.weight_scale, generator)
-        self._reset_bias()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
+        self._reset_classifier(1.0 / math.sqrt(self.dim * self.factor), generator)
 
     def fused(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z (B, o) before the normalisation (:func:`lowrank_pool.cp_pool` with the group indicator)."""
@@ -722,10 +715,8 @@ class MCB(ScaledWeight, _Fusion):
         super().__init__(in_channels, y_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device,
                          dtype=dtype)  # fmt: skip
         self.dim, self.seed = check_sketch(dim, seed)
-        self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
-        self.eps = check_number(eps, "eps")
-        self._reserve(weight=(self.dim, num_classes))
-        self.weight = self._param(self.dim, num_classes)
+        width = math.sqrt(in_channels * y_channels)
+        self._descriptor_classifier(self.dim, num_classes, normalize=normalize, eps=eps, width=width)
         (bx, sx), _ = lp.sketch_hashes(in_channels, self.dim, self.seed)
         _, (by, sy) = lp.sketch_hashes(y_channels, self.dim, self.seed)
         dev = self.weight.device
@@ -733,19 +724,10 @@ class MCB(ScaledWeight, _Fusion):
         self.register_buffer("sketch_signs_x", torch.as_tensor(sx, dtype=self.weight.dtype, device=dev))
         self.register_buffer("sketch_bins_y", torch.as_tensor(by, dtype=torch.int64, device=dev))
         self.register_buffer("sketch_signs_y", torch.as_tensor(sy, dtype=self.weight.dtype, device=dev))
-        width = math.sqrt(in_channels * y_channels)
-        l2 = (self.normalize or "").endswith("l2")
-        self._register_scale(width / math.sqrt(self.dim) if l2 else 1 / math.sqrt(self.dim))
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        l2 = (self.normalize or "").endswith("l2")
-        w_std = 1.0 if l2 else 1.0 / math.sqrt(self.in_channels * self.y_channels)
-        self._init_(self.weight, w_std / self.weight_scale, generator)
-        self._reset_bias()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
+        self._reset_classifier(1.0 / math.sqrt(self.in_channels * self.y_channels), generator)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`s_k = c\, N(\psi)^\top \mathrm{weight}_k + c_k` of the normalised sketch ψ of the two inputs.
@@ -834,9 +816,6 @@ class CovariancePool(ScaledWeight, PoolingHead):
             self._init_(self.reduction, fan_std(self.in_channels), generator)
         self._init_(self.weight, 1.0, generator)
         self._reset_bias()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """triu(Σ^½) (B, d(d+1)/2), the features the classifier reads."""

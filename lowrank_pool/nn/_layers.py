@@ -6,7 +6,6 @@ math exists once, in the functional core.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Literal
 
@@ -256,9 +255,6 @@ class BilinearPool(ScaledWeight, PoolingHead):
             self._init_(self.reduction, fan_std(self.in_channels), generator)
         self._init_(self.weight, 1.0, generator)
         self._reset_bias()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`s_k = c\,\langle N(M), \mathrm{weight}_k\rangle + c_k`, M of X (after the reduction
@@ -784,16 +780,8 @@ class CompactBilinearPool(ScaledWeight, PoolingHead):
     ) -> None:
         super().__init__(in_channels, num_classes, bias=bias, channel_axis=channel_axis, device=device, dtype=dtype)
         dim, seed = check_sketch(dim, seed)
-        self.normalize = check_choice(normalize, "normalize", (None, "signed_sqrt", "l2", "signed_sqrt+l2"))
-        self.eps = check_number(eps, "eps")
-        self._reserve(weight=(dim, num_classes))
-        self.weight = self._param(dim, num_classes)  # (d, K): w / weight_scale
-        # a normalised sketch has unit norm and ‖ψ‖₁ about √d: c = f/√d moves scores by about lr·f a step, and
-        # weight ~ N(0, 1/c²) starts them O(1); the raw (or signed-sqrt) sketch's norm grows like ‖M‖ (up to f):
-        # c = 1/√d, weight ~ N(0, d/f²)
-        self._register_scale(
-            in_channels / math.sqrt(dim) if (self.normalize or "").endswith("l2") else 1 / math.sqrt(dim)
-        )
+        # the raw (or signed-sqrt) sketch's norm grows like ‖M‖ (up to f): c = 1/√d and w ~ N(0, 1/f²)
+        self._descriptor_classifier(dim, num_classes, normalize=normalize, eps=eps, width=in_channels)
         # The sketch is part of the model's state (saved and loaded with it: a state dict from a layer of another
         # seed brings its own sketch), kept on the layer's device so that a step on a GPU copies nothing to it.
         self.register_buffer("sketch_seed", torch.tensor(seed, dtype=torch.int64, device=self.weight.device))
@@ -842,14 +830,11 @@ class CompactBilinearPool(ScaledWeight, PoolingHead):
                 stacklevel=2,
             )
             state_dict = {**state_dict, **{k: getattr(self, k[len(prefix) :]) for k in keys}}
-        super()._load_from_state_dict(self._load_scale(state_dict, prefix), prefix, *args)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # (ScaledWeight's: the weight's scale)
         self._hashed_dim = self.dim  # (the loaded sketch goes with the loaded weight)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        l2 = (self.normalize or "").endswith("l2")
-        w_std = 1.0 if l2 else 1.0 / self.in_channels  # of w = weight_scale · weight
-        self._init_(self.weight, w_std / self.weight_scale, generator)
-        self._reset_bias()
+        self._reset_classifier(1.0 / self.in_channels, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r"""Scores :math:`s_k = c\, N(\psi(M))^\top \mathrm{weight}_k + c_k`, ψ the layer's Tensor Sketch
