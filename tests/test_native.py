@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from cases.kernels import scores_and_gradients  # noqa: E402
+
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn as lnn  # noqa: E402
 from lowrank_pool import _native  # noqa: E402
@@ -56,21 +58,6 @@ def _torch_path(monkeypatch):
     monkeypatch.setattr(_native, "kernel", lambda: None)
 
 
-def _leaf(t, negated=False):
-    """A fresh leaf with t's values; ``negated``: stored negated behind torch's negative bit (a lazily negated view,
-    as ``x.conj().imag`` or a parametrization gives)."""
-    t = t.detach().clone()
-    return (torch._neg_view(t.neg()) if negated else t).requires_grad_()
-
-
-def _run(X, A, B, attention, channel_axis, negated=()):
-    X, A, B = (_leaf(t, name in negated) for name, t in zip("XAB", (X, A, B), strict=True))
-    s = lp.rankp_pool(X, A, B, attention=attention, channel_axis=channel_axis)
-    weights = torch.linspace(-1, 1, s.numel(), dtype=s.dtype).reshape(s.shape)
-    grads = torch.autograd.grad((s * weights).sum(), (X, A, B))
-    return s.detach(), grads
-
-
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(0, 3),
@@ -109,10 +96,10 @@ def test_native_equals_torch_path(native, batch, n, f, k, p, attention, layout, 
                 return real(*args)
 
         mp.setattr(_native, "kernel", lambda: Counting())
-        s_native, g_native = _run(X, A, B, attention, axis, negated)
+        s_native, g_native = scores_and_gradients(X, A, B, attention, axis, negated)
         assert calls["n"] == (0 if negated else 1)
         mp.setattr(_native, "kernel", lambda: None)
-        s_torch, g_torch = _run(X, A, B, attention, axis)
+        s_torch, g_torch = scores_and_gradients(X, A, B, attention, axis)
     # both paths sum ~f·n products twice (Z, then V or ∂X); scale by the absolute-value computation
     terms = 8 * (f + n + k * p)
     for got, want in zip((s_native, *g_native), (s_torch, *g_torch), strict=True):
@@ -194,11 +181,11 @@ def test_transpositions_of_a_split_across_threads(native, f, k, p, layout):
     B = torch.randn(f, p, generator=g, dtype=torch.float64)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_native, "kernel", lambda: native)
-        s_native, g_native = _run(X, A, B, "relu", None)
+        s_native, g_native = scores_and_gradients(X, A, B, "relu", None)
         with torch.no_grad():
             inference = lp.rankp_pool(X, A, B, attention="relu")
         mp.setattr(_native, "kernel", lambda: None)
-        s_torch, g_torch = _run(X, A, B, "relu", None)
+        s_torch, g_torch = scores_and_gradients(X, A, B, "relu", None)
     terms = 8 * (f + 8 + k * p)
     for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
         assert_close(got, want, terms=terms, scale=want.abs() + want.abs().max().item())
@@ -226,12 +213,12 @@ def test_native_any_thread_count(native, threads, layout, dtype):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(_native, "kernel", lambda: native)
                 torch.set_num_threads(threads)
-                s_native, g_native = _run(X, A, B, attention, axis)
+                s_native, g_native = scores_and_gradients(X, A, B, attention, axis)
                 with torch.no_grad():
                     inference = lp.rankp_pool(X, A, B, attention=attention, channel_axis=axis)
                 torch.set_num_threads(before)
                 mp.setattr(_native, "kernel", lambda: None)
-                s_torch, g_torch = _run(X, A, B, attention, axis)
+                s_torch, g_torch = scores_and_gradients(X, A, B, attention, axis)
             terms = 8 * (128 + 4096 + 100 * p)
             for got, want in zip((s_native, inference, *g_native), (s_torch, s_torch, *g_torch), strict=True):
                 scale = want.abs().max().item()
@@ -261,9 +248,9 @@ def _assert_native_equals_torch(native, X, A, B, attention, axis, terms):
     """Scores and the gradients of X, A and B through the kernel equal the torch path's within terms roundings."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_native, "kernel", lambda: native)
-        got = _run(X, A, B, attention, axis)
+        got = scores_and_gradients(X, A, B, attention, axis)
         mp.setattr(_native, "kernel", lambda: None)
-        want = _run(X, A, B, attention, axis)
+        want = scores_and_gradients(X, A, B, attention, axis)
     for name, a, b in zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True):
         scale = b.abs().max().item()
         assert_close(a, b, terms=terms, scale=b.abs() + scale, label=name)
@@ -664,9 +651,9 @@ def test_native_short_channel_rows(native, dtype, n, f, p):
         for x in (X, specials):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(_native, "kernel", lambda: native)
-                got = _run(x, A, B, attention, 1)
+                got = scores_and_gradients(x, A, B, attention, 1)
                 mp.setattr(_native, "kernel", lambda: None)
-                want = _run(x, A, B, attention, 1)
+                want = scores_and_gradients(x, A, B, attention, 1)
             terms = 8 * (f + n)
             pairs = zip(("s", "dX", "dA", "dB"), (got[0], *got[1]), (want[0], *want[1]), strict=True)
             for name, a, b in pairs if x is X else [("s", got[0], want[0])]:  # gradients of ±inf: either order

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from cases.kernels import scores_and_gradients  # noqa: E402
+
 import lowrank_pool as lp  # noqa: E402
 import lowrank_pool.nn  # noqa: E402
 from lowrank_pool import _torch_kernels  # noqa: E402
@@ -58,14 +60,6 @@ def torch_path():
         yield
 
 
-def _run(X, A, B, attention, channel_axis):
-    X, A, B = (t.detach().clone().requires_grad_() for t in (X, A, B))
-    s = lp.rankp_pool(X, A, B, attention=attention, channel_axis=channel_axis)
-    weights = torch.linspace(-1, 1, s.numel(), dtype=s.dtype, device=s.device).reshape(s.shape)
-    grads = torch.autograd.grad((s * weights).sum(), (X, A, B))
-    return s.detach(), grads
-
-
 @settings(max_examples=25, deadline=None)
 @given(
     batch=st.integers(0, 3),
@@ -89,11 +83,11 @@ def test_triton_equals_torch_path(batch, n, f, k, p, attention, layout, seed):
     A, B = torch.randn(f, k, p, generator=g), torch.randn(f, p, generator=g)
     X, A, B = (t.to(DEVICE) for t in (X, A, B))
     with triton_path() as calls:
-        s_tri, g_tri = _run(X, A, B, attention, axis)
+        s_tri, g_tri = scores_and_gradients(X, A, B, attention, axis)
     if batch:
         assert calls["forward"] == 1 and calls["backward"] == 1
     with torch_path():
-        s_ref, g_ref = _run(X, A, B, attention, axis)
+        s_ref, g_ref = scores_and_gradients(X, A, B, attention, axis)
     terms = 8 * (f + n + k * p)
     for got, want in zip((s_tri, *g_tri), (s_ref, *g_ref), strict=True):
         scale = want.abs().max().item() if want.numel() else 0.0
