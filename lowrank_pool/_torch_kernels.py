@@ -60,11 +60,11 @@ def _native_kernel(
     would reach it with the opposite sign, and a tracer records only the operations it sees, not the kernel's
     writes. Every test here runs on every call, so the cheap ones come first (see docs/performance.md).
     """
-    # (torch._C._is_tracing once the compiling test has passed: dynamo folds torch.jit.is_tracing, not the C call)
-    if not x.is_cpu or _is_compiling() or torch.is_autocast_enabled("cpu") or _C_IS_TRACING():  # GPU calls stop here
+    if not x.is_cpu:  # a GPU's calls stop here
         return None
-    kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
-    if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
+    kernel = _ready_kernel(x, bm)
+    # (torch._C._is_tracing once the compiling test has passed: dynamo folds torch.jit.is_tracing, not the C call)
+    if kernel is None or _C_IS_TRACING():
         return None
     for t in saved:  # U and V of a forward that ran on the torch path; else made by the forward: nothing more to ask
         if not t.is_contiguous():
@@ -78,27 +78,33 @@ def _native_kernel(
             return None
         if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
             return None  # a tensor subclass: the kernel needs plain storage
-    if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
-        return None
-    return kernel
+    return None if _wrapped(tensors) else kernel
 
 
 def _native_kernel_for_plain(x: torch.Tensor, bm: torch.Tensor, a: torch.Tensor) -> Any:
-    """:func:`_native_kernel` for the fast path's inference call, whose own tests have established what the general
-    test looks at first: plain tensors (or parameters) of one float32/float64 dtype, all on the CPU, no tracing.
-    The rest is tested here, in the same order."""
+    """:func:`_native_kernel` for the fast path's inference call, whose own tests have established the per-tensor
+    facts it asks first (plain tensors or parameters of one float32/float64 dtype, all on the CPU, no tracing): the
+    context and the negative bit are asked here."""
+    kernel = _ready_kernel(x, bm)
+    if kernel is None or x.is_neg() or bm.is_neg() or a.is_neg():
+        return None
+    return None if _wrapped((x, bm, a)) else kernel
+
+
+def _ready_kernel(x: torch.Tensor, bm: torch.Tensor) -> Any:
+    """The compiled kernel unless the call's context rules it out: torch.compile tracing, CPU autocast, no binary
+    loaded, or X or B not contiguous."""
     if _is_compiling() or torch.is_autocast_enabled("cpu"):
         return None
-    kernel = _native.kernel()  # (after the compiling test, as above)
-    if kernel is None or not (x.is_contiguous() and bm.is_contiguous()) or x.is_neg() or bm.is_neg() or a.is_neg():
-        return None
-    if _in_functorch_transform() and (
-        _FUNCTORCH.is_functorch_wrapped_tensor(x)
-        or _FUNCTORCH.is_functorch_wrapped_tensor(bm)
-        or _FUNCTORCH.is_functorch_wrapped_tensor(a)
-    ):
+    kernel = _native.kernel()  # (after the compiling test: dynamo warns about cached functions)
+    if kernel is None or not (x.is_contiguous() and bm.is_contiguous()):
         return None
     return kernel
+
+
+def _wrapped(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether one of the tensors is a vmap/grad transform's wrapper (only looked for inside a transform)."""
+    return _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 # Triton's kernels serve CUDA tensors; on CPU tensors only under Triton's interpreter and when asked (the tests,
@@ -130,7 +136,7 @@ def _gpu_kernel(x: torch.Tensor, bm: torch.Tensor, *others: torch.Tensor, saved:
             return None
         if t.dtype != dtype or t.is_neg():  # (no conjugate bit: the dtypes it serves are real)
             return None
-    if _in_functorch_transform() and any(_FUNCTORCH.is_functorch_wrapped_tensor(t) for t in tensors):
+    if _wrapped(tensors):
         return None
     return _TRITON
 
