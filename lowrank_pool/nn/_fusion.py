@@ -218,15 +218,11 @@ class MLB(_Fusion):
         >>> MLB.from_dense(W, 2, fit={"n_restarts": 3}, bias=False).rank
         2
         """
-        w, rank = _dense_two_input(W, rank)
-        if kwargs.get("activation") is not None:
-            raise lp.ArgumentError("activation: a fitted CP form is bilinear; from_dense builds activation=None")
+        w, rank = _dense_two_input(W, rank, kwargs, "CP")
         weights, (u, a, c) = lp.cp_approx(w, rank, **(fit or {}))
-        layer = cls(a.shape[0], c.shape[0], u.shape[0], rank, **{"dtype": w.dtype, "device": w.device, **kwargs})
+        layer = _holding(cls, w, rank, kwargs=kwargs)
         with torch.no_grad():
             layer.P.copy_(u * weights[None, :]), layer.U.copy_(a), layer.V.copy_(c)
-            if layer.bias is not None:
-                layer.bias.zero_()
         return layer
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -449,16 +445,11 @@ class Mutan(_Fusion):
         >>> Mutan.from_dense(torch.randn(3, 6, 4), (3, 6, 4), bias=False).ranks
         (3, 6, 4)
         """
-        w, rank = _dense_two_input(W, rank)
-        if kwargs.get("activation") is not None:
-            raise lp.ArgumentError("activation: a fitted Tucker form is bilinear; from_dense builds activation=None")
+        w, rank = _dense_two_input(W, rank, kwargs, "Tucker")
         core, (u, a, c) = lp.tucker_approx(w, rank, **(fit or {}))
-        ranks = tuple(core.shape)
-        layer = cls(a.shape[0], c.shape[0], u.shape[0], ranks, **{"dtype": w.dtype, "device": w.device, **kwargs})
+        layer = _holding(cls, w, tuple(core.shape), kwargs=kwargs)
         with torch.no_grad():
             layer.core.copy_(core), layer.U.copy_(u), layer.A.copy_(a), layer.C.copy_(c)
-            if layer.bias is not None:
-                layer.bias.zero_()
         return layer
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -593,22 +584,14 @@ class Block(_Fusion):
         >>> Block.from_dense(torch.randn(3, 6, 4), (2, 3, 2), blocks=2, bias=False).ranks
         (2, 3, 2)
         """
-        w, rank = _dense_two_input(W, rank)
-        if kwargs.get("activation") is not None:
-            raise lp.ArgumentError(
-                "activation: a fitted block-term form is bilinear; from_dense builds activation=None"
-            )
+        w, rank = _dense_two_input(W, rank, kwargs, "block-term")
         parts = lp.block_term_approx(w, blocks, rank, **(fit or {}))
-        ranks = tuple(parts[0][0].shape)
-        k, f, g = w.shape
-        layer = cls(f, g, k, len(parts), ranks, **{"dtype": w.dtype, "device": w.device, **kwargs})
-        _, rx, ry = ranks
+        layer = _holding(cls, w, len(parts), tuple(parts[0][0].shape), kwargs=kwargs)
+        _, rx, ry = layer.ranks
         with torch.no_grad():
             for i, (core, (u, a, c)) in enumerate(parts):
                 layer.core[i].copy_(core), layer.U[i].copy_(u)
                 layer.A[:, i * rx : (i + 1) * rx].copy_(a), layer.C[:, i * ry : (i + 1) * ry].copy_(c)
-            if layer.bias is not None:
-                layer.bias.zero_()
         return layer
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -848,8 +831,11 @@ class CovariancePool(ScaledWeight, PoolingHead):
         )
 
 
-def _dense_two_input(W: Any, rank: Any) -> tuple[torch.Tensor, Any]:
-    """W as a detached (K, f, g) tensor, and the rank that was asked for."""
+def _dense_two_input(W: Any, rank: Any, kwargs: dict[str, Any], kind: str) -> tuple[torch.Tensor, Any]:
+    """W as a detached (K, f, g) tensor, and the rank that was asked for; the layer's options checked first (a
+    fitted ``kind`` form is bilinear: ``activation`` must stay None)."""
+    if kwargs.get("activation") is not None:
+        raise lp.ArgumentError(f"activation: a fitted {kind} form is bilinear; from_dense builds activation=None")
     if not isinstance(W, torch.Tensor):
         raise lp.ArgumentTypeError(f"W: expected a torch.Tensor (K, f, g), got {type(W).__name__}")
     if W.ndim != 3:
@@ -857,6 +843,17 @@ def _dense_two_input(W: Any, rank: Any) -> tuple[torch.Tensor, Any]:
     if rank is None:
         raise lp.ArgumentError("rank: expected the rank of the fitted form, got None")
     return W.detach(), rank
+
+
+def _holding(cls: Any, w: torch.Tensor, *sizes: Any, kwargs: dict[str, Any]) -> Any:
+    """A ``cls`` layer for W (K, f, g) (its ``sizes`` after f, g and K; W's dtype and device unless ``kwargs``
+    say otherwise), bias zero: the caller copies the fitted factors in."""
+    k, f, g = w.shape
+    layer = cls(f, g, k, *sizes, **{"dtype": w.dtype, "device": w.device, **kwargs})
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.zero_()
+    return layer
 
 
 def _three_ranks(rank: Any) -> tuple[int, int, int]:
